@@ -1,0 +1,280 @@
+//! Config repositories: a bare mirror per watched repo, fetched incrementally, and read at a
+//! commit straight from the object database (no checkout, so concurrent reads of different
+//! commits never disturb each other).
+//!
+//! git2 is blocking: async callers run these functions under `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use git2::{FetchOptions, Oid, Repository};
+
+use crate::resolve;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open git repository {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("cannot fetch branch `{branch}` from {url}: {message}")]
+    Fetch {
+        url: String,
+        branch: String,
+        message: String,
+    },
+    #[error("branch `{branch}` does not exist in {url}")]
+    NoSuchBranch { url: String, branch: String },
+    #[error("`{spec}` does not name a commit in {path}: {message}")]
+    BadRef {
+        path: PathBuf,
+        spec: String,
+        message: String,
+    },
+    #[error("git error in {path}: {source}")]
+    Git {
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A local bare mirror of one remote config repo.
+pub struct Mirror {
+    path: PathBuf,
+    fetch_url: String,
+    /// Fetches into one mirror are serialised: libgit2 takes ref locks and a second concurrent
+    /// fetch of the same branch would fail instead of waiting.
+    fetch_lock: Mutex<()>,
+}
+
+impl Mirror {
+    /// Opens the mirror at `dir/<name>.git`, creating an empty bare repository on first use.
+    pub fn open(dir: &Path, name: &str, fetch_url: &str) -> Result<Self> {
+        let path = dir.join(format!("{name}.git"));
+        if !path.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Open {
+                path: path.clone(),
+                source: git2::Error::from_str(&e.to_string()),
+            })?;
+            Repository::init_bare(&path).map_err(|source| Error::Open {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(Mirror {
+            path,
+            fetch_url: fetch_url.to_owned(),
+            fetch_lock: Mutex::new(()),
+        })
+    }
+
+    /// Fetches `branch` and returns its head. The mirror's ref is forced to the remote's, so
+    /// forced pushes and branch re-creation are followed exactly.
+    pub fn fetch_branch(&self, branch: &str) -> Result<Oid> {
+        let _guard = self
+            .fetch_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let repo = self.repo()?;
+        let url = redact_url(&self.fetch_url);
+        let fetch_err = |e: git2::Error| Error::Fetch {
+            url: url.clone(),
+            branch: branch.to_owned(),
+            message: e.message().to_owned(),
+        };
+        let mut remote = repo.remote_anonymous(&self.fetch_url).map_err(fetch_err)?;
+        let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+        let mut options = FetchOptions::new();
+        options.download_tags(git2::AutotagOption::None);
+        remote
+            .fetch(&[refspec.as_str()], Some(&mut options), None)
+            .map_err(|e| {
+                if e.code() == git2::ErrorCode::NotFound
+                    || e.message().contains("couldn't find remote ref")
+                {
+                    Error::NoSuchBranch {
+                        url: url.clone(),
+                        branch: branch.to_owned(),
+                    }
+                } else {
+                    fetch_err(e)
+                }
+            })?;
+        drop(remote);
+        Local {
+            repo,
+            path: self.path.clone(),
+        }
+        .branch_head(branch)?
+        .ok_or_else(|| Error::NoSuchBranch {
+            url: url.clone(),
+            branch: branch.to_owned(),
+        })
+    }
+
+    pub fn local(&self) -> Result<Local> {
+        Ok(Local {
+            repo: self.repo()?,
+            path: self.path.clone(),
+        })
+    }
+
+    fn repo(&self) -> Result<Repository> {
+        Repository::open_bare(&self.path).map_err(|source| Error::Open {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// A repository on disk, bare or not, read through its object database.
+pub struct Local {
+    repo: Repository,
+    path: PathBuf,
+}
+
+impl Local {
+    pub fn open(path: &Path) -> Result<Self> {
+        let repo = Repository::open(path).map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Local {
+            repo,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The head of a local branch, or of `origin/<branch>` in a clone that never checked it out.
+    pub fn branch_head(&self, branch: &str) -> Result<Option<Oid>> {
+        for name in [
+            format!("refs/heads/{branch}"),
+            format!("refs/remotes/origin/{branch}"),
+        ] {
+            match self.repo.refname_to_id(&name) {
+                Ok(oid) => return Ok(Some(self.peel(oid)?)),
+                Err(e) if e.code() == git2::ErrorCode::NotFound => continue,
+                Err(source) => {
+                    return Err(Error::Git {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Any revision git understands: a branch, tag, or (abbreviated) commit id.
+    pub fn rev(&self, spec: &str) -> Result<Oid> {
+        let bad = |e: git2::Error| Error::BadRef {
+            path: self.path.clone(),
+            spec: spec.to_owned(),
+            message: e.message().to_owned(),
+        };
+        let object = self.repo.revparse_single(spec).map_err(bad)?;
+        Ok(object.peel_to_commit().map_err(bad)?.id())
+    }
+
+    /// The commit HEAD points at: where the list of environments is read from.
+    pub fn head(&self) -> Result<Oid> {
+        self.rev("HEAD")
+    }
+
+    pub fn is_ancestor(&self, ancestor: Oid, descendant: Oid) -> Result<bool> {
+        if ancestor == descendant {
+            return Ok(true);
+        }
+        self.repo
+            .graph_descendant_of(descendant, ancestor)
+            .map_err(|source| Error::Git {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// The files of one commit.
+    pub fn snapshot(&self, commit: Oid) -> Result<Snapshot<'_>> {
+        let tree = self
+            .repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(|source| Error::Git {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(Snapshot {
+            repo: &self.repo,
+            tree,
+        })
+    }
+
+    fn peel(&self, oid: Oid) -> Result<Oid> {
+        let object = self
+            .repo
+            .find_object(oid, None)
+            .and_then(|o| o.peel_to_commit());
+        object.map(|c| c.id()).map_err(|source| Error::Git {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// The tree of one commit.
+pub struct Snapshot<'r> {
+    repo: &'r Repository,
+    tree: git2::Tree<'r>,
+}
+
+impl resolve::Files for Snapshot<'_> {
+    fn read(&self, path: &str) -> Result<Option<String>, resolve::ReadError> {
+        let entry = match self.tree.get_path(Path::new(path)) {
+            Ok(entry) => entry,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let object = entry.to_object(self.repo)?;
+        let Some(blob) = object.as_blob() else {
+            return Ok(None);
+        };
+        match std::str::from_utf8(blob.content()) {
+            Ok(text) => Ok(Some(text.to_owned())),
+            Err(_) => Err(format!("{path} is not UTF-8 text").into()),
+        }
+    }
+}
+
+/// A URL with any user:password@ part removed, safe to log: fetch URLs may carry tokens.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) if !userinfo.contains('/') => format!("{scheme}://***@{host}"),
+            _ => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_credentials_in_urls() {
+        assert_eq!(
+            redact_url("https://x-access-token:s3cr3t@github.com/acme/c.git"),
+            "https://***@github.com/acme/c.git"
+        );
+        assert_eq!(redact_url("file:///srv/git/c.git"), "file:///srv/git/c.git");
+        assert_eq!(
+            redact_url("https://github.com/a/b@c"),
+            "https://github.com/a/b@c"
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! The desired state: for each app, the exact ECS inputs fleetsync will send, and a spec hash
+//! that identifies them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+/// Tags fleetsync puts on everything it deploys, so every ECS object says where it came from.
+pub mod tag {
+    pub const PREFIX: &str = "fleetsync:";
+    pub const ROOT: &str = "fleetsync:root";
+    pub const ENVIRONMENT: &str = "fleetsync:environment";
+    pub const APP: &str = "fleetsync:app";
+    pub const REVISION: &str = "fleetsync:revision";
+    pub const SPEC_HASH: &str = "fleetsync:spec-hash";
+}
+
+/// Fields of a CreateService input that UpdateService also takes; the rest (launchType,
+/// schedulingStrategy, role, ...) are fixed when a service is created.
+const UPDATABLE_SERVICE_FIELDS: &[&str] = &[
+    "desiredCount",
+    "capacityProviderStrategy",
+    "deploymentConfiguration",
+    "availabilityZoneRebalancing",
+    "networkConfiguration",
+    "placementConstraints",
+    "placementStrategy",
+    "platformVersion",
+    "healthCheckGracePeriodSeconds",
+    "deploymentController",
+    "enableExecuteCommand",
+    "enableECSManagedTags",
+    "loadBalancers",
+    "propagateTags",
+    "serviceRegistries",
+    "serviceConnectConfiguration",
+    "volumeConfigurations",
+    "vpcLatticeConfigurations",
+];
+
+/// Where a desired state comes from.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub root: String,
+    pub environment: String,
+    pub commit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredState {
+    pub root: String,
+    pub environment: String,
+    pub cluster: String,
+    pub commit: String,
+    pub apps: Vec<DesiredApp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredApp {
+    pub name: String,
+    pub root: String,
+    pub environment: String,
+    pub cluster: String,
+    pub commit: String,
+    pub depends_on: Vec<String>,
+    /// Hash of the ECS inputs without fleetsync's own tags: equal hashes mean nothing to do.
+    pub spec_hash: String,
+    pub register_task_definition: Map<String, Value>,
+    /// `taskDefinition` holds the family; the worker pins the revision it registered.
+    pub create_service: Map<String, Value>,
+    /// Sent instead of `create_service` when the service exists, followed by TagResource.
+    pub update_service: Map<String, Value>,
+    pub rollout: RolloutSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    pub wait: bool,
+    pub timeout_seconds: u64,
+}
+
+impl DesiredApp {
+    pub(super) fn new(
+        name: &str,
+        cluster: &str,
+        provenance: &Provenance,
+        depends_on: Vec<String>,
+        mut task_definition: Map<String, Value>,
+        service: Map<String, Value>,
+        rollout: RolloutSpec,
+    ) -> Self {
+        // Task definitions are account-wide, not per cluster: without an explicit family, two
+        // environments in one account would share (and overwrite) one revision history.
+        task_definition
+            .entry("family")
+            .or_insert_with(|| Value::String(format!("{}-{name}", provenance.environment)));
+        let family = task_definition["family"]
+            .as_str()
+            .unwrap_or(name)
+            .to_owned();
+
+        let mut create_service = Map::new();
+        create_service.insert("cluster".into(), json!(cluster));
+        create_service.insert("serviceName".into(), json!(name));
+        create_service.insert("taskDefinition".into(), json!(family));
+        create_service.extend(service);
+
+        let spec_hash = spec_hash(&task_definition, &create_service);
+        let tags = provenance_tags(name, provenance, &spec_hash);
+        append_tags(&mut task_definition, &tags);
+        append_tags(&mut create_service, &tags);
+
+        let mut update_service = Map::new();
+        update_service.insert("cluster".into(), json!(cluster));
+        update_service.insert("service".into(), create_service["serviceName"].clone());
+        update_service.insert("taskDefinition".into(), json!(family));
+        for field in UPDATABLE_SERVICE_FIELDS {
+            if let Some(v) = create_service.get(*field) {
+                update_service.insert((*field).into(), v.clone());
+            }
+        }
+
+        DesiredApp {
+            name: name.to_owned(),
+            root: provenance.root.clone(),
+            environment: provenance.environment.clone(),
+            cluster: cluster.to_owned(),
+            commit: provenance.commit.clone(),
+            depends_on,
+            spec_hash,
+            register_task_definition: task_definition,
+            create_service,
+            update_service,
+            rollout,
+        }
+    }
+
+    pub fn service_name(&self) -> &str {
+        self.create_service
+            .get("serviceName")
+            .and_then(Value::as_str)
+            .unwrap_or(&self.name)
+    }
+
+    pub fn family(&self) -> &str {
+        self.register_task_definition
+            .get("family")
+            .and_then(Value::as_str)
+            .unwrap_or(&self.name)
+    }
+
+    /// fleetsync's tags for this app, as (key, value).
+    pub fn provenance_tags(&self) -> Vec<(String, String)> {
+        let provenance = Provenance {
+            root: self.root.clone(),
+            environment: self.environment.clone(),
+            commit: self.commit.clone(),
+        };
+        provenance_tags(&self.name, &provenance, &self.spec_hash)
+    }
+}
+
+fn provenance_tags(app: &str, p: &Provenance, spec_hash: &str) -> Vec<(String, String)> {
+    [
+        (tag::ROOT, p.root.as_str()),
+        (tag::ENVIRONMENT, p.environment.as_str()),
+        (tag::APP, app),
+        (tag::REVISION, p.commit.as_str()),
+        (tag::SPEC_HASH, spec_hash),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn append_tags(input: &mut Map<String, Value>, tags: &[(String, String)]) {
+    let list = input
+        .entry("tags")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(list) = list {
+        list.extend(tags.iter().map(|(k, v)| json!({"key": k, "value": v})));
+    }
+}
+
+/// 128 bits of SHA-256 over the canonical JSON (sorted keys) of both inputs.
+fn spec_hash(task_definition: &Map<String, Value>, service: &Map<String, Value>) -> String {
+    let canonical =
+        canonical(&json!({"registerTaskDefinition": task_definition, "createService": service}));
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    hex::encode(&digest[..16])
+}
+
+fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<_> = map.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), canonical(&map[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}

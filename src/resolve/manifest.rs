@@ -1,0 +1,406 @@
+//! The manifest format v1: a `kind: Root` that lists apps per environment, and a `kind: App`
+//! per child. Reading is strict: every unknown key, wrong type or missing field is a
+//! [`Problem`] at its exact position, and reading goes on so one run reports them all.
+
+use std::time::Duration;
+
+use super::yaml::{Kind, Node, Pos};
+use super::{Problem, Report};
+
+pub const API_VERSION: &str = "fleetsync/v1";
+
+#[derive(Debug)]
+pub struct Root {
+    pub name: String,
+    pub environments: Vec<Environment>,
+    pub apps: Vec<AppRef>,
+    /// Position of the `environments` key, for problems about an environment that is missing.
+    pub environments_pos: Pos,
+}
+
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    pub branch: String,
+    pub cluster: String,
+    pub pos: Pos,
+}
+
+#[derive(Debug)]
+pub struct AppRef {
+    pub name: String,
+    pub name_pos: Pos,
+    pub path: String,
+    pub path_pos: Pos,
+    pub depends_on: Vec<(String, Pos)>,
+}
+
+#[derive(Debug)]
+pub struct App {
+    pub task_definition: TaskDefinitionSource,
+    pub service: Option<Node>,
+    pub rollout: Rollout,
+}
+
+#[derive(Debug)]
+pub enum TaskDefinitionSource {
+    /// A path relative to the app's directory, and where it was named.
+    File(String, Pos),
+    Inline(Node),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Rollout {
+    pub wait: bool,
+    pub timeout: Duration,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            wait: true,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Reads the root app. Returns `None` when it is too broken to use (the problems say why).
+pub fn read_root(node: &Node, report: &mut Report<'_>) -> Option<Root> {
+    let map = Fields::new(
+        node,
+        "the root app",
+        &["apiVersion", "kind", "name", "environments", "apps"],
+        report,
+    )?;
+    header(&map, "Root", report);
+    let name = map.required_str("name", report);
+    let environments_node = map.required("environments", report);
+    let apps_node = map.required("apps", report);
+
+    let mut environments = Vec::new();
+    if let Some(node) = environments_node {
+        if let Kind::Map(entries) = &node.kind {
+            for (key, value) in entries {
+                let env_name = key.as_str().unwrap_or_default();
+                if !is_simple_name(env_name, 63) {
+                    report.at(
+                        key.pos,
+                        format!(
+                            "environment name `{env_name}` must be 1-63 letters, digits, `-` or `_`"
+                        ),
+                    );
+                }
+                let what = format!("environment `{env_name}`");
+                let Some(fields) = Fields::new(value, &what, &["branch", "cluster"], report) else {
+                    continue;
+                };
+                let (Some(branch), Some(cluster)) = (
+                    fields.required_str("branch", report),
+                    fields.required_str("cluster", report),
+                ) else {
+                    continue;
+                };
+                environments.push(Environment {
+                    name: env_name.to_owned(),
+                    branch,
+                    cluster,
+                    pos: key.pos,
+                });
+            }
+            if entries.is_empty() {
+                report.at(
+                    node.pos,
+                    "`environments` must declare at least one environment",
+                );
+            }
+        } else {
+            report.at(
+                node.pos,
+                format!(
+                    "`environments` must be a mapping, found {}",
+                    node.type_name()
+                ),
+            );
+        }
+    }
+
+    let mut apps = Vec::new();
+    if let Some(node) = apps_node {
+        match &node.kind {
+            Kind::Seq(items) => {
+                for item in items {
+                    let Some(fields) =
+                        Fields::new(item, "an app entry", &["name", "path", "dependsOn"], report)
+                    else {
+                        continue;
+                    };
+                    let (Some((name, name_pos)), Some((path, path_pos))) = (
+                        fields.required_str_at("name", report),
+                        fields.required_str_at("path", report),
+                    ) else {
+                        continue;
+                    };
+                    if !is_simple_name(&name, 255) {
+                        report.at(name_pos, format!("app name `{name}` must be 1-255 letters, digits, `-` or `_` (it names the ECS service)"));
+                    }
+                    if let Err(why) = check_relative_path(&path) {
+                        report.at(path_pos, format!("app `{name}`: path `{path}` {why}"));
+                    }
+                    let depends_on = fields.str_list("dependsOn", report);
+                    apps.push(AppRef {
+                        name,
+                        name_pos,
+                        path,
+                        path_pos,
+                        depends_on,
+                    });
+                }
+            }
+            _ => report.at(
+                node.pos,
+                format!("`apps` must be a list, found {}", node.type_name()),
+            ),
+        }
+    }
+
+    Some(Root {
+        name: name?,
+        environments,
+        apps,
+        environments_pos: environments_node.map_or(node.pos, |n| n.pos),
+    })
+}
+
+/// Reads a child app. `expected_name` is the name the root gave it.
+pub fn read_app(node: &Node, expected_name: &str, report: &mut Report<'_>) -> Option<App> {
+    let allowed = [
+        "apiVersion",
+        "kind",
+        "name",
+        "taskDefinition",
+        "service",
+        "rollout",
+    ];
+    let map = Fields::new(node, "an app", &allowed, report)?;
+    header(&map, "App", report);
+    if let Some((name, pos)) = map.required_str_at("name", report)
+        && name != expected_name
+    {
+        report.at(pos, format!("app is named `{name}` but the root lists it as `{expected_name}`; the names must match"));
+    }
+    let task_definition = match map.required("taskDefinition", report) {
+        Some(node) => match &node.kind {
+            Kind::Scalar(path, _) => TaskDefinitionSource::File(path.clone(), node.pos),
+            Kind::Map(_) => TaskDefinitionSource::Inline(node.clone()),
+            Kind::Seq(_) => {
+                report.at(node.pos, "`taskDefinition` must be a file name beside app.yaml or a mapping, found a list");
+                return None;
+            }
+        },
+        None => return None,
+    };
+    let service = map.get("service").cloned();
+    if let Some(service) = &service
+        && !matches!(service.kind, Kind::Map(_))
+    {
+        report.at(
+            service.pos,
+            format!(
+                "`service` must be a mapping of CreateService fields, found {}",
+                service.type_name()
+            ),
+        );
+    }
+    let mut rollout = Rollout::default();
+    if let Some(node) = map.get("rollout")
+        && let Some(fields) = Fields::new(node, "`rollout`", &["wait", "timeout"], report)
+    {
+        if let Some(wait) = fields.get("wait") {
+            match wait.to_json() {
+                serde_json::Value::Bool(b) => rollout.wait = b,
+                _ => report.at(wait.pos, "`rollout.wait` must be true or false"),
+            }
+        }
+        if let Some(timeout) = fields.get("timeout") {
+            match timeout.as_str().map(humantime::parse_duration) {
+                Some(Ok(d)) if !d.is_zero() => rollout.timeout = d,
+                _ => report.at(
+                    timeout.pos,
+                    "`rollout.timeout` must be a duration such as `90s` or `10m`",
+                ),
+            }
+        }
+    }
+    Some(App {
+        task_definition,
+        service,
+        rollout,
+    })
+}
+
+fn header(map: &Fields<'_>, kind: &str, report: &mut Report<'_>) {
+    if let Some((version, pos)) = map.required_str_at("apiVersion", report)
+        && version != API_VERSION
+    {
+        report.at(
+            pos,
+            format!("unsupported apiVersion `{version}`; this fleetsync reads `{API_VERSION}`"),
+        );
+    }
+    if let Some((found, pos)) = map.required_str_at("kind", report)
+        && found != kind
+    {
+        report.at(
+            pos,
+            format!("expected `kind: {kind}`, found `kind: {found}`"),
+        );
+    }
+}
+
+pub fn is_simple_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Paths in manifests stay inside the config repo, so a child can never read outside it.
+pub fn check_relative_path(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("is empty");
+    }
+    if path.starts_with('/') {
+        return Err("must be relative to the repository root");
+    }
+    if path.split('/').any(|part| part == "..") {
+        return Err("must not contain `..`");
+    }
+    Ok(())
+}
+
+/// The keys of one mapping, checked against the keys it may have.
+pub struct Fields<'a> {
+    node: &'a Node,
+    entries: &'a [(Node, Node)],
+    what: String,
+}
+
+impl<'a> Fields<'a> {
+    /// Reports a non-mapping or unknown keys; returns `None` only for a non-mapping.
+    pub fn new(
+        node: &'a Node,
+        what: &str,
+        allowed: &[&str],
+        report: &mut Report<'_>,
+    ) -> Option<Self> {
+        let Kind::Map(entries) = &node.kind else {
+            report.at(
+                node.pos,
+                format!("{what} must be a mapping, found {}", node.type_name()),
+            );
+            return None;
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for (key, _) in entries {
+            let k = key.as_str().unwrap_or_default();
+            if !allowed.contains(&k) {
+                report.at(
+                    key.pos,
+                    format!(
+                        "unknown field `{k}` in {what}; expected one of: {}",
+                        allowed.join(", ")
+                    ),
+                );
+            } else if seen.contains(&k) {
+                report.at(key.pos, format!("duplicate field `{k}` in {what}"));
+            }
+            seen.push(k);
+        }
+        Some(Fields {
+            node,
+            entries,
+            what: what.to_owned(),
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&'a Node> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    pub fn required(&self, key: &str, report: &mut Report<'_>) -> Option<&'a Node> {
+        let found = self.get(key);
+        if found.is_none() {
+            report.at(
+                self.node.pos,
+                format!("missing field `{key}` in {}", self.what),
+            );
+        }
+        found
+    }
+
+    pub fn required_str_at(&self, key: &str, report: &mut Report<'_>) -> Option<(String, Pos)> {
+        let node = self.required(key, report)?;
+        match node.to_json() {
+            serde_json::Value::String(s) if !s.is_empty() => Some((s, node.pos)),
+            _ => {
+                report.at(
+                    node.pos,
+                    format!(
+                        "`{key}` must be a non-empty string, found {}",
+                        node.type_name()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn required_str(&self, key: &str, report: &mut Report<'_>) -> Option<String> {
+        self.required_str_at(key, report).map(|(s, _)| s)
+    }
+
+    pub fn str_list(&self, key: &str, report: &mut Report<'_>) -> Vec<(String, Pos)> {
+        let Some(node) = self.get(key) else {
+            return Vec::new();
+        };
+        let Kind::Seq(items) = &node.kind else {
+            report.at(
+                node.pos,
+                format!(
+                    "`{key}` must be a list of names, found {}",
+                    node.type_name()
+                ),
+            );
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter_map(|item| match item.to_json() {
+                serde_json::Value::String(s) => Some((s, item.pos)),
+                _ => {
+                    report.at(
+                        item.pos,
+                        format!("`{key}` entries must be names, found {}", item.type_name()),
+                    );
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+impl Report<'_> {
+    /// Records a problem, keeping the caller's code free of `Problem` construction.
+    pub fn at(&mut self, pos: Pos, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            message: message.into(),
+        });
+    }
+}

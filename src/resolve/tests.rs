@@ -1,0 +1,228 @@
+//! Resolver behaviour on in-memory config repos; the same cases run through git and the CLI in
+//! tests/it/cli.rs.
+
+use std::collections::HashMap;
+
+use super::*;
+
+#[derive(Clone)]
+struct Repo(HashMap<String, String>);
+
+impl Files for Repo {
+    fn read(&self, path: &str) -> Result<Option<String>, ReadError> {
+        Ok(self.0.get(path).cloned())
+    }
+}
+
+const ROOT: &str = "\
+apiVersion: fleetsync/v1
+kind: Root
+name: platform
+environments:
+  staging: { branch: staging, cluster: staging-cluster }
+apps:
+  - name: db
+    path: apps/db
+  - name: api
+    path: apps/api
+    dependsOn: [db]
+";
+
+fn app(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: fleetsync/v1\nkind: App\nname: {name}\ntaskDefinition:\n  containerDefinitions:\n    - {{ name: main, image: \"{image}\", memory: 512 }}\nservice:\n  desiredCount: 2\n"
+    )
+}
+
+fn repo() -> Repo {
+    Repo(HashMap::from([
+        ("fleetsync.yaml".into(), ROOT.into()),
+        ("apps/db/app.yaml".into(), app("db", "db:1")),
+        ("apps/api/app.yaml".into(), app("api", "api:${environment}")),
+    ]))
+}
+
+impl Repo {
+    fn with(mut self, path: &str, text: &str) -> Self {
+        self.0.insert(path.into(), text.into());
+        self
+    }
+    fn without(mut self, path: &str) -> Self {
+        self.0.remove(path);
+        self
+    }
+}
+
+fn problems(repo: &Repo) -> Vec<String> {
+    match resolve(repo, DEFAULT_ROOT, "staging", "c0ffee") {
+        Err(Error::Invalid(p)) => p.iter().map(Problem::to_string).collect(),
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn resolves_inputs_with_cluster_family_and_provenance_tags() {
+    let state = resolve(&repo(), DEFAULT_ROOT, "staging", "c0ffee").unwrap();
+    assert_eq!(state.cluster, "staging-cluster");
+    let api = &state.apps[1];
+    assert_eq!(api.depends_on, ["db"]);
+    assert_eq!(api.register_task_definition["family"], "staging-api");
+    assert_eq!(
+        api.register_task_definition["containerDefinitions"][0]["image"],
+        "api:staging"
+    );
+    assert_eq!(api.create_service["cluster"], "staging-cluster");
+    assert_eq!(api.create_service["serviceName"], "api");
+    assert_eq!(api.update_service["service"], "api");
+    assert_eq!(api.update_service["desiredCount"], 2);
+    let tags = api.register_task_definition["tags"].as_array().unwrap();
+    assert!(tags.contains(&serde_json::json!({"key": "fleetsync:revision", "value": "c0ffee"})));
+    assert!(
+        tags.contains(&serde_json::json!({"key": "fleetsync:spec-hash", "value": api.spec_hash}))
+    );
+}
+
+#[test]
+fn spec_hash_ignores_commit_and_key_order_but_not_content() {
+    let a = resolve(&repo(), DEFAULT_ROOT, "staging", "c1").unwrap();
+    let b = resolve(&repo(), DEFAULT_ROOT, "staging", "c2").unwrap();
+    assert_eq!(a.apps[0].spec_hash, b.apps[0].spec_hash);
+    let reordered = "apiVersion: fleetsync/v1\nkind: App\nname: db\nservice:\n  desiredCount: 2\ntaskDefinition:\n  containerDefinitions:\n    - { memory: 512, image: \"db:1\", name: main }\n";
+    let c = resolve(
+        &repo().with("apps/db/app.yaml", reordered),
+        DEFAULT_ROOT,
+        "staging",
+        "c3",
+    )
+    .unwrap();
+    assert_eq!(a.apps[0].spec_hash, c.apps[0].spec_hash);
+    let d = resolve(
+        &repo().with("apps/db/app.yaml", &app("db", "db:2")),
+        DEFAULT_ROOT,
+        "staging",
+        "c4",
+    )
+    .unwrap();
+    assert_ne!(a.apps[0].spec_hash, d.apps[0].spec_hash);
+    assert_eq!(
+        a.apps[1].spec_hash, d.apps[1].spec_hash,
+        "an unrelated app keeps its hash"
+    );
+}
+
+#[test]
+fn no_desired_count_leaves_the_live_count_alone() {
+    let no_count = "apiVersion: fleetsync/v1\nkind: App\nname: db\ntaskDefinition:\n  containerDefinitions: [{ name: m, image: x }]\n";
+    let state = resolve(
+        &repo().with("apps/db/app.yaml", no_count),
+        DEFAULT_ROOT,
+        "staging",
+        "c",
+    )
+    .unwrap();
+    assert!(!state.apps[0].update_service.contains_key("desiredCount"));
+}
+
+#[test]
+fn unknown_fields_are_located() {
+    let root = ROOT.replace("name: platform\n", "name: platform\nprune: yes\n");
+    assert_eq!(
+        problems(&repo().with("fleetsync.yaml", &root)),
+        [
+            "fleetsync.yaml:4:1: unknown field `prune` in the root app; expected one of: apiVersion, kind, name, environments, apps"
+        ]
+    );
+    let child = app("db", "db:1").replace("service:\n", "service:\n  cluster: other\n");
+    let found = problems(&repo().with("apps/db/app.yaml", &child));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("apps/db/app.yaml:8:3: unknown field `cluster` in `service`"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn missing_child_unknown_dependency_and_cycle_are_all_reported() {
+    let root = ROOT.replace("dependsOn: [db]", "dependsOn: [db, cache]")
+        + "  - name: loop-a\n    path: apps/a\n    dependsOn: [loop-b]\n  - name: loop-b\n    path: apps/b\n    dependsOn: [loop-a]\n";
+    let repo = repo()
+        .with("fleetsync.yaml", &root)
+        .with("apps/a/app.yaml", &app("loop-a", "a"))
+        .with("apps/b/app.yaml", &app("loop-b", "b"))
+        .without("apps/db/app.yaml");
+    let found = problems(&repo);
+    assert!(found.contains(&"fleetsync.yaml:11:21: app `api` depends on unknown app `cache`; known apps: api, db, loop-a, loop-b".into()), "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|p| p
+                .starts_with("fleetsync.yaml:17:17: dependency cycle: loop-a → loop-b → loop-a")),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(
+            &"fleetsync.yaml:8:11: app `db`: apps/db/app.yaml does not exist at commit c0ffee"
+                .into()
+        ),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn undefined_variables_and_bad_task_definitions_are_located() {
+    let bad = "apiVersion: fleetsync/v1\nkind: App\nname: db\ntaskDefinition: td.json\n";
+    let td = "{\n  \"family\": \"${team}-db\",\n  \"containerDefinitions\": [\n    {\"name\": \"a\", \"image\": \"x\"},\n    {\"name\": \"a\"}\n  ]\n}\n";
+    let found = problems(
+        &repo()
+            .with("apps/db/app.yaml", bad)
+            .with("apps/db/td.json", td),
+    );
+    assert_eq!(
+        found,
+        [
+            "apps/db/td.json:2:13: undefined variable `${team}`; defined: ${environment}, ${cluster}, ${revision}, ${app}",
+            "apps/db/td.json:5:5: duplicate container name `a`; ECS requires unique names",
+            "apps/db/td.json:5:5: every container needs an `image`",
+        ]
+    );
+}
+
+#[test]
+fn syntax_errors_and_wrong_kinds_are_problems_not_panics() {
+    let found = problems(&repo().with("apps/db/app.yaml", "kind: [unclosed\n"));
+    assert_eq!(found.len(), 1);
+    assert!(found[0].starts_with("apps/db/app.yaml:"), "{found:?}");
+    let found = problems(&repo().with(
+        "apps/db/app.yaml",
+        &app("db", "x").replace("kind: App", "kind: Root"),
+    ));
+    assert_eq!(
+        found,
+        ["apps/db/app.yaml:2:7: expected `kind: App`, found `kind: Root`"]
+    );
+}
+
+#[test]
+fn reserved_tags_and_unknown_environment_are_refused() {
+    let tagged = app("db", "x") + "  tags: [{ key: \"fleetsync:app\", value: x }]\n";
+    let found = problems(&repo().with("apps/db/app.yaml", &tagged));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("tag key `fleetsync:app` is reserved"),
+        "{found:?}"
+    );
+    let err = resolve(&repo(), DEFAULT_ROOT, "prod", "c").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "fleetsync.yaml:5:3: environment `prod` is not declared; declared: staging"
+    );
+}
+
+#[test]
+fn no_root_file_is_not_an_environment() {
+    assert!(
+        read_root(&repo().without("fleetsync.yaml"), DEFAULT_ROOT)
+            .unwrap()
+            .is_none()
+    );
+}

@@ -1,0 +1,280 @@
+//! A YAML tree that remembers where every node came from.
+//!
+//! serde_yaml reports positions only for its own parse errors; `validate` must point at the exact
+//! key or value behind a semantic problem (an unknown `dependsOn`, a wrong type), so manifests are
+//! parsed once into this spanned tree and read by hand. JSON is YAML, so `taskdef.json` goes
+//! through the same parser and gets the same precise locations.
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span, SpannedEventReceiver};
+use serde_json::Value;
+
+/// 1-based line and column of a node in its file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Pos {
+    fn of(span: Span) -> Self {
+        Pos {
+            line: span.start.line(),
+            column: span.start.col() + 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub pos: Pos,
+    pub kind: Kind,
+}
+
+#[derive(Clone, Debug)]
+pub enum Kind {
+    /// A scalar and whether it was quoted (quoted scalars are always strings).
+    Scalar(String, bool),
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+/// A syntax error, with the position the parser stopped at.
+#[derive(Debug)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+/// Parses one YAML (or JSON) document. An empty document is an empty mapping's absence: `None`.
+pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
+    let mut builder = Builder::default();
+    Parser::new_from_str(text)
+        .load(&mut builder, false)
+        .map_err(|e| SyntaxError {
+            pos: Pos {
+                line: e.marker().line(),
+                column: e.marker().col() + 1,
+            },
+            message: e.info().to_owned(),
+        })?;
+    if let Some(message) = builder.error {
+        return Err(SyntaxError {
+            pos: builder.error_pos,
+            message,
+        });
+    }
+    Ok(builder.done)
+}
+
+impl Node {
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Scalar(s, _) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match &self.kind {
+            Kind::Scalar(..) => match self.to_json() {
+                Value::String(_) => "a string",
+                Value::Bool(_) => "a boolean",
+                Value::Null => "null",
+                _ => "a number",
+            },
+            Kind::Seq(_) => "a list",
+            Kind::Map(_) => "a mapping",
+        }
+    }
+
+    /// The node as JSON, typing plain scalars by the YAML 1.2 core schema.
+    pub fn to_json(&self) -> Value {
+        match &self.kind {
+            Kind::Scalar(s, true) => Value::String(s.clone()),
+            Kind::Scalar(s, false) => plain_scalar(s),
+            Kind::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
+            Kind::Map(entries) => Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.as_str().unwrap_or_default().to_owned(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+fn plain_scalar(s: &str) -> Value {
+    match s {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(i) = s.parse::<i64>() {
+        return Value::from(i);
+    }
+    let looks_numeric = s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+        && s.bytes().any(|b| b.is_ascii_digit());
+    if looks_numeric && let Ok(f) = s.parse::<f64>() {
+        return Value::from(f);
+    }
+    Value::String(s.to_owned())
+}
+
+#[derive(Default)]
+struct Builder {
+    /// Open collections: the node under construction and, for mappings, a pending key.
+    stack: Vec<(Node, Option<Node>)>,
+    anchors: HashMap<usize, Node>,
+    /// Anchor ids of the open collections, parallel to `stack`.
+    open_anchors: Vec<usize>,
+    done: Option<Node>,
+    error: Option<String>,
+    error_pos: Pos,
+}
+
+impl Builder {
+    fn push_value(&mut self, node: Node, anchor: usize) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        let Some((parent, pending_key)) = self.stack.last_mut() else {
+            self.done = Some(node);
+            return;
+        };
+        match &mut parent.kind {
+            Kind::Seq(items) => items.push(node),
+            Kind::Map(entries) => match pending_key.take() {
+                Some(key) => entries.push((key, node)),
+                None if matches!(node.kind, Kind::Scalar(..)) => *pending_key = Some(node),
+                None => {
+                    if self.error.is_none() {
+                        self.error = Some("mapping keys must be plain strings".into());
+                        self.error_pos = node.pos;
+                    }
+                    // Keep the tree balanced: a placeholder key absorbs the value that follows.
+                    *pending_key = Some(Node {
+                        pos: node.pos,
+                        kind: Kind::Scalar(String::new(), true),
+                    });
+                }
+            },
+            Kind::Scalar(..) => unreachable!("scalars are never pushed as parents"),
+        }
+    }
+}
+
+impl<'input> SpannedEventReceiver<'input> for Builder {
+    fn on_event(&mut self, event: Event<'input>, span: Span) {
+        let pos = Pos::of(span);
+        match event {
+            Event::Scalar(value, style, anchor, _) => {
+                let quoted = !matches!(style, ScalarStyle::Plain);
+                self.push_value(
+                    Node {
+                        pos,
+                        kind: Kind::Scalar(value.into_owned(), quoted),
+                    },
+                    anchor,
+                );
+            }
+            Event::SequenceStart(anchor, _) => {
+                self.stack.push((
+                    Node {
+                        pos,
+                        kind: Kind::Seq(Vec::new()),
+                    },
+                    None,
+                ));
+                self.open_anchors.push(anchor);
+            }
+            Event::MappingStart(anchor, _) => {
+                self.stack.push((
+                    Node {
+                        pos,
+                        kind: Kind::Map(Vec::new()),
+                    },
+                    None,
+                ));
+                self.open_anchors.push(anchor);
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let (Some((node, _)), Some(anchor)) = (self.stack.pop(), self.open_anchors.pop())
+                {
+                    self.push_value(node, anchor);
+                }
+            }
+            Event::Alias(anchor) => match self.anchors.get(&anchor).cloned() {
+                Some(node) => self.push_value(Node { pos, ..node }, 0),
+                None => {
+                    self.error
+                        .get_or_insert_with(|| "alias to an unknown anchor".into());
+                    self.error_pos = pos;
+                }
+            },
+            Event::Nothing
+            | Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart(_)
+            | Event::DocumentEnd => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based_and_point_at_the_value() {
+        let node = parse("a: 1\nlist:\n  - x\n  - 'y'\n").unwrap().unwrap();
+        let Kind::Map(entries) = &node.kind else {
+            panic!("not a map")
+        };
+        assert_eq!(entries[0].0.pos, Pos { line: 1, column: 1 });
+        let Kind::Seq(items) = &entries[1].1.kind else {
+            panic!("not a seq")
+        };
+        assert_eq!(items[1].pos, Pos { line: 4, column: 5 });
+        assert_eq!(
+            node.to_json(),
+            serde_json::json!({"a": 1, "list": ["x", "y"]})
+        );
+    }
+
+    #[test]
+    fn quoted_numbers_stay_strings_and_json_parses() {
+        let node = parse(r#"{"cpu": "256", "port": 80, "on": true, "x": null, "f": 1.5}"#).unwrap();
+        let json = node.unwrap().to_json();
+        assert_eq!(
+            json,
+            serde_json::json!({"cpu": "256", "port": 80, "on": true, "x": null, "f": 1.5})
+        );
+    }
+
+    #[test]
+    fn anchors_and_aliases_expand() {
+        let node = parse("base: &b {a: 1}\ncopy: *b\n").unwrap().unwrap();
+        assert_eq!(
+            node.to_json(),
+            serde_json::json!({"base": {"a": 1}, "copy": {"a": 1}})
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(err.pos.line >= 1, "{err:?}");
+        assert!(!err.message.is_empty());
+    }
+
+    #[test]
+    fn empty_document_is_none() {
+        assert!(parse("").unwrap().is_none());
+        assert!(parse("# only a comment\n").unwrap().is_none());
+    }
+}
