@@ -1,3 +1,29 @@
 //! fleetsync: a Git push to a config repo becomes a running change on ECS.
+//!
+//! ```text
+//!  serve:  webhook ──► dispatch ──► repo ──► resolve ──► queue (SQS FIFO)
+//!                                                          │
+//!  worker:                                 ecs ◄── sync ◄──┘
+//!
+//!  validate / render:  repo ──► resolve          (no network, no writes)
+//! ```
+//!
+//! - [`webhook`]: Git host deliveries, verified before parsing, normalised to one push event.
+//! - [`dispatch`]: a push → fetch → resolve every environment on the branch → jobs.
+//! - [`repo`]: bare mirrors fetched with git2, read at a commit without a checkout.
+//! - [`resolve`]: App-of-Apps manifests at a commit → desired state. Pure.
+//! - [`queue`]: SQS jobs; [`queue::job::SyncJob`] is the only type on the wire.
+//! - [`sync`]: the worker: apply a job, wait for the rollout, roll back on failure.
+//! - [`ecs`]: the thin ECS client layer.
+//! - [`config`], [`cli`], [`shutdown`]: the edges.
+
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod ecs;
+pub mod queue;
 pub mod repo;
 pub mod resolve;
+pub mod shutdown;
+pub mod sync;
+pub mod webhook;

@@ -1,0 +1,296 @@
+//! Subcommands. `validate` exits 0 when the repo is valid, 1 on problems, 2 on errors.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use clap::{Parser, Subcommand};
+use tracing::info;
+
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, WatchedRepo};
+use crate::queue::Queue;
+use crate::repo::{Local, Mirror};
+use crate::resolve::{self, DEFAULT_ROOT, Problem};
+use crate::sync::Worker;
+use crate::{ecs, shutdown, webhook};
+
+#[derive(Parser)]
+#[command(
+    name = "fleetsync",
+    version,
+    about = "GitOps for AWS ECS: App of Apps in Git, one branch per environment"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive Git webhooks and enqueue sync jobs.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Consume sync jobs and apply them to ECS.
+    Worker {
+        #[arg(long)]
+        config: PathBuf,
+        /// How long running jobs may finish after SIGTERM before they are handed back.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
+    /// Check every environment of a config repo; prints `path:line:column: message` per problem.
+    Validate {
+        /// A git repository, bare or not; environments are read from their branches.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Only this environment.
+        #[arg(long)]
+        env: Option<String>,
+        /// Path of the root app in the repo.
+        #[arg(long, default_value = DEFAULT_ROOT)]
+        root: String,
+    },
+    /// Print the desired state of one environment as JSON.
+    Render {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        env: String,
+        /// Commit, branch or tag to render instead of the environment's branch head.
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        #[arg(long, default_value = DEFAULT_ROOT)]
+        root: String,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => serve(&config).await,
+        Command::Worker { config, grace } => worker(&config, grace).await,
+        Command::Validate { repo, env, root } => validate(&repo, env.as_deref(), &root),
+        Command::Render {
+            repo,
+            env,
+            git_ref,
+            root,
+        } => render(&repo, &env, git_ref.as_deref(), &root),
+    }
+}
+
+/// AWS settings from the standard chain (AWS_ENDPOINT_URL included), with adaptive retries so
+/// throttling slows fleetsync down instead of failing jobs.
+async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::adaptive().with_max_attempts(5))
+        .load()
+        .await
+}
+
+async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let mut repos = Vec::with_capacity(config.repos.len());
+    for repo in &config.repos {
+        let mirror = Mirror::open(&config.mirror_dir, &repo.name, &repo.fetch_url)?;
+        repos.push(WatchedRepo {
+            secret: repo.secret.load(&repo.name)?,
+            mirror: Arc::new(mirror),
+            config: repo.clone(),
+        });
+    }
+    let sdk = aws_config().await;
+    let dispatcher = Arc::new(Dispatcher {
+        repos,
+        queue: Queue::new(&sdk, &config.queue_url),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (`listen` in {})",
+                config.listen,
+                path.display()
+            )
+        })?;
+    info!(message = "Receiver listening.", address = %listener.local_addr()?, queue = %config.queue_url);
+    let shutdown = shutdown::on_signals()?;
+    webhook::serve(
+        listener,
+        webhook::router(dispatcher, config.max_body_bytes),
+        shutdown,
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn worker(path: &Path, grace: Duration) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let sdk = aws_config().await;
+    let worker = Arc::new(Worker {
+        queue: Queue::new(&sdk, &config.queue_url),
+        ecs: ecs::Ecs::new(&sdk),
+        config: config.worker,
+    });
+    info!(message = "Worker started.", queue = %config.queue_url, concurrency = worker.config.concurrency);
+    worker.run(shutdown::on_signals()?, grace).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(repo: &Path, only: Option<&str>, root_path: &str) -> anyhow::Result<ExitCode> {
+    let local = Local::open(repo)?;
+    let root = match read_root_at_head(&local, repo, root_path)? {
+        Ok(root) => root,
+        Err(problems) => return Ok(print_problems(&problems)),
+    };
+    let environments: Vec<_> = match only {
+        Some(name) => vec![find_environment(&root, name, root_path)?],
+        None => root.environments.iter().collect(),
+    };
+    let mut all = Vec::new();
+    for env in environments {
+        let Some(commit) = local.branch_head(&env.branch)? else {
+            all.push(Problem {
+                file: root_path.to_owned(),
+                line: env.pos.line,
+                column: env.pos.column,
+                message: format!(
+                    "environment `{}`: branch `{}` does not exist in {}",
+                    env.name,
+                    env.branch,
+                    repo.display()
+                ),
+            });
+            continue;
+        };
+        match resolve::resolve(
+            &local.snapshot(commit)?,
+            root_path,
+            &env.name,
+            &commit.to_string(),
+        ) {
+            Ok(state) => eprintln!(
+                "ok: {} (branch {} at {:.12}): {} apps",
+                env.name,
+                env.branch,
+                state.commit,
+                state.apps.len()
+            ),
+            Err(resolve::Error::Invalid(problems)) => {
+                eprintln!(
+                    "invalid: {} (branch {} at {:.12}): {} problems",
+                    env.name,
+                    env.branch,
+                    commit.to_string(),
+                    problems.len()
+                );
+                all.extend(problems);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(print_problems(&all))
+}
+
+fn render(
+    repo: &Path,
+    env: &str,
+    git_ref: Option<&str>,
+    root_path: &str,
+) -> anyhow::Result<ExitCode> {
+    let local = Local::open(repo)?;
+    let commit = match git_ref {
+        Some(spec) => local.rev(spec)?,
+        None => {
+            let root = match read_root_at_head(&local, repo, root_path)? {
+                Ok(root) => root,
+                Err(problems) => return Ok(print_problems(&problems)),
+            };
+            let environment = find_environment(&root, env, root_path)?;
+            local.branch_head(&environment.branch)?.with_context(|| {
+                format!(
+                    "environment `{env}`: branch `{}` does not exist in {}",
+                    environment.branch,
+                    repo.display()
+                )
+            })?
+        }
+    };
+    match resolve::resolve(
+        &local.snapshot(commit)?,
+        root_path,
+        env,
+        &commit.to_string(),
+    ) {
+        Ok(state) => {
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &state)?;
+            writeln!(out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(resolve::Error::Invalid(problems)) => Ok(print_problems(&problems)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The root app at HEAD, which names the environments and their branches.
+fn read_root_at_head(
+    local: &Local,
+    repo: &Path,
+    root_path: &str,
+) -> anyhow::Result<Result<resolve::manifest::Root, Vec<Problem>>> {
+    let head = local
+        .head()
+        .with_context(|| format!("{} has no commits", repo.display()))?;
+    match resolve::read_root(&local.snapshot(head)?, root_path) {
+        Ok(Some(root)) => Ok(Ok(root)),
+        Ok(None) => bail!(
+            "{}: no {root_path} at HEAD ({head:.12}); is this a fleetsync config repo? (--root names another path)",
+            repo.display()
+        ),
+        Err(resolve::Error::Invalid(problems)) => Ok(Err(problems)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn find_environment<'r>(
+    root: &'r resolve::manifest::Root,
+    name: &str,
+    root_path: &str,
+) -> anyhow::Result<&'r resolve::manifest::Environment> {
+    root.environments
+        .iter()
+        .find(|e| e.name == name)
+        .with_context(|| {
+            let declared: Vec<_> = root.environments.iter().map(|e| e.name.as_str()).collect();
+            format!(
+                "environment `{name}` is not declared in {root_path} at HEAD; declared: {}",
+                declared.join(", ")
+            )
+        })
+}
+
+/// Prints each distinct problem once (environments on one commit share files) and returns the
+/// exit code: 0 without problems, 1 with.
+fn print_problems(problems: &[Problem]) -> ExitCode {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = std::io::stdout().lock();
+    for p in problems {
+        let line = p.to_string();
+        if seen.insert(line.clone()) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

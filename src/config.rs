@@ -1,0 +1,369 @@
+//! The server config file shared by `serve` and `worker`.
+//!
+//! Parsing does no IO beyond reading the file; secrets are only named here (`env:` / `file:`)
+//! and read by [`SecretRef::load`] in the process that needs them, so a worker never holds a
+//! webhook secret.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("secret of repo `{repo}`: {message}")]
+    Secret { repo: String, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub mirror_dir: PathBuf,
+    pub queue_url: String,
+    /// Largest webhook body accepted, in bytes.
+    pub max_body_bytes: usize,
+    pub repos: Vec<RepoConfig>,
+    pub worker: WorkerConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct RepoConfig {
+    pub name: String,
+    /// The URL as configured, for messages.
+    pub url: String,
+    /// `host/owner/name`, what webhook payloads are matched against.
+    pub identity: String,
+    pub fetch_url: String,
+    pub root: String,
+    pub secret: SecretRef,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs one worker runs at once.
+    pub concurrency: usize,
+    /// How long a received job stays invisible to other workers; extended while it runs.
+    pub visibility_timeout: Duration,
+    /// How often a rollout is polled.
+    pub rollout_poll_interval: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    listen: Option<SocketAddr>,
+    mirror_dir: PathBuf,
+    queue_url: String,
+    max_body_bytes: Option<usize>,
+    repos: Vec<RawRepo>,
+    #[serde(default)]
+    worker: RawWorker,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRepo {
+    name: String,
+    url: String,
+    fetch_url: Option<String>,
+    root: Option<String>,
+    secret: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawWorker {
+    concurrency: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    visibility_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    rollout_poll_interval: Option<Duration>,
+}
+
+/// `10s`-style durations in the config file.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        humantime::parse_duration(&text).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration like `30s` or `5m`: {e}"
+            ))
+        })
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            Error::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })?;
+        let invalid = |message: String| Error::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if raw.repos.is_empty() {
+            return Err(invalid(
+                "`repos` is empty: list at least one config repo to watch".into(),
+            ));
+        }
+        let mut repos: Vec<RepoConfig> = Vec::with_capacity(raw.repos.len());
+        for r in raw.repos {
+            if !crate::resolve::manifest::is_simple_name(&r.name, 100) {
+                return Err(invalid(format!(
+                    "repo name `{}` must be letters, digits, `-` or `_`",
+                    r.name
+                )));
+            }
+            let identity = repo_identity(&r.url)
+                .ok_or_else(|| invalid(format!("repo `{}`: `{}` is not a git URL (https://host/owner/name or git@host:owner/name)", r.name, r.url)))?;
+            if let Some(other) = repos
+                .iter()
+                .find(|o| o.name == r.name || o.identity == identity)
+            {
+                return Err(invalid(format!(
+                    "repos `{}` and `{}` have the same name or URL",
+                    other.name, r.name
+                )));
+            }
+            let secret = SecretRef::parse(&r.secret).map_err(|message| Error::Secret {
+                repo: r.name.clone(),
+                message,
+            })?;
+            repos.push(RepoConfig {
+                fetch_url: r.fetch_url.unwrap_or_else(|| r.url.clone()),
+                root: r
+                    .root
+                    .unwrap_or_else(|| crate::resolve::DEFAULT_ROOT.to_owned()),
+                name: r.name,
+                url: r.url,
+                identity,
+                secret,
+            });
+        }
+        let worker = WorkerConfig {
+            concurrency: raw.worker.concurrency.unwrap_or(4).max(1),
+            visibility_timeout: raw
+                .worker
+                .visibility_timeout
+                .unwrap_or(Duration::from_secs(60))
+                .max(Duration::from_secs(2)),
+            rollout_poll_interval: raw
+                .worker
+                .rollout_poll_interval
+                .unwrap_or(Duration::from_secs(5)),
+        };
+        Ok(Config {
+            listen: raw
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+            mirror_dir: raw.mirror_dir,
+            queue_url: raw.queue_url,
+            max_body_bytes: raw.max_body_bytes.unwrap_or(1 << 20),
+            repos,
+            worker,
+        })
+    }
+}
+
+/// Where a secret is kept. Inline secrets are refused: config files end up in Git and tickets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretRef {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            Some(("env", name)) if !name.is_empty() => Ok(SecretRef::Env(name.to_owned())),
+            Some(("file", path)) if !path.is_empty() => Ok(SecretRef::File(path.into())),
+            // Deliberately not echoing `text`: it may be the secret itself, pasted inline.
+            _ => Err(
+                "`secret` must be `env:VARIABLE` or `file:PATH`; inline secrets are not accepted"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Reads the secret. Empty secrets are an error: accepting unsigned webhooks is never a
+    /// fallback.
+    pub fn load(&self, repo: &str) -> Result<Secret> {
+        let err = |message: String| Error::Secret {
+            repo: repo.to_owned(),
+            message,
+        };
+        let value = match self {
+            SecretRef::Env(name) => std::env::var(name)
+                .map_err(|_| err(format!("environment variable {name} is not set")))?,
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        };
+        if value.is_empty() {
+            return Err(err(format!("{} is empty", self.describe())));
+        }
+        Ok(Secret(value.into_bytes()))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            SecretRef::Env(name) => format!("environment variable {name}"),
+            SecretRef::File(path) => format!("file {}", path.display()),
+        }
+    }
+}
+
+/// Secret bytes that never print.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// `host/owner/name` of a clone, HTML or SSH URL: lower-cased, without scheme, user, port or
+/// `.git`, so the three URLs a Git host puts in a payload all match one configured repo.
+pub fn repo_identity(url: &str) -> Option<String> {
+    let url = url.trim().trim_end_matches('/');
+    let (host, path) = if let Some((_, rest)) = url.split_once("://") {
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        rest.split_once('/')?
+    } else {
+        // scp-like syntax: git@host:owner/name.git
+        let (userhost, path) = url.split_once(':')?;
+        (userhost.rsplit_once('@').map_or(userhost, |(_, h)| h), path)
+    };
+    let host = host.split(':').next()?.to_ascii_lowercase();
+    let path = path
+        .trim_matches('/')
+        .trim_end_matches(".git")
+        .to_ascii_lowercase();
+    if host.is_empty() || path.is_empty() {
+        return None;
+    }
+    Some(format!("{host}/{path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_html_and_ssh_urls_share_an_identity() {
+        for url in [
+            "https://github.com/Acme/platform-config",
+            "https://github.com/acme/platform-config.git",
+            "git@github.com:acme/platform-config.git",
+            "ssh://git@github.com:22/acme/platform-config.git",
+            "git://github.com/acme/platform-config.git",
+            "https://token@github.com/acme/platform-config/",
+        ] {
+            assert_eq!(
+                repo_identity(url).as_deref(),
+                Some("github.com/acme/platform-config"),
+                "{url}"
+            );
+        }
+        assert_eq!(repo_identity("not a url"), None);
+    }
+
+    const MINIMAL: &str = "mirrorDir: /tmp/m\nqueueUrl: http://q\nrepos:\n  - name: platform\n    url: https://github.com/acme/platform-config\n    secret: env:X\n";
+
+    #[test]
+    fn defaults_fill_in_and_unknown_keys_are_located() {
+        let config = Config::parse(Path::new("c.yaml"), MINIMAL).unwrap();
+        assert_eq!(
+            config.repos[0].fetch_url,
+            "https://github.com/acme/platform-config"
+        );
+        assert_eq!(config.repos[0].root, "fleetsync.yaml");
+        assert_eq!(config.max_body_bytes, 1 << 20);
+        let err = Config::parse(Path::new("c.yaml"), &format!("{MINIMAL}lisen: x\n")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("c.yaml:7:1: unknown field `lisen`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn inline_secrets_are_refused_without_echoing_them() {
+        let text = MINIMAL.replace("env:X", "hunter2");
+        let err = Config::parse(Path::new("c.yaml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("inline secrets are not accepted"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn empty_or_missing_secrets_fail_to_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "\n").unwrap();
+        let err = SecretRef::File(path.clone())
+            .load("platform")
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("is empty"), "{err}");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let secret = SecretRef::File(path).load("platform").unwrap();
+        assert_eq!(secret.expose(), b"s3cret");
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+        let err = SecretRef::Env("FLEETSYNC_TEST_UNSET_VAR".into())
+            .load("platform")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("FLEETSYNC_TEST_UNSET_VAR is not set")
+        );
+    }
+}

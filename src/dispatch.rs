@@ -1,0 +1,187 @@
+//! A verified push becomes durable jobs: fetch the branch, resolve every environment on it,
+//! enqueue one job per app.
+//!
+//! Shared by every trigger (webhooks now; the API and reconcile later), so that they all give the
+//! same answer for the same branch head.
+
+use std::sync::Arc;
+
+use tracing::info;
+
+use crate::config::{RepoConfig, Secret};
+use crate::queue::{self, Enqueued, Queue, SyncJob};
+use crate::repo::{self, Mirror};
+use crate::resolve::{self, DesiredState, Problem};
+
+/// A watched config repo, ready to receive pushes.
+pub struct WatchedRepo {
+    pub config: RepoConfig,
+    pub secret: Secret,
+    pub mirror: Arc<Mirror>,
+}
+
+pub struct Dispatcher {
+    pub repos: Vec<WatchedRepo>,
+    pub queue: Queue,
+}
+
+/// What a push led to. Every variant is a final answer for this delivery; only [`Error`] asks
+/// the Git host to deliver again.
+#[derive(Debug)]
+pub enum Outcome {
+    Ignored {
+        reason: String,
+    },
+    Enqueued {
+        branch: String,
+        commit: String,
+        jobs: Vec<Enqueued>,
+    },
+    /// At least one environment on the branch does not resolve: it gets no job at all.
+    /// Environments that did resolve were enqueued (`jobs`).
+    Invalid {
+        branch: String,
+        commit: String,
+        problems: Vec<EnvironmentProblems>,
+        jobs: Vec<Enqueued>,
+    },
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct EnvironmentProblems {
+    /// `None` when the root app itself is broken, so no environment could be read.
+    pub environment: Option<String>,
+    pub problems: Vec<String>,
+}
+
+/// Failures worth a redelivery: nothing was enqueued, or not all of it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Fetch(repo::Error),
+    #[error(transparent)]
+    Read(resolve::Error),
+    #[error(transparent)]
+    Queue(#[from] queue::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Dispatcher {
+    pub async fn push(&self, repo: &WatchedRepo, branch: &str) -> Result<Outcome, Error> {
+        let mirror = repo.mirror.clone();
+        let root_path = repo.config.root.clone();
+        let branch_owned = branch.to_owned();
+        let plan =
+            tokio::task::spawn_blocking(move || plan_branch(&mirror, &branch_owned, &root_path))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+
+        let (commit, results) = match plan {
+            Plan::Ignored(reason) => return Ok(Outcome::Ignored { reason }),
+            Plan::Resolved { commit, results } => (commit, results),
+        };
+        let mut jobs = Vec::new();
+        let mut problems = Vec::new();
+        for (environment, result) in results {
+            match result {
+                Ok(state) => jobs.extend(
+                    state
+                        .apps
+                        .into_iter()
+                        .map(|app| SyncJob::new(&repo.config.name, app)),
+                ),
+                Err(found) => problems.push(EnvironmentProblems {
+                    environment,
+                    problems: found.iter().map(Problem::to_string).collect(),
+                }),
+            }
+        }
+        let enqueued = self.queue.send(&jobs).await?;
+        info!(message = "Jobs enqueued.", repo = %repo.config.name, %branch, %commit, jobs = enqueued.len(), invalid_environments = problems.len());
+        let branch = branch.to_owned();
+        Ok(if problems.is_empty() {
+            Outcome::Enqueued {
+                branch,
+                commit,
+                jobs: enqueued,
+            }
+        } else {
+            Outcome::Invalid {
+                branch,
+                commit,
+                problems,
+                jobs: enqueued,
+            }
+        })
+    }
+}
+
+enum Plan {
+    Ignored(String),
+    Resolved {
+        commit: String,
+        results: Vec<EnvironmentResult>,
+    },
+}
+
+/// An environment on the branch (`None`: the root itself), and its state or its problems.
+type EnvironmentResult = (Option<String>, Result<DesiredState, Vec<Problem>>);
+
+/// Fetches the branch and resolves every environment whose branch it is, at the fetched head
+/// (never the payload's commit: a later push may already be there).
+fn plan_branch(mirror: &Mirror, branch: &str, root_path: &str) -> Result<Plan, Error> {
+    let head = match mirror.fetch_branch(branch) {
+        Ok(head) => head,
+        Err(repo::Error::NoSuchBranch { .. }) => {
+            return Ok(Plan::Ignored(format!(
+                "branch `{branch}` no longer exists; nothing to deploy"
+            )));
+        }
+        Err(e) => return Err(Error::Fetch(e)),
+    };
+    let commit = head.to_string();
+    let local = mirror.local().map_err(Error::Fetch)?;
+    let files = local.snapshot(head).map_err(Error::Fetch)?;
+    let root = match resolve::read_root(&files, root_path) {
+        Ok(Some(root)) => root,
+        Ok(None) => {
+            return Ok(Plan::Ignored(format!(
+                "branch `{branch}` has no {root_path} at {commit}"
+            )));
+        }
+        Err(resolve::Error::Invalid(problems)) => {
+            return Ok(Plan::Resolved {
+                commit,
+                results: vec![(None, Err(problems))],
+            });
+        }
+        Err(e) => return Err(Error::Read(e)),
+    };
+    let environments: Vec<_> = root
+        .environments
+        .iter()
+        .filter(|e| e.branch == branch)
+        .collect();
+    if environments.is_empty() {
+        let declared: Vec<_> = root
+            .environments
+            .iter()
+            .map(|e| format!("{} ← {}", e.name, e.branch))
+            .collect();
+        return Ok(Plan::Ignored(format!(
+            "branch `{branch}` is not an environment branch (environments: {})",
+            declared.join(", ")
+        )));
+    }
+    let mut results = Vec::new();
+    for env in environments {
+        let result = match resolve::resolve(&files, root_path, &env.name, &commit) {
+            Ok(state) => Ok(state),
+            Err(resolve::Error::Invalid(problems)) => Err(problems),
+            Err(e) => return Err(Error::Read(e)),
+        };
+        results.push((Some(env.name.clone()), result));
+    }
+    Ok(Plan::Resolved { commit, results })
+}

@@ -1,0 +1,347 @@
+//! The thin ECS layer: the only module that imports `aws_sdk_ecs`.
+//!
+//! It turns SDK shapes into the few facts `sync` needs and every SDK error into [`Error`], with
+//! the AWS error code kept, so nothing above it matches on `SdkError`.
+
+mod raw;
+
+use std::collections::HashMap;
+
+use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ecs::types::{ServiceField, Tag, TaskDefinitionField};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ECS {operation} {target}: {code}: {message}")]
+    Api {
+        operation: &'static str,
+        target: String,
+        code: String,
+        message: String,
+        retryable: bool,
+    },
+    #[error("ECS {operation} {target}: the response has no {missing}")]
+    Incomplete {
+        operation: &'static str,
+        target: String,
+        missing: &'static str,
+    },
+}
+
+impl Error {
+    /// Throttling, 5xx and transport failures: worth another attempt later. Everything else
+    /// (invalid input, missing cluster, access denied) fails the same way every time.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Api {
+                retryable: true,
+                ..
+            }
+        )
+    }
+
+    pub fn code(&self) -> &str {
+        match self {
+            Error::Api { code, .. } => code,
+            Error::Incomplete { .. } => "IncompleteResponse",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn api_error<E, R>(operation: &'static str, target: &str, err: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let (code, message, retryable) = match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or("Unknown").to_owned();
+            let retryable = code.contains("Throttl")
+                || code == "ServerException"
+                || code == "ServiceUnavailable";
+            (code, e.message().unwrap_or_default().to_owned(), retryable)
+        }
+        SdkError::TimeoutError(_) => (
+            "Timeout".into(),
+            DisplayErrorContext(&err).to_string(),
+            true,
+        ),
+        SdkError::DispatchFailure(_) => (
+            "DispatchFailure".into(),
+            DisplayErrorContext(&err).to_string(),
+            true,
+        ),
+        _ => (
+            "ResponseError".into(),
+            DisplayErrorContext(&err).to_string(),
+            true,
+        ),
+    };
+    Error::Api {
+        operation,
+        target: target.to_owned(),
+        code,
+        message,
+        retryable,
+    }
+}
+
+/// What `sync` needs to know about a live service.
+#[derive(Debug, Clone)]
+pub struct LiveService {
+    pub arn: String,
+    pub task_definition: String,
+    pub desired_count: i32,
+    pub running_count: i32,
+    pub tags: HashMap<String, String>,
+    /// Newest first, as ECS lists them.
+    pub deployments: Vec<Deployment>,
+    /// Newest first; ECS keeps the last 100.
+    pub events: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub id: String,
+    /// PRIMARY, ACTIVE or INACTIVE.
+    pub status: String,
+    pub task_definition: String,
+    /// IN_PROGRESS, COMPLETED or FAILED; absent for non-ECS deployment controllers.
+    pub rollout_state: Option<String>,
+    pub rollout_state_reason: Option<String>,
+    pub desired_count: i32,
+    pub running_count: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveTaskDefinition {
+    pub arn: String,
+    pub tags: HashMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Ecs {
+    client: aws_sdk_ecs::Client,
+}
+
+impl Ecs {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Ecs {
+            client: aws_sdk_ecs::Client::new(config),
+        }
+    }
+
+    /// The service, or `None` when it does not exist or was deleted (INACTIVE).
+    pub async fn describe_service(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<Option<LiveService>> {
+        let target = format!("{cluster}/{service}");
+        let out = self
+            .client
+            .describe_services()
+            .cluster(cluster)
+            .services(service)
+            .include(ServiceField::Tags)
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeServices", &target, e))?;
+        let Some(s) = out
+            .services()
+            .iter()
+            .find(|s| s.status() != Some("INACTIVE"))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(LiveService {
+            arn: s.service_arn().unwrap_or_default().to_owned(),
+            task_definition: s.task_definition().unwrap_or_default().to_owned(),
+            desired_count: s.desired_count(),
+            running_count: s.running_count(),
+            tags: tags(s.tags()),
+            deployments: s
+                .deployments()
+                .iter()
+                .map(|d| Deployment {
+                    id: d.id().unwrap_or_default().to_owned(),
+                    status: d.status().unwrap_or_default().to_owned(),
+                    task_definition: d.task_definition().unwrap_or_default().to_owned(),
+                    rollout_state: d.rollout_state().map(|r| r.as_str().to_owned()),
+                    rollout_state_reason: d.rollout_state_reason().map(str::to_owned),
+                    desired_count: d.desired_count(),
+                    running_count: d.running_count(),
+                })
+                .collect(),
+            events: s
+                .events()
+                .iter()
+                .filter_map(|e| e.message().map(str::to_owned))
+                .collect(),
+        }))
+    }
+
+    /// The latest ACTIVE revision of a family, or `None` when the family has none.
+    pub async fn describe_task_definition(
+        &self,
+        family: &str,
+    ) -> Result<Option<LiveTaskDefinition>> {
+        let out = self
+            .client
+            .describe_task_definition()
+            .task_definition(family)
+            .include(TaskDefinitionField::Tags)
+            .send()
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            // ECS answers a family without ACTIVE revisions with a ClientException.
+            Err(SdkError::ServiceError(e)) if e.err().code() == Some("ClientException") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(api_error("DescribeTaskDefinition", family, e)),
+        };
+        let arn = out
+            .task_definition()
+            .and_then(|t| t.task_definition_arn())
+            .map(str::to_owned);
+        Ok(arn.map(|arn| LiveTaskDefinition {
+            arn,
+            tags: tags(out.tags()),
+        }))
+    }
+
+    /// Registers `input` (RegisterTaskDefinition JSON) as sent; returns the new revision's ARN.
+    pub async fn register_task_definition(&self, input: &Map<String, Value>) -> Result<String> {
+        let family = input
+            .get("family")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let out = self
+            .client
+            .register_task_definition()
+            .family(family)
+            .customize()
+            .interceptor(raw::JsonBody(to_body(input)))
+            .send()
+            .await
+            .map_err(|e| api_error("RegisterTaskDefinition", family, e))?;
+        out.task_definition()
+            .and_then(|t| t.task_definition_arn())
+            .map(str::to_owned)
+            .ok_or(Error::Incomplete {
+                operation: "RegisterTaskDefinition",
+                target: family.to_owned(),
+                missing: "taskDefinitionArn",
+            })
+    }
+
+    /// CreateService with `input` as sent; returns the service ARN.
+    pub async fn create_service(&self, input: &Map<String, Value>) -> Result<String> {
+        let name = input
+            .get("serviceName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let target = target(input, name);
+        let out = self
+            .client
+            .create_service()
+            .service_name(name)
+            .customize()
+            .interceptor(raw::JsonBody(to_body(input)))
+            .send()
+            .await
+            .map_err(|e| api_error("CreateService", &target, e))?;
+        out.service()
+            .and_then(|s| s.service_arn())
+            .map(str::to_owned)
+            .ok_or(Error::Incomplete {
+                operation: "CreateService",
+                target,
+                missing: "serviceArn",
+            })
+    }
+
+    /// UpdateService with `input` as sent.
+    pub async fn update_service(&self, input: &Map<String, Value>) -> Result<()> {
+        let name = input
+            .get("service")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let target = target(input, name);
+        self.client
+            .update_service()
+            .service(name)
+            .customize()
+            .interceptor(raw::JsonBody(to_body(input)))
+            .send()
+            .await
+            .map_err(|e| api_error("UpdateService", &target, e))?;
+        Ok(())
+    }
+
+    /// Rolls a service to another task definition, leaving everything else as it is.
+    pub async fn set_task_definition(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition: &str,
+    ) -> Result<()> {
+        self.client
+            .update_service()
+            .cluster(cluster)
+            .service(service)
+            .task_definition(task_definition)
+            .send()
+            .await
+            .map_err(|e| api_error("UpdateService", &format!("{cluster}/{service}"), e))?;
+        Ok(())
+    }
+
+    pub async fn tag_resource(&self, arn: &str, tags: &[(String, String)]) -> Result<()> {
+        let tags = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        self.client
+            .tag_resource()
+            .resource_arn(arn)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(|e| api_error("TagResource", arn, e))?;
+        Ok(())
+    }
+}
+
+fn to_body(input: &Map<String, Value>) -> Bytes {
+    Bytes::from(serde_json::to_vec(input).expect("a JSON map always serialises"))
+}
+
+fn target(input: &Map<String, Value>, name: &str) -> String {
+    let cluster = input
+        .get("cluster")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    format!("{cluster}/{name}")
+}
+
+fn tags(tags: &[Tag]) -> HashMap<String, String> {
+    tags.iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+        .collect()
+}
+
+/// `family:revision` of a task definition ARN (or of `family:revision` itself), so ARNs and the
+/// short form ECS sometimes echoes compare equal.
+pub fn task_definition_id(arn_or_id: &str) -> &str {
+    arn_or_id
+        .rsplit_once("task-definition/")
+        .map_or(arn_or_id, |(_, id)| id)
+}

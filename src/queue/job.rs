@@ -1,0 +1,54 @@
+//! The sync job: the only type fleetsync serialises onto the wire between processes.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::resolve::DesiredApp;
+
+/// One app of one environment at one commit, resolved by the receiver. It carries the exact ECS
+/// inputs, so a worker never re-reads Git and every attempt applies the same thing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncJob {
+    /// Bumped on incompatible changes, so a worker refuses a job it would misread.
+    pub version: u32,
+    /// The watched repo's name in the server config.
+    pub repo: String,
+    pub app: DesiredApp,
+}
+
+impl SyncJob {
+    pub const VERSION: u32 = 1;
+
+    pub fn new(repo: &str, app: DesiredApp) -> Self {
+        SyncJob {
+            version: Self::VERSION,
+            repo: repo.to_owned(),
+            app,
+        }
+    }
+
+    /// FIFO group: one app of one environment is never synced by two workers at once.
+    pub fn group_id(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.app.root, self.app.environment, self.app.name
+        )
+    }
+
+    /// The same app at the same commit with the same spec is one job, however many times the
+    /// webhook is delivered.
+    pub fn deduplication_id(&self) -> String {
+        let mut hasher = Sha256::new();
+        for part in [
+            &self.app.environment,
+            &self.app.name,
+            &self.app.commit,
+            &self.app.spec_hash,
+        ] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hex::encode(hasher.finalize())
+    }
+}

@@ -1,0 +1,214 @@
+//! The SQS FIFO queue between receivers and workers: the only module that imports
+//! `aws_sdk_sqs`.
+//!
+//! SQS is the durable hand-off: a receiver acknowledges a webhook only after [`Queue::send`]
+//! returned, and a worker deletes a message only after its job is done.
+
+pub mod job;
+
+use std::time::Duration;
+
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
+pub use job::SyncJob;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("SQS {operation} on {queue}: {code}: {message}")]
+    Api {
+        operation: &'static str,
+        queue: String,
+        code: String,
+        message: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn api_error<E, R>(operation: &'static str, queue: &str, err: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let (code, message) = match &err {
+        SdkError::ServiceError(e) => (
+            e.err().code().unwrap_or("Unknown").to_owned(),
+            e.err().message().unwrap_or_default().to_owned(),
+        ),
+        _ => (
+            "Unavailable".to_owned(),
+            DisplayErrorContext(&err).to_string(),
+        ),
+    };
+    Error::Api {
+        operation,
+        queue: queue.to_owned(),
+        code,
+        message,
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Queue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+/// A job as accepted by SQS.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Enqueued {
+    pub id: String,
+    pub environment: String,
+    pub app: String,
+    pub spec_hash: String,
+}
+
+/// A received message: the job, or why its body could not be read.
+#[derive(Debug)]
+pub struct Received {
+    pub message_id: String,
+    pub receipt: String,
+    pub receive_count: u32,
+    pub job: Result<SyncJob, String>,
+}
+
+/// SQS takes at most ten entries per batch call.
+const BATCH: usize = 10;
+
+impl Queue {
+    pub fn new(config: &aws_config::SdkConfig, url: &str) -> Self {
+        Queue {
+            client: aws_sdk_sqs::Client::new(config),
+            url: url.to_owned(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends every job or fails: a partial batch failure is an error, and the caller's retry
+    /// re-sends all of them, which FIFO deduplication makes safe.
+    pub async fn send(&self, jobs: &[SyncJob]) -> Result<Vec<Enqueued>> {
+        let mut enqueued = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, job)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(serde_json::to_string(job).expect("jobs always serialise"))
+                        .message_group_id(job.group_id())
+                        .message_deduplication_id(job.deduplication_id())
+                        .build()
+                        .expect("id and body are set")
+                })
+                .collect();
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| api_error("SendMessageBatch", &self.url, e))?;
+            if let Some(failed) = out.failed().first() {
+                return Err(Error::Api {
+                    operation: "SendMessageBatch",
+                    queue: self.url.clone(),
+                    code: failed.code().to_owned(),
+                    message: failed.message().unwrap_or_default().to_owned(),
+                });
+            }
+            for ok in out.successful() {
+                let job = &chunk[ok.id().parse::<usize>().unwrap_or_default()];
+                enqueued.push(Enqueued {
+                    id: ok.message_id().to_owned(),
+                    environment: job.app.environment.clone(),
+                    app: job.app.name.clone(),
+                    spec_hash: job.app.spec_hash.clone(),
+                });
+            }
+        }
+        Ok(enqueued)
+    }
+
+    /// Long-polls for up to `max` jobs (1-10), hiding them from other workers for `visibility`.
+    pub async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<Received>> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max.clamp(1, BATCH) as i32)
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .visibility_timeout(secs(visibility))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| api_error("ReceiveMessage", &self.url, e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                let receipt = m.receipt_handle()?.to_owned();
+                let receive_count = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1);
+                let job = serde_json::from_str::<SyncJob>(m.body().unwrap_or_default())
+                    .map_err(|e| e.to_string())
+                    .and_then(|job| match job.version {
+                        SyncJob::VERSION => Ok(job),
+                        v => Err(format!(
+                            "job version {v} is not understood by this worker (version {})",
+                            SyncJob::VERSION
+                        )),
+                    });
+                Some(Received {
+                    message_id: m.message_id().unwrap_or_default().to_owned(),
+                    receipt,
+                    receive_count,
+                    job,
+                })
+            })
+            .collect())
+    }
+
+    pub async fn delete(&self, receipt: &str) -> Result<()> {
+        self.client
+            .delete_message()
+            .queue_url(&self.url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map_err(|e| api_error("DeleteMessage", &self.url, e))?;
+        Ok(())
+    }
+
+    /// Hides the message for `visibility` from now: a heartbeat while working, a back-off after
+    /// a retryable failure, or zero to hand it to another worker at once.
+    pub async fn set_visibility(&self, receipt: &str, visibility: Duration) -> Result<()> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt)
+            .visibility_timeout(secs(visibility))
+            .send()
+            .await
+            .map_err(|e| api_error("ChangeMessageVisibility", &self.url, e))?;
+        Ok(())
+    }
+}
+
+/// SQS visibility is whole seconds, at most 12 hours.
+fn secs(d: Duration) -> i32 {
+    d.as_secs().min(12 * 3600) as i32
+}

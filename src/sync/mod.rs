@@ -1,0 +1,242 @@
+//! The worker: consumes sync jobs from the queue and applies them to ECS.
+//!
+//! A message is deleted only when its job is done (or can never succeed); while a job runs its
+//! visibility is extended, and a retryable failure hides it again with a growing back-off, so a
+//! crashed or failing worker never loses a job.
+
+mod apply;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use apply::{Outcome, apply};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, warn};
+
+use crate::config::WorkerConfig;
+use crate::ecs::{self, Ecs};
+use crate::queue::{self, Queue, Received, SyncJob};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Ecs(#[from] ecs::Error),
+    #[error("rollout of {service} to {task_definition} failed: {reason}{}", rolled_back_note(.rolled_back, .previous))]
+    RolloutFailed {
+        service: String,
+        task_definition: String,
+        reason: String,
+        previous: String,
+        rolled_back: bool,
+    },
+    #[error("rollout of {service} to {task_definition} did not complete within {}{}{}", humantime::format_duration(*.timeout), events_note(.events), rolled_back_note(.rolled_back, .previous))]
+    RolloutTimeout {
+        service: String,
+        task_definition: String,
+        timeout: Duration,
+        previous: String,
+        events: Vec<String>,
+        rolled_back: bool,
+    },
+    #[error("{original}; rolling back failed too: {rollback}")]
+    RollbackFailed {
+        original: Box<Error>,
+        rollback: ecs::Error,
+    },
+}
+
+fn rolled_back_note(rolled_back: &bool, previous: &str) -> String {
+    if *rolled_back {
+        format!("; rolled back to {}", ecs::task_definition_id(previous))
+    } else {
+        String::new()
+    }
+}
+
+fn events_note(events: &[String]) -> String {
+    if events.is_empty() {
+        String::new()
+    } else {
+        format!(" (latest events: {})", events.join("; "))
+    }
+}
+
+impl Error {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Ecs(e) => e.is_retryable(),
+            Error::RolloutFailed { .. }
+            | Error::RolloutTimeout { .. }
+            | Error::RollbackFailed { .. } => false,
+        }
+    }
+
+    fn rolled_back(mut self, value: bool) -> Self {
+        if let Error::RolloutFailed { rolled_back, .. }
+        | Error::RolloutTimeout { rolled_back, .. } = &mut self
+        {
+            *rolled_back = value;
+        }
+        self
+    }
+}
+
+pub struct Worker {
+    pub queue: Queue,
+    pub ecs: Ecs,
+    pub config: WorkerConfig,
+}
+
+/// Long poll length: SQS's maximum, so an idle worker costs three calls a minute.
+const LONG_POLL: Duration = Duration::from_secs(20);
+
+impl Worker {
+    /// Runs until `shutdown` fires, then stops receiving and lets running jobs finish for up to
+    /// `grace`; jobs still running after that are released to other workers at once.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let tracker = TaskTracker::new();
+        let abort = CancellationToken::new();
+        let mut failures = 0u32;
+        loop {
+            let first = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = shutdown.cancelled() => break,
+            };
+            let mut held = vec![first];
+            while held.len() < 10
+                && let Ok(p) = permits.clone().try_acquire_owned()
+            {
+                held.push(p);
+            }
+            let received = tokio::select! {
+                r = self.queue.receive(held.len(), LONG_POLL, self.config.visibility_timeout) => r,
+                () = shutdown.cancelled() => break,
+            };
+            let messages = match received {
+                Ok(messages) => {
+                    failures = 0;
+                    messages
+                }
+                Err(e) => {
+                    failures += 1;
+                    let backoff = Duration::from_millis(500 * 2u64.pow(failures.min(6)));
+                    warn!(message = "Cannot receive jobs; retrying.", error = %e, retry_in = ?backoff);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => continue,
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            for (message, permit) in messages.into_iter().zip(held) {
+                let worker = self.clone();
+                let abort = abort.clone();
+                tracker.spawn(async move {
+                    worker.handle(message, abort).await;
+                    drop(permit);
+                });
+            }
+        }
+        tracker.close();
+        info!(
+            message = "Worker stopping; waiting for running jobs.",
+            running = tracker.len()
+        );
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            abort.cancel();
+            tracker.wait().await;
+        }
+    }
+
+    async fn handle(&self, message: Received, abort: CancellationToken) {
+        let Received {
+            message_id,
+            receipt,
+            receive_count,
+            job,
+        } = message;
+        let job = match job {
+            Ok(job) => job,
+            Err(reason) => {
+                // Left in the queue: it returns after the visibility timeout and the redrive
+                // policy moves it to the dead-letter queue, where it can be inspected.
+                error!(message = "Unreadable job left for the dead-letter queue.", %message_id, %reason);
+                return;
+            }
+        };
+        let app = &job.app;
+        let span = tracing::info_span!("job", %message_id, environment = %app.environment, app = %app.name, commit = %app.commit);
+        self.run_job(&job, &receipt, receive_count, abort)
+            .instrument(span)
+            .await;
+    }
+
+    async fn run_job(
+        &self,
+        job: &SyncJob,
+        receipt: &str,
+        receive_count: u32,
+        abort: CancellationToken,
+    ) {
+        let heartbeat = self.heartbeat(receipt);
+        let result = tokio::select! {
+            r = apply(&self.ecs, job, self.config.rollout_poll_interval) => Some(r),
+            () = heartbeat => None,
+            () = abort.cancelled() => None,
+        };
+        match result {
+            Some(Ok(outcome)) => {
+                info!(message = "Job done.", outcome = ?outcome);
+                self.delete(receipt).await;
+            }
+            Some(Err(e)) if e.is_retryable() => {
+                let backoff = Duration::from_secs(5 * 2u64.pow(receive_count.min(8)))
+                    .min(Duration::from_secs(900));
+                warn!(message = "Job failed; it will be retried.", error = %e, attempt = receive_count, retry_in = ?backoff);
+                self.set_visibility(receipt, backoff).await;
+            }
+            Some(Err(e)) => {
+                error!(message = "Job failed.", error = %e, attempt = receive_count);
+                self.delete(receipt).await;
+            }
+            None => {
+                warn!(message = "Job interrupted; released to another worker.");
+                self.set_visibility(receipt, Duration::ZERO).await;
+            }
+        }
+    }
+
+    /// Extends the message's visibility until dropped; returns only if that becomes impossible
+    /// (the message was taken by someone else), which ends the job.
+    async fn heartbeat(&self, receipt: &str) {
+        let every = self.config.visibility_timeout / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self
+                .queue
+                .set_visibility(receipt, self.config.visibility_timeout)
+                .await
+            {
+                warn!(message = "Cannot extend the job's visibility.", error = %e);
+                if matches!(&e, queue::Error::Api { code, .. } if code.contains("ReceiptHandle") || code.contains("MessageNotInflight"))
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn delete(&self, receipt: &str) {
+        if let Err(e) = self.queue.delete(receipt).await {
+            warn!(message = "Cannot delete a finished job; it will run again and find nothing to do.", error = %e);
+        }
+    }
+
+    async fn set_visibility(&self, receipt: &str, visibility: Duration) {
+        if let Err(e) = self.queue.set_visibility(receipt, visibility).await {
+            warn!(message = "Cannot change the job's visibility.", error = %e);
+        }
+    }
+}
