@@ -13,12 +13,11 @@ use clap::{Parser, Subcommand};
 use tracing::info;
 
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, WatchedRepo};
-use crate::queue::Queue;
-use crate::repo::{Local, Mirror};
+use crate::dispatch::Dispatcher;
+use crate::repo::Local;
 use crate::resolve::{self, DEFAULT_ROOT, Problem};
 use crate::sync::Worker;
-use crate::{ecs, shutdown, webhook};
+use crate::{shutdown, webhook};
 
 #[derive(Parser)]
 #[command(
@@ -97,20 +96,7 @@ async fn aws_config() -> aws_config::SdkConfig {
 
 async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let mut repos = Vec::with_capacity(config.repos.len());
-    for repo in &config.repos {
-        let mirror = Mirror::open(&config.mirror_dir, &repo.name, &repo.fetch_url)?;
-        repos.push(WatchedRepo {
-            secret: repo.secret.load(&repo.name)?,
-            mirror: Arc::new(mirror),
-            config: repo.clone(),
-        });
-    }
-    let sdk = aws_config().await;
-    let dispatcher = Arc::new(Dispatcher {
-        repos,
-        queue: Queue::new(&sdk, &config.queue_url),
-    });
+    let dispatcher = Arc::new(Dispatcher::from_config(&config, &aws_config().await)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
@@ -133,12 +119,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
 
 async fn worker(path: &Path, grace: Duration) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let sdk = aws_config().await;
-    let worker = Arc::new(Worker {
-        queue: Queue::new(&sdk, &config.queue_url),
-        ecs: ecs::Ecs::new(&sdk),
-        config: config.worker,
-    });
+    let worker = Arc::new(Worker::from_config(&config, &aws_config().await));
     info!(message = "Worker started.", queue = %config.queue_url, concurrency = worker.config.concurrency);
     worker.run(shutdown::on_signals()?, grace).await;
     Ok(ExitCode::SUCCESS)

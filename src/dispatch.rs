@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use crate::config::{RepoConfig, Secret};
+use crate::config::{Config, RepoConfig, Secret};
 use crate::queue::{self, Enqueued, Queue, SyncJob};
 use crate::repo::{self, Mirror};
 use crate::resolve::{self, DesiredState, Problem};
@@ -54,6 +54,14 @@ pub struct EnvironmentProblems {
     pub problems: Vec<String>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Secret(#[from] crate::config::Error),
+    #[error(transparent)]
+    Mirror(#[from] repo::Error),
+}
+
 /// Failures worth a redelivery: nothing was enqueued, or not all of it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -68,6 +76,24 @@ pub enum Error {
 }
 
 impl Dispatcher {
+    /// Reads every repo's secret and opens its mirror: a missing or empty secret stops the
+    /// receiver at startup instead of accepting unsigned deliveries.
+    pub fn from_config(config: &Config, aws: &aws_config::SdkConfig) -> Result<Self, StartError> {
+        let mut repos = Vec::with_capacity(config.repos.len());
+        for repo in &config.repos {
+            let mirror = Mirror::open(&config.mirror_dir, &repo.name, &repo.fetch_url)?;
+            repos.push(WatchedRepo {
+                secret: repo.secret.load(&repo.name)?,
+                mirror: Arc::new(mirror),
+                config: repo.clone(),
+            });
+        }
+        Ok(Dispatcher {
+            repos,
+            queue: Queue::new(aws, &config.queue_url),
+        })
+    }
+
     pub async fn push(&self, repo: &WatchedRepo, branch: &str) -> Result<Outcome, Error> {
         let mirror = repo.mirror.clone();
         let root_path = repo.config.root.clone();

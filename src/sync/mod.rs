@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
 
-use crate::config::WorkerConfig;
+use crate::config::{Config, WorkerConfig};
 use crate::ecs::{self, Ecs};
 use crate::queue::{self, Queue, Received, SyncJob};
 
@@ -93,6 +93,14 @@ pub struct Worker {
 const LONG_POLL: Duration = Duration::from_secs(20);
 
 impl Worker {
+    pub fn from_config(config: &Config, aws: &aws_config::SdkConfig) -> Self {
+        Worker {
+            queue: Queue::new(aws, &config.queue_url),
+            ecs: Ecs::new(aws),
+            config: config.worker.clone(),
+        }
+    }
+
     /// Runs until `shutdown` fires, then stops receiving and lets running jobs finish for up to
     /// `grace`; jobs still running after that are released to other workers at once.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {

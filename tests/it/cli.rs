@@ -1,0 +1,188 @@
+//! `fleetsync validate` and `fleetsync render`, run as the real binary on real git repositories.
+
+use std::process::Command;
+
+use crate::harness::ConfigRepo;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn fleetsync(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetsync"))
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn validate(repo: &ConfigRepo) -> Run {
+    fleetsync(&["validate", "--repo", repo.path().to_str().unwrap()])
+}
+
+#[test]
+fn example_repo_validates_in_every_environment() {
+    let repo = ConfigRepo::example_with(str::to_owned);
+    let run = validate(&repo);
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("ok: staging (branch staging at"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("ok: production (branch main at"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn render_prints_the_ecs_inputs_fleetsync_will_send() {
+    let repo = ConfigRepo::example_with(str::to_owned);
+    let run = fleetsync(&[
+        "render",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--env",
+        "production",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let state: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(state["environment"], "production");
+    assert_eq!(state["commit"], repo.head("main").to_string());
+    let api = state["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "api")
+        .unwrap();
+    assert_eq!(api["cluster"], "production");
+    assert_eq!(api["dependsOn"], serde_json::json!(["accounts"]));
+    assert_eq!(api["registerTaskDefinition"]["family"], "production-api");
+    assert_eq!(
+        api["registerTaskDefinition"]["executionRoleArn"],
+        "arn:aws:iam::123456789012:role/ecs-exec-production"
+    );
+    assert_eq!(api["createService"]["cluster"], "production");
+    assert_eq!(api["createService"]["serviceName"], "api");
+    assert_eq!(api["updateService"]["service"], "api");
+    let web = state["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "web")
+        .unwrap();
+    assert!(
+        web["updateService"].get("desiredCount").is_none(),
+        "web leaves its count to autoscaling"
+    );
+}
+
+#[test]
+fn render_at_a_ref_reads_that_commit() {
+    let repo = ConfigRepo::example_with(str::to_owned);
+    let old = repo.head("staging");
+    repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.4.2", "api:9.9.9"))
+    });
+    let path = repo.path();
+    let at_old = fleetsync(&[
+        "render",
+        "--repo",
+        path.to_str().unwrap(),
+        "--env",
+        "staging",
+        "--ref",
+        &old.to_string(),
+    ]);
+    let at_head = fleetsync(&[
+        "render",
+        "--repo",
+        path.to_str().unwrap(),
+        "--env",
+        "staging",
+    ]);
+    assert!(at_old.stdout.contains("api:1.4.2") && !at_old.stdout.contains("api:9.9.9"));
+    assert!(at_head.stdout.contains("api:9.9.9"));
+}
+
+/// Each broken copy is broken on the staging branch only: production (main) stays valid, and
+/// the problem is found because environments are read from their branches, not a work tree.
+fn broken(path: &str, edit: impl FnOnce(&str) -> String) -> Run {
+    let repo = ConfigRepo::example_with(str::to_owned);
+    repo.commit("staging", path, |t| Some(edit(t.unwrap())));
+    validate(&repo)
+}
+
+#[test]
+fn unknown_field_is_reported_with_its_position() {
+    let run = broken("apps/api/app.yaml", |t| t.replace("rollout:", "rollouts:"));
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.stdout,
+        "apps/api/app.yaml:24:1: unknown field `rollouts` in an app; expected one of: apiVersion, kind, name, taskDefinition, service, rollout\n"
+    );
+    assert!(
+        run.stderr.contains("invalid: staging") && run.stderr.contains("ok: production"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn missing_child_path_is_reported_at_the_root_entry() {
+    let run = broken("fleetsync.yaml", |t| {
+        t.replace("path: apps/web", "path: apps/webb")
+    });
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.starts_with(
+            "fleetsync.yaml:16:11: app `web`: apps/webb/app.yaml does not exist at commit "
+        ),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn dependency_on_an_unknown_app_and_a_cycle_are_reported() {
+    let run = broken("fleetsync.yaml", |t| {
+        t.replace("dependsOn: [api]", "dependsOn: [cache]")
+    });
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.stdout,
+        "fleetsync.yaml:17:17: app `web` depends on unknown app `cache`; known apps: accounts, api, web\n"
+    );
+
+    let run = broken("fleetsync.yaml", |t| {
+        t.replace(
+            "path: apps/accounts",
+            "path: apps/accounts\n    dependsOn: [web]",
+        )
+    });
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.stdout,
+        "fleetsync.yaml:15:17: dependency cycle: accounts → web → api → accounts\n"
+    );
+}
+
+#[test]
+fn not_a_repository_is_an_error_not_a_problem_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = fleetsync(&["validate", "--repo", dir.path().to_str().unwrap()]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.starts_with("error: cannot open git repository"),
+        "{}",
+        run.stderr
+    );
+}

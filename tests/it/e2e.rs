@@ -1,0 +1,348 @@
+//! A push goes all the way: signed webhook over HTTP → git fetch → resolve → SQS → worker → ECS,
+//! against the emulator. ECS deployments are modelled by scripts/emulator.py (moto alone never
+//! advances a rollout); SQS FIFO dedup is moto's, which forgets a dedup id once the message is
+//! deleted, so "synced once" below rests on fleetsync's own spec-hash idempotence.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+const CLUSTERS: &[&str] = &["staging", "production"];
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Setup {
+    emulator: Emulator,
+    repo: ConfigRepo,
+    queue_url: String,
+    config: fleetsync::config::Config,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let emulator = Emulator::start().await;
+    emulator.create_clusters(CLUSTERS).await;
+    let queue_url = emulator.create_queue("fleetsync.fifo").await;
+    let repo = ConfigRepo::example(&emulator);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &repo.file_url(), &queue_url, "");
+    Setup {
+        emulator,
+        repo,
+        queue_url,
+        config,
+        _dir: dir,
+    }
+}
+
+/// Waits until every example app in `cluster` is live at `commit`'s tags.
+async fn all_live_at(emulator: &Emulator, cluster: &str, commit: &str) {
+    for app in ["accounts", "api", "web"] {
+        eventually(LIMIT, &format!("{cluster}/{app} at {commit}"), || async {
+            emulator
+                .service(cluster, app)
+                .await
+                .filter(|s| s.revision() == commit)
+                .map(|_| ())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_staging_rolls_out_a_new_revision_there_and_leaves_production_alone() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let initial = s.repo.head("main");
+    for branch in ["main", "staging"] {
+        let (status, body) = receiver
+            .push(branch, initial, &format!("initial-{branch}"))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["jobs"].as_array().unwrap().len(), 3, "{body}");
+    }
+    all_live_at(&s.emulator, "staging", &initial.to_string()).await;
+    all_live_at(&s.emulator, "production", &initial.to_string()).await;
+    let production_before = s.emulator.service("production", "api").await.unwrap();
+    assert_eq!(
+        s.emulator
+            .service("staging", "api")
+            .await
+            .unwrap()
+            .task_definition,
+        "staging-api:1"
+    );
+
+    let change = s.repo.commit("staging", "apps/api/taskdef.json", |text| {
+        Some(text.unwrap().replace(
+            "public.ecr.aws/acme/api:1.4.2",
+            "public.ecr.aws/acme/api:1.5.0",
+        ))
+    });
+    let (status, body) = receiver.push("staging", change, "change-1").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["commit"], change.to_string());
+
+    let api = eventually(LIMIT, "staging/api at the new commit", || async {
+        s.emulator
+            .service("staging", "api")
+            .await
+            .filter(|svc| svc.revision() == change.to_string())
+    })
+    .await;
+    assert_eq!(api.task_definition, "staging-api:2");
+    assert_eq!(api.tags["fleetsync:environment"], "staging");
+    assert_eq!(api.tags["fleetsync:app"], "api");
+    assert_eq!(api.tags["fleetsync:root"], "platform");
+    // Let the other staging jobs of that push finish, then check what did not change.
+    eventually(LIMIT, "the queue to drain", || async {
+        (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        s.emulator.revisions("staging-accounts").await,
+        ["staging-accounts:1"],
+        "an unchanged app is not re-registered"
+    );
+    assert_eq!(
+        s.emulator
+            .service("staging", "web")
+            .await
+            .unwrap()
+            .revision(),
+        initial.to_string()
+    );
+    assert_eq!(
+        s.emulator.service("production", "api").await.unwrap(),
+        production_before
+    );
+    assert_eq!(
+        s.emulator.revisions("production-api").await,
+        ["production-api:1"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_and_oversized_bodies_are_refused_and_enqueue_nothing() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let body = push_payload("staging", s.repo.head("staging"));
+
+    let (status, reply) = receiver
+        .deliver(&body, Some(&sign(b"not the secret", &body)), "wrong")
+        .await;
+    assert_eq!(
+        (status, reply["reason"].as_str().unwrap()),
+        (
+            401,
+            "X-Hub-Signature-256 does not match; check the webhook secret"
+        )
+    );
+    let (status, reply) = receiver.deliver(&body, None, "missing").await;
+    assert_eq!(
+        (status, reply["reason"].as_str().unwrap()),
+        (
+            401,
+            "missing X-Hub-Signature-256 header; set a secret on the webhook"
+        )
+    );
+    let mut tampered = body.clone();
+    tampered.extend_from_slice(b" ");
+    let (status, _) = receiver
+        .deliver(&tampered, Some(&sign(SECRET.as_bytes(), &body)), "tampered")
+        .await;
+    assert_eq!(status, 401);
+
+    let mut huge = body.clone();
+    huge.resize(70_000, b' '); // maxBodyBytes is 65536 in the test config
+    let (status, _) = receiver
+        .deliver(&huge, Some(&sign(SECRET.as_bytes(), &huge)), "huge")
+        .await;
+    assert_eq!(status, 413);
+
+    assert_eq!(s.emulator.queue_depth(&s.queue_url).await, 0);
+    let (status, _) = receiver
+        .push("staging", s.repo.head("staging"), "good")
+        .await;
+    assert_eq!(
+        status, 202,
+        "the same receiver still accepts a correct delivery"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_delivery_twice_syncs_once() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let head = s.repo.head("staging");
+    let (first, body) = receiver.push("staging", head, "dup").await;
+    assert_eq!(first, 202, "{body}");
+    let (second, body) = receiver.push("staging", head, "dup").await;
+    assert_eq!(second, 202, "{body}");
+    assert_eq!(
+        s.emulator.queue_depth(&s.queue_url).await,
+        3,
+        "SQS FIFO dedup drops the redelivered jobs"
+    );
+
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    all_live_at(&s.emulator, "staging", &head.to_string()).await;
+    eventually(LIMIT, "the queue to drain", || async {
+        (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
+    })
+    .await;
+
+    // Once the first jobs are deleted the emulator forgets their dedup ids (real SQS keeps
+    // them five minutes): the worker's spec-hash check must make the third copy a no-op.
+    let (third, _) = receiver.push("staging", head, "dup").await;
+    assert_eq!(third, 202);
+    eventually(LIMIT, "the queue to drain", || async {
+        (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
+    })
+    .await;
+    for family in ["staging-accounts", "staging-api", "staging-web"] {
+        assert_eq!(
+            s.emulator.revisions(family).await.len(),
+            1,
+            "{family} registered once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_unavailable_answers_503_and_a_redelivery_syncs_once_it_is_back() {
+    let emulator = Emulator::start().await;
+    emulator.create_clusters(CLUSTERS).await;
+    let repo = ConfigRepo::example(&emulator);
+    let dir = tempfile::tempdir().unwrap();
+    let queue_url = emulator.queue_url("fleetsync.fifo"); // not created yet
+    let config = config(dir.path(), &repo.file_url(), &queue_url, "");
+    let receiver = Receiver::start(&config, &emulator.aws).await;
+    let head = repo.head("staging");
+
+    let (status, body) = receiver.push("staging", head, "d-503").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deliver again later"),
+        "{body}"
+    );
+
+    assert_eq!(emulator.create_queue("fleetsync.fifo").await, queue_url);
+    let (status, body) = receiver.push("staging", head, "d-503").await;
+    assert_eq!(status, 202, "{body}");
+    let _worker = start_worker(&config, &emulator.aws);
+    all_live_at(&emulator, "staging", &head.to_string()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_error_enqueues_nothing_and_leaves_live_services_alone() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let worker = start_worker(&s.config, &s.emulator.aws);
+    let good = s.repo.head("staging");
+    assert_eq!(receiver.push("staging", good, "good").await.0, 202);
+    all_live_at(&s.emulator, "staging", &good.to_string()).await;
+    eventually(LIMIT, "the queue to drain", || async {
+        (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
+    })
+    .await;
+    worker.cancel();
+    let before = s.emulator.service("staging", "api").await.unwrap();
+
+    // One good change and one broken app in the same commit: the environment is not synced at all.
+    s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
+    });
+    let bad = s.repo.commit("staging", "apps/web/app.yaml", |t| {
+        Some(format!("{}replicas: 3\n", t.unwrap()))
+    });
+    let (status, body) = receiver.push("staging", bad, "bad").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["problems"][0]["environment"], "staging");
+    let problem = body["problems"][0]["problems"][0].as_str().unwrap();
+    assert!(
+        problem.starts_with("apps/web/app.yaml:") && problem.contains("unknown field `replicas`"),
+        "{problem}"
+    );
+    assert_eq!(body["jobs"], serde_json::json!([]));
+    assert_eq!(s.emulator.queue_depth(&s.queue_url).await, 0);
+    assert_eq!(s.emulator.service("staging", "api").await.unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_that_are_not_environment_branches_are_ignored_with_a_reason() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let head = s.repo.head("main");
+    s.repo
+        .repo
+        .reference("refs/heads/feature", head, true, "feature")
+        .unwrap();
+    let (status, body) = receiver.push("feature", head, "feature").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["reason"],
+        "branch `feature` is not an environment branch (environments: staging ← staging, production ← main)"
+    );
+
+    let tag_deleted = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/webhooks/github/push-tag-deleted.payload.json"
+    ))
+    .unwrap();
+    let (status, body) = receiver
+        .deliver(
+            &tag_deleted,
+            Some(&sign(SECRET.as_bytes(), &tag_deleted)),
+            "tag",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["reason"],
+        "repository https://github.com/Codertocat/Hello-World.git is not watched"
+    );
+    assert_eq!(s.emulator.queue_depth(&s.queue_url).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollout_is_rolled_back_and_reported_not_synced() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let good = s.repo.head("staging");
+    assert_eq!(receiver.push("staging", good, "good").await.0, 202);
+    all_live_at(&s.emulator, "staging", &good.to_string()).await;
+    let before = s.emulator.service("staging", "api").await.unwrap();
+
+    // The emulator fails deployments of images named "broken", as the circuit breaker would.
+    // api's circuit breaker has rollback off here, so fleetsync must roll back itself.
+    s.repo.commit("staging", "apps/api/app.yaml", |t| {
+        Some(t.unwrap().replace("rollback: true", "rollback: false"))
+    });
+    let broken = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.4.2", "api:broken"))
+    });
+    assert_eq!(receiver.push("staging", broken, "broken").await.0, 202);
+    eventually(LIMIT, "the queue to drain", || async {
+        (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
+    })
+    .await;
+
+    let after = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(
+        after.task_definition, before.task_definition,
+        "rolled back to the previous revision"
+    );
+    assert_eq!(
+        after.tags["fleetsync:spec-hash"], before.tags["fleetsync:spec-hash"],
+        "tags say what runs"
+    );
+    assert_eq!(
+        s.emulator.revisions("staging-api").await,
+        ["staging-api:1", "staging-api:2"]
+    );
+}

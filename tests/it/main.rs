@@ -1,0 +1,5 @@
+//! Integration tests, one binary so the AWS SDK is linked once.
+
+mod cli;
+mod e2e;
+mod harness;
