@@ -151,10 +151,10 @@ fn validate(repo: &Path, only: Option<&str>, root_path: &str) -> anyhow::Result<
             });
             continue;
         };
-        match resolve::resolve(
+        match resolve::resolve_bound(
             &local.snapshot(commit)?,
             root_path,
-            &env.name,
+            env,
             &commit.to_string(),
         ) {
             Ok(state) => eprintln!(
@@ -187,27 +187,25 @@ fn render(
     root_path: &str,
 ) -> anyhow::Result<ExitCode> {
     let local = Local::open(repo)?;
+    let root = match read_root_at_head(&local, repo, root_path)? {
+        Ok(root) => root,
+        Err(problems) => return Ok(print_problems(&problems)),
+    };
+    let environment = find_environment(&root, env, root_path)?;
     let commit = match git_ref {
         Some(spec) => local.rev(spec)?,
-        None => {
-            let root = match read_root_at_head(&local, repo, root_path)? {
-                Ok(root) => root,
-                Err(problems) => return Ok(print_problems(&problems)),
-            };
-            let environment = find_environment(&root, env, root_path)?;
-            local.branch_head(&environment.branch)?.with_context(|| {
-                format!(
-                    "environment `{env}`: branch `{}` does not exist in {}",
-                    environment.branch,
-                    repo.display()
-                )
-            })?
-        }
+        None => local.branch_head(&environment.branch)?.with_context(|| {
+            format!(
+                "environment `{env}`: branch `{}` does not exist in {}",
+                environment.branch,
+                repo.display()
+            )
+        })?,
     };
-    match resolve::resolve(
+    match resolve::resolve_bound(
         &local.snapshot(commit)?,
         root_path,
-        env,
+        environment,
         &commit.to_string(),
     ) {
         Ok(state) => {

@@ -54,6 +54,8 @@ pub struct RepoConfig {
     pub identity: String,
     pub fetch_url: String,
     pub root: String,
+    /// The branch whose root binds environments to branches and clusters.
+    pub default_branch: String,
     pub secret: SecretRef,
 }
 
@@ -86,7 +88,20 @@ struct RawRepo {
     url: String,
     fetch_url: Option<String>,
     root: Option<String>,
+    default_branch: Option<String>,
+    #[serde(deserialize_with = "secret_text")]
     secret: String,
+}
+
+/// The `secret` field as text. A value of another type is refused without quoting it: it may
+/// be the secret itself, pasted inline.
+fn secret_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match serde_yaml::Value::deserialize(d)? {
+        serde_yaml::Value::String(text) => Ok(text),
+        _ => Err(serde::de::Error::custom(
+            "`secret` must be `env:VARIABLE` or `file:PATH`",
+        )),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -173,6 +188,7 @@ impl Config {
                 root: r
                     .root
                     .unwrap_or_else(|| crate::resolve::DEFAULT_ROOT.to_owned()),
+                default_branch: r.default_branch.unwrap_or_else(|| "main".to_owned()),
                 name: r.name,
                 url: r.url,
                 identity,
@@ -342,6 +358,14 @@ mod tests {
             .to_string();
         assert!(err.contains("inline secrets are not accepted"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+        let text = MINIMAL.replace("env:X", "1234567890");
+        let err = Config::parse(Path::new("c.yaml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`secret` must be") && !err.contains("1234567890"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Shared by every trigger (webhooks now; the API and reconcile later), so that they all give the
 //! same answer for the same branch head.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tracing::info;
@@ -23,6 +24,9 @@ pub struct WatchedRepo {
 pub struct Dispatcher {
     pub repos: Vec<WatchedRepo>,
     pub queue: Queue,
+    /// One lock per (repo, branch), held from fetch to enqueue. One entry per branch ever
+    /// pushed: small, and bounded by the repo's branches.
+    branch_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What a push led to. Every variant is a final answer for this delivery; only [`Error`] asks
@@ -91,15 +95,25 @@ impl Dispatcher {
         Ok(Dispatcher {
             repos,
             queue: Queue::new(aws, &config.queue_url),
+            branch_locks: Default::default(),
         })
     }
 
-    pub async fn push(&self, repo: &WatchedRepo, branch: &str) -> Result<Outcome, Error> {
+    /// Turns a push to `branch` into jobs. Pushes to one branch are handled one at a time, so
+    /// an older head can never be enqueued after a newer one by this receiver.
+    pub async fn push(
+        &self,
+        repo: &WatchedRepo,
+        branch: &str,
+        delivery: &str,
+    ) -> Result<Outcome, Error> {
+        let lock = self.branch_lock(&repo.config.name, branch);
+        let _serialised = lock.lock().await;
         let mirror = repo.mirror.clone();
-        let root_path = repo.config.root.clone();
+        let config = repo.config.clone();
         let branch_owned = branch.to_owned();
         let plan =
-            tokio::task::spawn_blocking(move || plan_branch(&mirror, &branch_owned, &root_path))
+            tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &branch_owned))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
 
@@ -115,7 +129,7 @@ impl Dispatcher {
                     state
                         .apps
                         .into_iter()
-                        .map(|app| SyncJob::new(&repo.config.name, app)),
+                        .map(|app| SyncJob::new(&repo.config.name, delivery, app)),
                 ),
                 Err(found) => problems.push(EnvironmentProblems {
                     environment,
@@ -141,6 +155,17 @@ impl Dispatcher {
             }
         })
     }
+
+    fn branch_lock(&self, repo: &str, branch: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .branch_locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        locks
+            .entry(format!("{repo}\n{branch}"))
+            .or_default()
+            .clone()
+    }
 }
 
 enum Plan {
@@ -154,9 +179,11 @@ enum Plan {
 /// An environment on the branch (`None`: the root itself), and its state or its problems.
 type EnvironmentResult = (Option<String>, Result<DesiredState, Vec<Problem>>);
 
-/// Fetches the branch and resolves every environment whose branch it is, at the fetched head
-/// (never the payload's commit: a later push may already be there).
-fn plan_branch(mirror: &Mirror, branch: &str, root_path: &str) -> Result<Plan, Error> {
+/// Fetches the branch and resolves every environment bound to it, at the fetched head (never
+/// the payload's commit: a later push may already be there). Bindings (environment → branch,
+/// cluster) come from the root on the default branch: a branch cannot make itself production.
+fn plan_branch(mirror: &Mirror, repo: &RepoConfig, branch: &str) -> Result<Plan, Error> {
+    let root_path = repo.root.as_str();
     let head = match mirror.fetch_branch(branch) {
         Ok(head) => head,
         Err(repo::Error::NoSuchBranch { .. }) => {
@@ -166,15 +193,33 @@ fn plan_branch(mirror: &Mirror, branch: &str, root_path: &str) -> Result<Plan, E
         }
         Err(e) => return Err(Error::Fetch(e)),
     };
+    let default_head = if branch == repo.default_branch {
+        head
+    } else {
+        match mirror.fetch_branch(&repo.default_branch) {
+            Ok(head) => head,
+            Err(repo::Error::NoSuchBranch { .. }) => {
+                return Ok(Plan::Ignored(format!(
+                    "the default branch `{}`, whose {root_path} binds environments to branches, does not exist; set `defaultBranch` in the server config",
+                    repo.default_branch
+                )));
+            }
+            Err(e) => return Err(Error::Fetch(e)),
+        }
+    };
     let commit = head.to_string();
     let local = mirror.local().map_err(Error::Fetch)?;
-    let files = local.snapshot(head).map_err(Error::Fetch)?;
-    let root = match resolve::read_root(&files, root_path) {
+    let trusted = match resolve::read_root(
+        &local.snapshot(default_head).map_err(Error::Fetch)?,
+        root_path,
+    ) {
         Ok(Some(root)) => root,
         Ok(None) => {
-            return Ok(Plan::Ignored(format!(
-                "branch `{branch}` has no {root_path} at {commit}"
-            )));
+            let reason = format!(
+                "the default branch `{}` has no {root_path}",
+                repo.default_branch
+            );
+            return Ok(Plan::Ignored(reason));
         }
         Err(resolve::Error::Invalid(problems)) => {
             return Ok(Plan::Resolved {
@@ -184,13 +229,13 @@ fn plan_branch(mirror: &Mirror, branch: &str, root_path: &str) -> Result<Plan, E
         }
         Err(e) => return Err(Error::Read(e)),
     };
-    let environments: Vec<_> = root
+    let bound: Vec<_> = trusted
         .environments
         .iter()
         .filter(|e| e.branch == branch)
         .collect();
-    if environments.is_empty() {
-        let declared: Vec<_> = root
+    if bound.is_empty() {
+        let declared: Vec<_> = trusted
             .environments
             .iter()
             .map(|e| format!("{} ← {}", e.name, e.branch))
@@ -200,14 +245,15 @@ fn plan_branch(mirror: &Mirror, branch: &str, root_path: &str) -> Result<Plan, E
             declared.join(", ")
         )));
     }
+    let files = local.snapshot(head).map_err(Error::Fetch)?;
     let mut results = Vec::new();
-    for env in environments {
-        let result = match resolve::resolve(&files, root_path, &env.name, &commit) {
+    for binding in bound {
+        let result = match resolve::resolve_bound(&files, root_path, binding, &commit) {
             Ok(state) => Ok(state),
             Err(resolve::Error::Invalid(problems)) => Err(problems),
             Err(e) => return Err(Error::Read(e)),
         };
-        results.push((Some(env.name.clone()), result));
+        results.push((Some(binding.name.clone()), result));
     }
     Ok(Plan::Resolved { commit, results })
 }

@@ -91,12 +91,13 @@ impl Mirror {
         let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
         let mut options = FetchOptions::new();
         options.download_tags(git2::AutotagOption::None);
+        // Pruning drops the mirror's copy of a branch deleted upstream, so a stale head is
+        // never mistaken for the current one.
+        options.prune(git2::FetchPrune::On);
         remote
             .fetch(&[refspec.as_str()], Some(&mut options), None)
             .map_err(|e| {
-                if e.code() == git2::ErrorCode::NotFound
-                    || e.message().contains("couldn't find remote ref")
-                {
+                if e.message().contains("couldn't find remote ref") {
                     Error::NoSuchBranch {
                         url: url.clone(),
                         branch: branch.to_owned(),
@@ -233,7 +234,7 @@ pub struct Snapshot<'r> {
 }
 
 impl resolve::Files for Snapshot<'_> {
-    fn read(&self, path: &str) -> Result<Option<String>, resolve::ReadError> {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, resolve::ReadError> {
         let entry = match self.tree.get_path(Path::new(path)) {
             Ok(entry) => entry,
             Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
@@ -243,10 +244,7 @@ impl resolve::Files for Snapshot<'_> {
         let Some(blob) = object.as_blob() else {
             return Ok(None);
         };
-        match std::str::from_utf8(blob.content()) {
-            Ok(text) => Ok(Some(text.to_owned())),
-            Err(_) => Err(format!("{path} is not UTF-8 text").into()),
-        }
+        Ok(Some(blob.content().to_vec()))
     }
 }
 
@@ -264,6 +262,55 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resolve::Files;
+
+    /// A bare "remote" with one commit holding `path` on `branch`.
+    fn remote(branch: &str, path: &str, text: &str) -> (tempfile::TempDir, Oid) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let blob = repo.blob(text.as_bytes()).unwrap();
+        let mut tree = repo.treebuilder(None).unwrap();
+        tree.insert(path, blob, 0o100644).unwrap();
+        let tree = repo.find_tree(tree.write().unwrap()).unwrap();
+        let who = git2::Signature::now("t", "t@example.invalid").unwrap();
+        let refname = format!("refs/heads/{branch}");
+        let commit = repo
+            .commit(Some(&refname), &who, &who, "c", &tree, &[])
+            .unwrap();
+        (dir, commit)
+    }
+
+    fn file_url(dir: &tempfile::TempDir) -> String {
+        format!("file://{}", dir.path().display())
+    }
+
+    #[test]
+    fn fetches_a_branch_and_reads_files_at_its_head() {
+        let (remote, commit) = remote("staging", "fleetsync.yaml", "kind: Root\n");
+        let mirrors = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(mirrors.path(), "platform", &file_url(&remote)).unwrap();
+        assert_eq!(mirror.fetch_branch("staging").unwrap(), commit);
+        let local = mirror.local().unwrap();
+        let files = local.snapshot(commit).unwrap();
+        assert_eq!(
+            files.read("fleetsync.yaml").unwrap().as_deref(),
+            Some(&b"kind: Root\n"[..])
+        );
+        assert_eq!(files.read("missing.yaml").unwrap(), None);
+    }
+
+    #[test]
+    fn a_missing_branch_and_a_missing_repository_are_different_errors() {
+        let (remote, _) = remote("main", "a", "b");
+        let mirrors = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(mirrors.path(), "platform", &file_url(&remote)).unwrap();
+        let err = mirror.fetch_branch("staging").unwrap_err();
+        assert!(matches!(err, Error::NoSuchBranch { .. }), "{err}");
+        let gone =
+            Mirror::open(mirrors.path(), "gone", "file:///nonexistent/fleetsync.git").unwrap();
+        let err = gone.fetch_branch("main").unwrap_err();
+        assert!(matches!(err, Error::Fetch { .. }), "{err}");
+    }
 
     #[test]
     fn redacts_credentials_in_urls() {

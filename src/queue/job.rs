@@ -14,16 +14,19 @@ pub struct SyncJob {
     pub version: u32,
     /// The watched repo's name in the server config.
     pub repo: String,
+    /// The Git host's delivery id of the push that made this job.
+    pub delivery: String,
     pub app: DesiredApp,
 }
 
 impl SyncJob {
     pub const VERSION: u32 = 1;
 
-    pub fn new(repo: &str, app: DesiredApp) -> Self {
+    pub fn new(repo: &str, delivery: &str, app: DesiredApp) -> Self {
         SyncJob {
             version: Self::VERSION,
             repo: repo.to_owned(),
+            delivery: delivery.to_owned(),
             app,
         }
     }
@@ -36,15 +39,19 @@ impl SyncJob {
         )
     }
 
-    /// The same app at the same commit with the same spec is one job, however many times the
-    /// webhook is delivered.
+    /// One delivery of one app at one commit and spec is one job, however many times the Git
+    /// host redelivers it (a redelivery keeps its delivery id). The delivery id is part of it
+    /// because SQS remembers ids for five minutes: a revert to a commit deployed a minute ago is
+    /// a new push, and must not be dropped as a duplicate of the first.
     pub fn deduplication_id(&self) -> String {
         let mut hasher = Sha256::new();
+        let app = &self.app;
         for part in [
-            &self.app.environment,
-            &self.app.name,
-            &self.app.commit,
-            &self.app.spec_hash,
+            &self.delivery,
+            &app.environment,
+            &app.name,
+            &app.commit,
+            &app.spec_hash,
         ] {
             hasher.update(part.as_bytes());
             hasher.update([0]);

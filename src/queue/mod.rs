@@ -23,6 +23,17 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The receipt no longer names this worker's receive of the message: the visibility ran
+    /// out and another worker may have it. SQS says so with several codes.
+    pub fn receipt_expired(&self) -> bool {
+        let Error::Api { code, message, .. } = self;
+        code.contains("ReceiptHandle")
+            || code.contains("MessageNotInflight")
+            || (code == "InvalidParameterValue" && message.to_ascii_lowercase().contains("receipt"))
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn api_error<E, R>(operation: &'static str, queue: &str, err: SdkError<E, R>) -> Error

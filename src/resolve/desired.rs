@@ -12,7 +12,10 @@ pub mod tag {
     pub const ENVIRONMENT: &str = "fleetsync:environment";
     pub const APP: &str = "fleetsync:app";
     pub const REVISION: &str = "fleetsync:revision";
+    /// On services: the hash of everything fleetsync sends for the app.
     pub const SPEC_HASH: &str = "fleetsync:spec-hash";
+    /// On task definitions: the hash of the RegisterTaskDefinition input alone.
+    pub const TASK_DEFINITION_HASH: &str = "fleetsync:task-definition-hash";
 }
 
 /// Fields of a CreateService input that UpdateService also takes; the rest (launchType,
@@ -67,6 +70,8 @@ pub struct DesiredApp {
     pub depends_on: Vec<String>,
     /// Hash of the ECS inputs without fleetsync's own tags: equal hashes mean nothing to do.
     pub spec_hash: String,
+    /// Hash of the task definition input alone: a service-only change reuses the live revision.
+    pub task_definition_hash: String,
     pub register_task_definition: Map<String, Value>,
     /// `taskDefinition` holds the family; the worker pins the revision it registered.
     pub create_service: Map<String, Value>,
@@ -108,10 +113,20 @@ impl DesiredApp {
         create_service.insert("taskDefinition".into(), json!(family));
         create_service.extend(service);
 
-        let spec_hash = spec_hash(&task_definition, &create_service);
-        let tags = provenance_tags(name, provenance, &spec_hash);
-        append_tags(&mut task_definition, &tags);
-        append_tags(&mut create_service, &tags);
+        let task_definition_hash = hash(&json!({"registerTaskDefinition": task_definition}));
+        let spec_hash = hash(
+            &json!({"registerTaskDefinition": task_definition, "createService": create_service}),
+        );
+        let td_tags = provenance_tags(
+            name,
+            provenance,
+            (tag::TASK_DEFINITION_HASH, &task_definition_hash),
+        );
+        append_tags(&mut task_definition, &td_tags);
+        append_tags(
+            &mut create_service,
+            &provenance_tags(name, provenance, (tag::SPEC_HASH, &spec_hash)),
+        );
 
         let mut update_service = Map::new();
         update_service.insert("cluster".into(), json!(cluster));
@@ -122,6 +137,15 @@ impl DesiredApp {
                 update_service.insert((*field).into(), v.clone());
             }
         }
+        // CreateService needs a count for REPLICA services; later updates leave it alone when
+        // the app declares none (Application Auto Scaling owns it then).
+        if create_service
+            .get("schedulingStrategy")
+            .and_then(Value::as_str)
+            != Some("DAEMON")
+        {
+            create_service.entry("desiredCount").or_insert(json!(1));
+        }
 
         DesiredApp {
             name: name.to_owned(),
@@ -131,6 +155,7 @@ impl DesiredApp {
             commit: provenance.commit.clone(),
             depends_on,
             spec_hash,
+            task_definition_hash,
             register_task_definition: task_definition,
             create_service,
             update_service,
@@ -152,24 +177,29 @@ impl DesiredApp {
             .unwrap_or(&self.name)
     }
 
-    /// fleetsync's tags for this app, as (key, value).
-    pub fn provenance_tags(&self) -> Vec<(String, String)> {
-        let provenance = Provenance {
-            root: self.root.clone(),
-            environment: self.environment.clone(),
-            commit: self.commit.clone(),
-        };
-        provenance_tags(&self.name, &provenance, &self.spec_hash)
+    /// Every tag of the service (the app's own and fleetsync's), for TagResource after an
+    /// update: UpdateService does not take tags.
+    pub fn service_tags(&self) -> Vec<(String, String)> {
+        let tags = self.create_service.get("tags").and_then(Value::as_array);
+        tags.into_iter()
+            .flatten()
+            .filter_map(|t| {
+                Some((
+                    t.get("key")?.as_str()?.to_owned(),
+                    t.get("value")?.as_str()?.to_owned(),
+                ))
+            })
+            .collect()
     }
 }
 
-fn provenance_tags(app: &str, p: &Provenance, spec_hash: &str) -> Vec<(String, String)> {
+fn provenance_tags(app: &str, p: &Provenance, hash: (&str, &str)) -> Vec<(String, String)> {
     [
         (tag::ROOT, p.root.as_str()),
         (tag::ENVIRONMENT, p.environment.as_str()),
         (tag::APP, app),
         (tag::REVISION, p.commit.as_str()),
-        (tag::SPEC_HASH, spec_hash),
+        hash,
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -185,10 +215,9 @@ fn append_tags(input: &mut Map<String, Value>, tags: &[(String, String)]) {
     }
 }
 
-/// 128 bits of SHA-256 over the canonical JSON (sorted keys) of both inputs.
-fn spec_hash(task_definition: &Map<String, Value>, service: &Map<String, Value>) -> String {
-    let canonical =
-        canonical(&json!({"registerTaskDefinition": task_definition, "createService": service}));
+/// 128 bits of SHA-256 over the canonical JSON (sorted keys).
+fn hash(value: &Value) -> String {
+    let canonical = canonical(value);
     let digest = Sha256::digest(canonical.to_string().as_bytes());
     hex::encode(&digest[..16])
 }

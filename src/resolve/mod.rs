@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 pub use desired::{DesiredApp, DesiredState, Provenance, RolloutSpec, tag};
-use manifest::{Environment, Root, TaskDefinitionSource};
+pub use manifest::Environment;
+use manifest::{Root, TaskDefinitionSource};
 use serde_json::{Map, Value};
 use yaml::{Kind, Node, Pos};
 
@@ -21,8 +22,8 @@ pub const DEFAULT_ROOT: &str = "fleetsync.yaml";
 
 /// Read access to the files of one commit of a config repo.
 pub trait Files {
-    /// The file's text, or `None` when there is no file at `path`.
-    fn read(&self, path: &str) -> Result<Option<String>, ReadError>;
+    /// The file's bytes, or `None` when there is no file at `path`.
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, ReadError>;
 }
 
 pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
@@ -109,6 +110,28 @@ pub fn resolve(
     environment: &str,
     commit: &str,
 ) -> Result<DesiredState, Error> {
+    resolve_with(files, root_path, environment, commit, None)
+}
+
+/// Resolves an environment whose binding (branch and cluster) comes from a trusted root, the
+/// one on the default branch. The resolved root must bind it the same way: otherwise a push to
+/// any branch could declare itself production.
+pub fn resolve_bound(
+    files: &dyn Files,
+    root_path: &str,
+    binding: &Environment,
+    commit: &str,
+) -> Result<DesiredState, Error> {
+    resolve_with(files, root_path, &binding.name, commit, Some(binding))
+}
+
+fn resolve_with(
+    files: &dyn Files,
+    root_path: &str,
+    environment: &str,
+    commit: &str,
+    binding: Option<&Environment>,
+) -> Result<DesiredState, Error> {
     let root = read_root(files, root_path)?.ok_or_else(|| {
         Error::Invalid(vec![Problem {
             file: root_path.to_owned(),
@@ -129,6 +152,18 @@ pub fn resolve(
         );
         return Err(Error::Invalid(problems));
     };
+    if let Some(trusted) = binding
+        && (trusted.branch != env.branch || trusted.cluster != env.cluster)
+    {
+        Report::new(root_path, &mut problems).at(
+            env.pos,
+            format!(
+                "environment `{environment}` is bound to branch `{}` and cluster `{}` by the root on the default branch, but this root says branch `{}` and cluster `{}`; change environment bindings on the default branch first",
+                trusted.branch, trusted.cluster, env.branch, env.cluster
+            ),
+        );
+        return Err(Error::Invalid(problems));
+    }
 
     check_app_graph(&root, &mut Report::new(root_path, &mut problems));
     let provenance = Provenance {
@@ -137,25 +172,23 @@ pub fn resolve(
         commit: commit.to_owned(),
     };
     let mut apps = Vec::with_capacity(root.apps.len());
-    for app_ref in &root.apps {
-        if let Some(app) = resolve_app(files, root_path, env, app_ref, &provenance, &mut problems)?
-        {
-            apps.push(app);
-        }
-    }
     let mut services = HashMap::new();
-    for (app, app_ref) in apps.iter().zip(&root.apps) {
-        if let Some(other) = services.insert(app.service_name(), &app.name) {
+    for app_ref in &root.apps {
+        let Some(app) = resolve_app(files, root_path, env, app_ref, &provenance, &mut problems)?
+        else {
+            continue;
+        };
+        let service = app.service_name().to_owned();
+        if let Some(other) = services.insert(service.clone(), app.name.clone()) {
             Report::new(root_path, &mut problems).at(
                 app_ref.name_pos,
                 format!(
-                    "apps `{other}` and `{}` both use service name `{}` in cluster `{}`",
-                    app.name,
-                    app.service_name(),
-                    env.cluster
+                    "apps `{other}` and `{}` both use service name `{service}` in cluster `{}`",
+                    app.name, env.cluster
                 ),
             );
         }
+        apps.push(app);
     }
     if !problems.is_empty() {
         return Err(Error::Invalid(problems));
@@ -171,14 +204,22 @@ pub fn resolve(
 
 /// Reads and parses a YAML file. Outer `None`: no such file; inner `None`: unusable (reported).
 fn load(files: &dyn Files, path: &str) -> Result<Option<Option<Node>>, Error> {
-    let Some(text) = files.read(path).map_err(|source| Error::Read {
+    let Some(bytes) = files.read(path).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
     })?
     else {
         return Ok(None);
     };
-    match yaml::parse(&text) {
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Err(Error::Invalid(vec![Problem {
+            file: path.to_owned(),
+            line: 1,
+            column: 1,
+            message: "not UTF-8 text; save the file as UTF-8".into(),
+        }]));
+    };
+    match yaml::parse(text) {
         Ok(node) => Ok(Some(node)),
         Err(e) => Err(Error::Invalid(vec![Problem {
             file: path.to_owned(),
@@ -566,6 +607,13 @@ fn substitute(s: &str, pos: Pos, vars: &Vars<'_>, report: &mut Report<'_>) -> St
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
+        // `$${` is a literal `${`, for values such as shell commands that use their own.
+        if rest[..start].ends_with('$') {
+            out.push_str(&rest[..start - 1]);
+            out.push_str("${");
+            rest = &rest[start + 2..];
+            continue;
+        }
         out.push_str(&rest[..start]);
         let Some(len) = rest[start + 2..].find('}') else {
             report.at(pos, format!("unclosed `${{` in `{s}`"));

@@ -9,8 +9,8 @@ use super::*;
 struct Repo(HashMap<String, String>);
 
 impl Files for Repo {
-    fn read(&self, path: &str) -> Result<Option<String>, ReadError> {
-        Ok(self.0.get(path).cloned())
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, ReadError> {
+        Ok(self.0.get(path).map(|text| text.clone().into_bytes()))
     }
 }
 
@@ -77,8 +77,28 @@ fn resolves_inputs_with_cluster_family_and_provenance_tags() {
     assert_eq!(api.update_service["desiredCount"], 2);
     let tags = api.register_task_definition["tags"].as_array().unwrap();
     assert!(tags.contains(&serde_json::json!({"key": "fleetsync:revision", "value": "c0ffee"})));
-    assert!(
-        tags.contains(&serde_json::json!({"key": "fleetsync:spec-hash", "value": api.spec_hash}))
+    let hash = serde_json::json!({"key": "fleetsync:task-definition-hash", "value": api.task_definition_hash});
+    assert!(tags.contains(&hash));
+    let service_tags = api.service_tags();
+    assert!(service_tags.contains(&("fleetsync:spec-hash".into(), api.spec_hash.clone())));
+    assert!(service_tags.contains(&("fleetsync:app".into(), "api".into())));
+}
+
+#[test]
+fn a_service_only_change_keeps_the_task_definition_hash() {
+    let a = resolve(&repo(), DEFAULT_ROOT, "staging", "c1").unwrap();
+    let scaled = app("db", "db:1").replace("desiredCount: 2", "desiredCount: 4");
+    let b = resolve(
+        &repo().with("apps/db/app.yaml", &scaled),
+        DEFAULT_ROOT,
+        "staging",
+        "c2",
+    )
+    .unwrap();
+    assert_ne!(a.apps[0].spec_hash, b.apps[0].spec_hash);
+    assert_eq!(
+        a.apps[0].task_definition_hash,
+        b.apps[0].task_definition_hash
     );
 }
 
@@ -224,5 +244,63 @@ fn no_root_file_is_not_an_environment() {
         read_root(&repo().without("fleetsync.yaml"), DEFAULT_ROOT)
             .unwrap()
             .is_none()
+    );
+}
+
+#[test]
+fn dollar_dollar_brace_is_a_literal() {
+    let with_shell = app("db", "db:1").replace(
+        "memory: 512",
+        "memory: 512, command: [\"echo $${PORT} ${environment}\"]",
+    );
+    let state = resolve(
+        &repo().with("apps/db/app.yaml", &with_shell),
+        DEFAULT_ROOT,
+        "staging",
+        "c",
+    )
+    .unwrap();
+    let command = &state.apps[0].register_task_definition["containerDefinitions"][0]["command"][0];
+    assert_eq!(command, "echo ${PORT} staging");
+}
+
+#[test]
+fn non_utf8_files_are_problems_not_errors() {
+    let mut repo = repo();
+    repo.0.remove("apps/db/app.yaml");
+    let bytes = Repo(repo.0.clone());
+    struct Latin1(Repo);
+    impl Files for Latin1 {
+        fn read(&self, path: &str) -> Result<Option<Vec<u8>>, ReadError> {
+            if path == "apps/db/app.yaml" {
+                return Ok(Some(vec![b'k', b':', b' ', 0xE9]));
+            }
+            self.0.read(path)
+        }
+    }
+    let err = resolve(&Latin1(bytes), DEFAULT_ROOT, "staging", "c").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "apps/db/app.yaml:1:1: not UTF-8 text; save the file as UTF-8"
+    );
+}
+
+#[test]
+fn a_branch_cannot_rebind_an_environment() {
+    let trusted = Environment {
+        name: "staging".into(),
+        branch: "staging".into(),
+        cluster: "staging-cluster".into(),
+        pos: Default::default(),
+    };
+    resolve_bound(&repo(), DEFAULT_ROOT, &trusted, "c").unwrap();
+    let hijack = repo().with(
+        "fleetsync.yaml",
+        &ROOT.replace("cluster: staging-cluster", "cluster: production"),
+    );
+    let err = resolve_bound(&hijack, DEFAULT_ROOT, &trusted, "c").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "fleetsync.yaml:5:3: environment `staging` is bound to branch `staging` and cluster `staging-cluster` by the root on the default branch, but this root says branch `staging` and cluster `production`; change environment bindings on the default branch first"
     );
 }

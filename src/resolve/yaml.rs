@@ -51,7 +51,7 @@ pub struct SyntaxError {
 pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     let mut builder = Builder::default();
     Parser::new_from_str(text)
-        .load(&mut builder, false)
+        .load(&mut builder, true)
         .map_err(|e| SyntaxError {
             pos: Pos {
                 line: e.marker().line(),
@@ -133,37 +133,86 @@ struct Builder {
     /// Anchor ids of the open collections, parallel to `stack`.
     open_anchors: Vec<usize>,
     done: Option<Node>,
+    /// Nodes copied by aliases so far.
+    aliased: usize,
     error: Option<String>,
     error_pos: Pos,
 }
 
 impl Builder {
+    fn fail(&mut self, pos: Pos, message: impl Into<String>) {
+        if self.error.is_none() {
+            self.error = Some(message.into());
+            self.error_pos = pos;
+        }
+    }
+
     fn push_value(&mut self, node: Node, anchor: usize) {
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
         }
         let Some((parent, pending_key)) = self.stack.last_mut() else {
+            if self.done.is_some() {
+                self.fail(
+                    node.pos,
+                    "a manifest holds one YAML document; found a second one",
+                );
+            }
             self.done = Some(node);
             return;
         };
-        match &mut parent.kind {
-            Kind::Seq(items) => items.push(node),
+        let problem = match &mut parent.kind {
+            Kind::Seq(items) => {
+                items.push(node);
+                None
+            }
             Kind::Map(entries) => match pending_key.take() {
-                Some(key) => entries.push((key, node)),
-                None if matches!(node.kind, Kind::Scalar(..)) => *pending_key = Some(node),
+                Some(key) => {
+                    // A repeated key would silently win over the first; say so instead.
+                    let duplicate = entries.iter().any(|(k, _)| k.as_str() == key.as_str());
+                    let problem = duplicate.then(|| {
+                        (
+                            key.pos,
+                            format!("duplicate key `{}`", key.as_str().unwrap_or_default()),
+                        )
+                    });
+                    entries.push((key, node));
+                    problem
+                }
+                None if matches!(node.kind, Kind::Scalar(..)) => {
+                    *pending_key = Some(node);
+                    None
+                }
                 None => {
-                    if self.error.is_none() {
-                        self.error = Some("mapping keys must be plain strings".into());
-                        self.error_pos = node.pos;
-                    }
                     // Keep the tree balanced: a placeholder key absorbs the value that follows.
                     *pending_key = Some(Node {
                         pos: node.pos,
                         kind: Kind::Scalar(String::new(), true),
                     });
+                    Some((node.pos, "mapping keys must be plain strings".to_owned()))
                 }
             },
             Kind::Scalar(..) => unreachable!("scalars are never pushed as parents"),
+        };
+        if let Some((pos, message)) = problem {
+            self.fail(pos, message);
+        }
+    }
+}
+
+/// Nodes an alias may copy in one file. Aliases share nothing once expanded, so a few nested
+/// anchors ("billion laughs") would otherwise exhaust memory.
+const MAX_ALIASED_NODES: usize = 10_000;
+
+fn size(node: &Node) -> usize {
+    match &node.kind {
+        Kind::Scalar(..) => 1,
+        Kind::Seq(items) => 1 + items.iter().map(size).sum::<usize>(),
+        Kind::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| size(k) + size(v))
+                .sum::<usize>()
         }
     }
 }
@@ -209,12 +258,25 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                 }
             }
             Event::Alias(anchor) => match self.anchors.get(&anchor).cloned() {
-                Some(node) => self.push_value(Node { pos, ..node }, 0),
-                None => {
-                    self.error
-                        .get_or_insert_with(|| "alias to an unknown anchor".into());
-                    self.error_pos = pos;
+                Some(node) => {
+                    self.aliased += size(&node);
+                    if self.aliased > MAX_ALIASED_NODES {
+                        self.fail(
+                            pos,
+                            format!("aliases expand to more than {MAX_ALIASED_NODES} nodes"),
+                        );
+                        self.push_value(
+                            Node {
+                                pos,
+                                kind: Kind::Scalar(String::new(), true),
+                            },
+                            0,
+                        );
+                    } else {
+                        self.push_value(Node { pos, ..node }, 0);
+                    }
                 }
+                None => self.fail(pos, "alias to an unknown anchor"),
             },
             Event::Nothing
             | Event::StreamStart
@@ -270,6 +332,29 @@ mod tests {
         let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(err.pos.line >= 1, "{err:?}");
         assert!(!err.message.is_empty());
+    }
+
+    #[test]
+    fn duplicate_keys_second_documents_and_alias_bombs_are_refused() {
+        let err = parse("a: 1\nb:\n  c: 1\n  c: 2\n").unwrap_err();
+        assert_eq!(
+            (err.pos, err.message.as_str()),
+            (Pos { line: 4, column: 3 }, "duplicate key `c`")
+        );
+        let err = parse("a: 1\n---\nb: 2\n").unwrap_err();
+        assert_eq!(
+            err.message,
+            "a manifest holds one YAML document; found a second one"
+        );
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let err = parse(&bomb).unwrap_err();
+        assert_eq!(err.message, "aliases expand to more than 10000 nodes");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Applies one job to ECS: register the task definition if its spec is new, create or update
 //! the service, wait for the rollout, roll back if it fails.
 //!
-//! Every step can be repeated after a crash: the spec hash tags on the live task definition and
+//! Every step can be repeated after a crash: the hash tags on the live task definition and
 //! service say what is already there, so a retried job re-does only what is missing.
 
 use std::time::Duration;
@@ -28,37 +28,59 @@ pub enum Outcome {
     },
 }
 
+/// Where a failed rollout returns to.
+struct Rollback {
+    service_arn: String,
+    /// The task definition the service ran before; `None` when there is nothing to go back to.
+    task_definition: Option<String>,
+    /// The service's `spec-hash` and `revision` tags for that task definition.
+    tags: Vec<(String, String)>,
+}
+
 pub async fn apply(ecs: &Ecs, job: &SyncJob, poll: Duration) -> Result<Outcome, Error> {
     let app = &job.app;
-    let service = app.service_name();
-    let live = ecs.describe_service(&app.cluster, service).await?;
+    let live = ecs
+        .describe_service(&app.cluster, app.service_name())
+        .await?;
 
     if let Some(live) = &live
         && live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash)
     {
-        // A previous attempt may have died while the rollout was running: finish watching it.
+        // A previous attempt may have died, or handed the job over at shutdown, while the
+        // rollout ran: finish watching it and act as that attempt would have.
         if app.rollout.wait {
-            watch_rollout(
-                ecs,
-                job,
-                &live.task_definition,
-                live.task_definition.clone(),
-                poll,
-            )
-            .await?;
+            let target = live.task_definition.clone();
+            let tags_before = [(tag::SPEC_HASH, ""), (tag::REVISION, "")]; // unknown by now
+            let rollback = Rollback {
+                service_arn: live.arn.clone(),
+                task_definition: previous_task_definition(live, &target),
+                tags: tags_before
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .to_vec(),
+            };
+            watch_or_roll_back(ecs, job, &target, Some(rollback), poll).await?;
         }
         return Ok(Outcome::Unchanged);
     }
 
     let task_definition = match ecs.describe_task_definition(app.family()).await? {
-        Some(td) if td.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash) => td.arn,
+        Some(td) if td.tags.get(tag::TASK_DEFINITION_HASH) == Some(&app.task_definition_hash) => {
+            td.arn
+        }
         _ => {
             ecs.register_task_definition(&app.register_task_definition)
                 .await?
         }
     };
-    info!(message = "Task definition ready.", app = %app.name, environment = %app.environment, task_definition = %task_definition);
+    info!(message = "Task definition ready.", %task_definition);
 
+    let rollback = live.as_ref().map(|live| Rollback {
+        service_arn: live.arn.clone(),
+        task_definition: previous_task_definition(live, &task_definition),
+        tags: [tag::SPEC_HASH, tag::REVISION]
+            .map(|k| (k.to_owned(), live.tags.get(k).cloned().unwrap_or_default()))
+            .to_vec(),
+    });
     let outcome = match &live {
         None => {
             let mut input = app.create_service.clone();
@@ -80,7 +102,7 @@ pub async fn apply(ecs: &Ecs, job: &SyncJob, poll: Duration) -> Result<Outcome, 
             ecs.update_service(&input).await?;
             // Tagged after the update: a crash in between leaves the old hash, so the retry
             // repeats the (idempotent) update instead of believing it happened.
-            ecs.tag_resource(&live.arn, &app.provenance_tags()).await?;
+            ecs.tag_resource(&live.arn, &app.service_tags()).await?;
             Outcome::Updated {
                 task_definition: task_definition.clone(),
             }
@@ -88,86 +110,92 @@ pub async fn apply(ecs: &Ecs, job: &SyncJob, poll: Duration) -> Result<Outcome, 
     };
 
     if app.rollout.wait {
-        let previous = live
-            .as_ref()
-            .map(|l| l.task_definition.clone())
-            .unwrap_or_default();
-        if let Err(failure) = watch_rollout(ecs, job, &task_definition, previous, poll).await {
-            return Err(roll_back(ecs, job, live.as_ref(), failure).await);
-        }
+        watch_or_roll_back(ecs, job, &task_definition, rollback, poll).await?;
     }
     Ok(outcome)
 }
 
-/// Follows ECS's own rollout state: the PRIMARY deployment of `task_definition` reaching
-/// COMPLETED, or FAILED when the deployment circuit breaker trips.
+/// The task definition a service ran before `target`. When an earlier attempt already moved
+/// the service to `target` and died before tagging it, that is the newest deployment of
+/// another task definition.
+fn previous_task_definition(live: &LiveService, target: &str) -> Option<String> {
+    let target = task_definition_id(target);
+    if task_definition_id(&live.task_definition) != target {
+        return Some(live.task_definition.clone());
+    }
+    live.deployments
+        .iter()
+        .find(|d| task_definition_id(&d.task_definition) != target)
+        .map(|d| d.task_definition.clone())
+}
+
+async fn watch_or_roll_back(
+    ecs: &Ecs,
+    job: &SyncJob,
+    task_definition: &str,
+    rollback: Option<Rollback>,
+    poll: Duration,
+) -> Result<(), Error> {
+    match watch_rollout(ecs, job, task_definition, poll).await {
+        Ok(()) => Ok(()),
+        Err(failure @ (Error::RolloutFailed { .. } | Error::RolloutTimeout { .. })) => {
+            Err(roll_back(ecs, job, rollback, failure).await)
+        }
+        // Not a verdict on the rollout (say, DescribeServices throttled): a retry watches again.
+        Err(other) => Err(other),
+    }
+}
+
+/// Follows ECS's own rollout state: the deployment of `task_definition` reaching COMPLETED, or
+/// FAILED when the deployment circuit breaker trips.
 async fn watch_rollout(
     ecs: &Ecs,
     job: &SyncJob,
     task_definition: &str,
-    previous: String,
     poll: Duration,
 ) -> Result<(), Error> {
     let app = &job.app;
     let service = app.service_name();
-    let deadline = Instant::now() + Duration::from_secs(app.rollout.timeout_seconds);
+    let timeout = Duration::from_secs(app.rollout.timeout_seconds);
+    let deadline = Instant::now() + timeout;
     let target = task_definition_id(task_definition).to_owned();
+    let failed = |reason: String| Error::RolloutFailed {
+        service: service.to_owned(),
+        task_definition: target.clone(),
+        reason,
+        rolled_back_to: None,
+    };
     loop {
         let Some(live) = ecs.describe_service(&app.cluster, service).await? else {
-            return Err(Error::RolloutFailed {
-                service: service.to_owned(),
-                task_definition: target,
-                reason: "the service was deleted during the rollout".into(),
-                previous: String::new(),
-                rolled_back: false,
-            });
+            return Err(failed("the service was deleted during the rollout".into()));
         };
         // Followed by task definition, not by "whichever is PRIMARY": when the circuit breaker
         // rolls back, ECS makes the rollback PRIMARY and ours is left ACTIVE and FAILED.
-        match live
+        let Some(ours) = live
             .deployments
             .iter()
             .find(|d| task_definition_id(&d.task_definition) == target)
-        {
-            Some(d) => match d.rollout_state.as_deref() {
-                Some("COMPLETED") => return Ok(()),
-                Some("FAILED") => {
-                    return Err(Error::RolloutFailed {
-                        service: service.to_owned(),
-                        task_definition: target,
-                        reason: failure_reason(d, &live),
-                        previous,
-                        rolled_back: false,
-                    });
-                }
-                // Deployment controllers other than ECS report no rollout state: steady state
-                // is one deployment with all its tasks running.
-                None if live.deployments.len() == 1 && d.running_count == d.desired_count => {
-                    return Ok(());
-                }
-                _ => {}
-            },
-            None => {
-                return Err(Error::RolloutFailed {
-                    service: service.to_owned(),
-                    task_definition: target,
-                    reason: format!(
-                        "another deployment ({}) replaced it",
-                        task_definition_id(&live.task_definition)
-                    ),
-                    previous,
-                    rolled_back: false,
-                });
+        else {
+            let now = task_definition_id(&live.task_definition);
+            return Err(failed(format!("another deployment ({now}) replaced it")));
+        };
+        match ours.rollout_state.as_deref() {
+            Some("COMPLETED") => return Ok(()),
+            Some("FAILED") => return Err(failed(failure_reason(ours, &live))),
+            // Deployment controllers other than ECS report no rollout state: steady state is
+            // one deployment with all its tasks running.
+            None if live.deployments.len() == 1 && ours.running_count == ours.desired_count => {
+                return Ok(());
             }
+            _ => {}
         }
         if Instant::now() + poll > deadline {
             return Err(Error::RolloutTimeout {
                 service: service.to_owned(),
                 task_definition: target,
-                timeout: Duration::from_secs(app.rollout.timeout_seconds),
-                previous,
+                timeout,
                 events: live.events.iter().take(3).cloned().collect(),
-                rolled_back: false,
+                rolled_back_to: None,
             });
         }
         tokio::time::sleep(poll).await;
@@ -186,56 +214,43 @@ fn failure_reason(d: &ecs::Deployment, live: &LiveService) -> String {
     reason
 }
 
-/// Puts the previous task definition and tags back, unless ECS's circuit breaker does the
-/// rollback itself. The job still fails: a rollback is never a success.
-async fn roll_back(
-    ecs: &Ecs,
-    job: &SyncJob,
-    before: Option<&LiveService>,
-    failure: Error,
-) -> Error {
-    let Some(before) = before else { return failure };
+/// Puts the previous task definition and tags back. When the circuit breaker failed the
+/// deployment with rollback on, ECS is already rolling back and only the tags are restored.
+/// The job still fails: a rollback is never a success.
+async fn roll_back(ecs: &Ecs, job: &SyncJob, rollback: Option<Rollback>, failure: Error) -> Error {
+    let Some(Rollback {
+        service_arn,
+        task_definition: Some(previous),
+        tags,
+    }) = rollback
+    else {
+        return failure;
+    };
     let app = &job.app;
-    let circuit_breaker = app
+    let breaker = app
         .update_service
         .get("deploymentConfiguration")
         .and_then(|c| c.get("deploymentCircuitBreaker"));
-    let ecs_rolls_back = circuit_breaker.is_some_and(|cb| {
-        cb.get("enable") == Some(&Value::Bool(true))
-            && cb.get("rollback") == Some(&Value::Bool(true))
-    });
-    let rolled_back = if ecs_rolls_back {
-        true
-    } else {
-        match ecs
-            .set_task_definition(&app.cluster, app.service_name(), &before.task_definition)
+    let on = |field: &str| breaker.and_then(|b| b.get(field)) == Some(&Value::Bool(true));
+    let ecs_rolls_back =
+        matches!(failure, Error::RolloutFailed { .. }) && on("enable") && on("rollback");
+    if !ecs_rolls_back
+        && let Err(e) = ecs
+            .set_task_definition(&app.cluster, app.service_name(), &previous)
             .await
-        {
-            Ok(()) => true,
-            Err(e) => {
-                return Error::RollbackFailed {
-                    original: Box::new(failure),
-                    rollback: e,
-                };
-            }
-        }
-    };
-    // The service runs the previous spec again: its tags must say so, or the next attempt would
-    // believe the failed spec is live.
-    let restore: Vec<_> = [tag::SPEC_HASH, tag::REVISION]
-        .iter()
-        .map(|k| {
-            (
-                (*k).to_owned(),
-                before.tags.get(*k).cloned().unwrap_or_default(),
-            )
-        })
-        .collect();
-    if let Err(e) = ecs.tag_resource(&before.arn, &restore).await {
+    {
         return Error::RollbackFailed {
             original: Box::new(failure),
             rollback: e,
         };
     }
-    failure.rolled_back(rolled_back)
+    // The service runs the previous spec again: its tags must say so, or the next attempt would
+    // believe the failed spec is live.
+    if let Err(e) = ecs.tag_resource(&service_arn, &tags).await {
+        return Error::RollbackFailed {
+            original: Box::new(failure),
+            rollback: e,
+        };
+    }
+    failure.rolled_back_to(&previous)
 }

@@ -17,28 +17,31 @@ use tracing::{Instrument, error, info, warn};
 
 use crate::config::{Config, WorkerConfig};
 use crate::ecs::{self, Ecs};
-use crate::queue::{self, Queue, Received, SyncJob};
+use crate::queue::{Queue, Received, SyncJob};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Ecs(#[from] ecs::Error),
-    #[error("rollout of {service} to {task_definition} failed: {reason}{}", rolled_back_note(.rolled_back, .previous))]
+    #[error("rollout of {service} to {task_definition} failed: {reason}{}", rolled_back_note(.rolled_back_to))]
     RolloutFailed {
         service: String,
         task_definition: String,
         reason: String,
-        previous: String,
-        rolled_back: bool,
+        rolled_back_to: Option<String>,
     },
-    #[error("rollout of {service} to {task_definition} did not complete within {}{}{}", humantime::format_duration(*.timeout), events_note(.events), rolled_back_note(.rolled_back, .previous))]
+    #[error(
+        "rollout of {service} to {task_definition} did not complete within {}{}{}",
+        humantime::format_duration(*.timeout),
+        events_note(.events),
+        rolled_back_note(.rolled_back_to)
+    )]
     RolloutTimeout {
         service: String,
         task_definition: String,
         timeout: Duration,
-        previous: String,
         events: Vec<String>,
-        rolled_back: bool,
+        rolled_back_to: Option<String>,
     },
     #[error("{original}; rolling back failed too: {rollback}")]
     RollbackFailed {
@@ -47,12 +50,10 @@ pub enum Error {
     },
 }
 
-fn rolled_back_note(rolled_back: &bool, previous: &str) -> String {
-    if *rolled_back {
-        format!("; rolled back to {}", ecs::task_definition_id(previous))
-    } else {
-        String::new()
-    }
+fn rolled_back_note(to: &Option<String>) -> String {
+    to.as_deref().map_or_else(String::new, |td| {
+        format!("; rolled back to {}", ecs::task_definition_id(td))
+    })
 }
 
 fn events_note(events: &[String]) -> String {
@@ -73,11 +74,11 @@ impl Error {
         }
     }
 
-    fn rolled_back(mut self, value: bool) -> Self {
-        if let Error::RolloutFailed { rolled_back, .. }
-        | Error::RolloutTimeout { rolled_back, .. } = &mut self
+    fn rolled_back_to(mut self, task_definition: &str) -> Self {
+        if let Error::RolloutFailed { rolled_back_to, .. }
+        | Error::RolloutTimeout { rolled_back_to, .. } = &mut self
         {
-            *rolled_back = value;
+            *rolled_back_to = Some(task_definition.to_owned());
         }
         self
     }
@@ -228,8 +229,7 @@ impl Worker {
                 .await
             {
                 warn!(message = "Cannot extend the job's visibility.", error = %e);
-                if matches!(&e, queue::Error::Api { code, .. } if code.contains("ReceiptHandle") || code.contains("MessageNotInflight"))
-                {
+                if e.receipt_expired() {
                     return;
                 }
             }

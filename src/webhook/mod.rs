@@ -110,7 +110,7 @@ async fn github_delivery(
         );
     }
 
-    match dispatcher.push(repo, branch).await {
+    match dispatcher.push(repo, branch, &delivery).await {
         Ok(Outcome::Ignored { reason }) => ignored(&delivery, &reason),
         Ok(Outcome::Enqueued {
             branch,

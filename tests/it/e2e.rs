@@ -241,7 +241,7 @@ async fn queue_unavailable_answers_503_and_a_redelivery_syncs_once_it_is_back() 
 async fn a_config_error_enqueues_nothing_and_leaves_live_services_alone() {
     let s = setup().await;
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
-    let worker = start_worker(&s.config, &s.emulator.aws);
+    let _worker = start_worker(&s.config, &s.emulator.aws);
     let good = s.repo.head("staging");
     assert_eq!(receiver.push("staging", good, "good").await.0, 202);
     all_live_at(&s.emulator, "staging", &good.to_string()).await;
@@ -249,7 +249,6 @@ async fn a_config_error_enqueues_nothing_and_leaves_live_services_alone() {
         (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
     })
     .await;
-    worker.cancel();
     let before = s.emulator.service("staging", "api").await.unwrap();
 
     // One good change and one broken app in the same commit: the environment is not synced at all.
@@ -288,22 +287,49 @@ async fn pushes_that_are_not_environment_branches_are_ignored_with_a_reason() {
         "branch `feature` is not an environment branch (environments: staging ← staging, production ← main)"
     );
 
-    let tag_deleted = std::fs::read(concat!(
+    // octokit's tag-deletion push, as it is (another repository) and re-pointed at ours.
+    let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/webhooks/github/push-tag-deleted.payload.json"
-    ))
-    .unwrap();
+    );
+    let tag_deleted = std::fs::read(fixture).unwrap();
     let (status, body) = receiver
         .deliver(
             &tag_deleted,
             Some(&sign(SECRET.as_bytes(), &tag_deleted)),
-            "tag",
+            "other",
         )
         .await;
     assert_eq!(status, 200);
     assert_eq!(
         body["reason"],
         "repository https://github.com/Codertocat/Hello-World.git is not watched"
+    );
+    let mut ours: serde_json::Value = serde_json::from_slice(&tag_deleted).unwrap();
+    ours["repository"]["clone_url"] = format!("{REPO_URL}.git").into();
+    let ours = serde_json::to_vec(&ours).unwrap();
+    let (status, body) = receiver
+        .deliver(&ours, Some(&sign(SECRET.as_bytes(), &ours)), "tag")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["reason"], "`refs/tags/simple-tag` is not a branch");
+
+    let mut deleted: serde_json::Value =
+        serde_json::from_slice(&push_payload("staging", head)).unwrap();
+    deleted["deleted"] = true.into();
+    deleted["after"] = "0000000000000000000000000000000000000000".into();
+    let deleted = serde_json::to_vec(&deleted).unwrap();
+    let (status, body) = receiver
+        .deliver(
+            &deleted,
+            Some(&sign(SECRET.as_bytes(), &deleted)),
+            "deleted",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["reason"],
+        "branch `staging` was deleted; nothing to deploy"
     );
     assert_eq!(s.emulator.queue_depth(&s.queue_url).await, 0);
 }
@@ -333,6 +359,14 @@ async fn a_failed_rollout_is_rolled_back_and_reported_not_synced() {
     .await;
 
     let after = s.emulator.service("staging", "api").await.unwrap();
+    assert!(
+        after
+            .events
+            .iter()
+            .any(|e| e.contains("deployment failed: tasks failed to start")),
+        "revision 2 was deployed and failed: {:?}",
+        after.events
+    );
     assert_eq!(
         after.task_definition, before.task_definition,
         "rolled back to the previous revision"
@@ -345,4 +379,53 @@ async fn a_failed_rollout_is_rolled_back_and_reported_not_synced() {
         s.emulator.revisions("staging-api").await,
         ["staging-api:1", "staging-api:2"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_config_repo_answers_503_and_enqueues_nothing() {
+    let emulator = Emulator::start().await;
+    let queue_url = emulator.create_queue("fleetsync.fifo").await;
+    let repo = ConfigRepo::example(&emulator);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        "file:///nonexistent/platform-config.git",
+        &queue_url,
+        "",
+    );
+    let receiver = Receiver::start(&config, &emulator.aws).await;
+    let (status, body) = receiver
+        .push("staging", repo.head("staging"), "unreachable")
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(
+        reason
+            .contains("cannot fetch branch `staging` from file:///nonexistent/platform-config.git"),
+        "{reason}"
+    );
+    assert_eq!(emulator.queue_depth(&queue_url).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_cannot_bind_itself_to_production() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    // Anyone who can push `staging` edits its root to deploy into the production cluster.
+    let hijack = s.repo.commit("staging", "fleetsync.yaml", |t| {
+        Some(t.unwrap().replace(
+            "{ branch: staging, cluster: staging }",
+            "{ branch: staging, cluster: production }",
+        ))
+    });
+    let (status, body) = receiver.push("staging", hijack, "hijack").await;
+    assert_eq!(status, 422, "{body}");
+    let problem = body["problems"][0]["problems"][0].as_str().unwrap();
+    assert!(
+        problem.contains(
+            "bound to branch `staging` and cluster `staging` by the root on the default branch"
+        ),
+        "{problem}"
+    );
+    assert_eq!(s.emulator.queue_depth(&s.queue_url).await, 0);
 }

@@ -157,6 +157,11 @@ impl Emulator {
             .unwrap();
         let s = out.services().first()?;
         Some(Live {
+            events: s
+                .events()
+                .iter()
+                .map(|e| e.message().unwrap().to_owned())
+                .collect(),
             task_definition: fleetsync::ecs::task_definition_id(s.task_definition().unwrap())
                 .to_owned(),
             tags: s
@@ -194,6 +199,8 @@ impl Drop for Emulator {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Live {
     pub task_definition: String,
+    /// Service events, newest first.
+    pub events: Vec<String>,
     pub tags: std::collections::HashMap<String, String>,
 }
 
@@ -387,6 +394,14 @@ impl Receiver {
         Receiver {
             url: format!("http://{addr}"),
             shutdown,
+        }
+    }
+
+    /// A receiver running elsewhere (a `fleetsync serve` process).
+    pub fn remote(url: &str) -> Receiver {
+        Receiver {
+            url: url.to_owned(),
+            shutdown: CancellationToken::new(),
         }
     }
 
