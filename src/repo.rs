@@ -312,6 +312,23 @@ mod tests {
         assert!(matches!(err, Error::Fetch { .. }), "{err}");
     }
 
+    /// A branch deleted upstream must not keep resolving to the mirror's stale copy.
+    #[test]
+    fn a_branch_deleted_upstream_disappears_from_the_mirror() {
+        let (remote_dir, commit) = remote("staging", "a", "b");
+        let mirrors = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(mirrors.path(), "platform", &file_url(&remote_dir)).unwrap();
+        assert_eq!(mirror.fetch_branch("staging").unwrap(), commit);
+        let upstream = Repository::open_bare(remote_dir.path()).unwrap();
+        upstream
+            .find_reference("refs/heads/staging")
+            .unwrap()
+            .delete()
+            .unwrap();
+        let err = mirror.fetch_branch("staging").unwrap_err();
+        assert!(matches!(err, Error::NoSuchBranch { .. }), "{err}");
+    }
+
     #[test]
     fn redacts_credentials_in_urls() {
         assert_eq!(

@@ -429,3 +429,83 @@ async fn a_branch_cannot_bind_itself_to_production() {
     );
     assert_eq!(s.emulator.queue_depth(&s.queue_url).await, 0);
 }
+
+/// An earlier attempt moved the service to the new revision and died before tagging it. Its
+/// retry finds the new revision live: it must still roll back to the one before, not to itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_crash_between_update_and_tag_rolls_back_to_the_real_previous_revision() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let good = s.repo.head("staging");
+    assert_eq!(receiver.push("staging", good, "good").await.0, 202);
+    all_live_at(&s.emulator, "staging", &good.to_string()).await;
+    let before = s.emulator.service("staging", "api").await.unwrap();
+
+    s.repo.commit("staging", "apps/api/app.yaml", |t| {
+        Some(t.unwrap().replace("rollback: true", "rollback: false"))
+    });
+    let broken = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.4.2", "api:broken"))
+    });
+    let api = {
+        let local = fleetsync::repo::Local::open(&s.repo.path()).unwrap();
+        let root = fleetsync::resolve::read_root(
+            &local.snapshot(s.repo.head("main")).unwrap(),
+            "fleetsync.yaml",
+        )
+        .unwrap()
+        .unwrap();
+        let binding = root
+            .environments
+            .iter()
+            .find(|e| e.name == "staging")
+            .unwrap();
+        let state = fleetsync::resolve::resolve_bound(
+            &local.snapshot(broken).unwrap(),
+            "fleetsync.yaml",
+            binding,
+            &broken.to_string(),
+        )
+        .unwrap();
+        state.apps.into_iter().find(|a| a.name == "api").unwrap()
+    };
+    // The crashed attempt: exactly fleetsync's RegisterTaskDefinition and UpdateService, no tags.
+    let ecs = fleetsync::ecs::Ecs::new(&s.emulator.aws);
+    let arn = ecs
+        .register_task_definition(&api.register_task_definition)
+        .await
+        .unwrap();
+    let mut update = api.update_service.clone();
+    update.insert("taskDefinition".into(), arn.into());
+    ecs.update_service(&update).await.unwrap();
+    assert_eq!(
+        s.emulator
+            .service("staging", "api")
+            .await
+            .unwrap()
+            .task_definition,
+        "staging-api:2"
+    );
+
+    // The job comes back (SQS redelivers it) and finds revision 2 already live.
+    assert_eq!(receiver.push("staging", broken, "broken").await.0, 202);
+    eventually(LIMIT, "the queue to drain", || async {
+        (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
+    })
+    .await;
+    let after = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(
+        after.task_definition, "staging-api:1",
+        "back to the revision before the crashed attempt"
+    );
+    assert_eq!(
+        after.tags["fleetsync:spec-hash"],
+        before.tags["fleetsync:spec-hash"]
+    );
+    assert_eq!(
+        s.emulator.revisions("staging-api").await,
+        ["staging-api:1", "staging-api:2"],
+        "the crashed attempt's revision is reused"
+    );
+}
