@@ -30,6 +30,7 @@ WORK = ROOT / ".demo"
 BINARY = ROOT / "target" / "debug" / "fleetsync"
 REPO_URL = "https://github.com/acme/platform-config"
 CLUSTERS = ["staging", "production"]
+APPS = ["accounts", "api", "web", "fleetsync-worker"]
 
 
 def main():
@@ -107,7 +108,7 @@ worker:
     initial = git(repo, "rev-parse", "main")
     for branch in ("main", "staging"):
         deliver(receiver, secret, branch, initial)
-    wait_for(lambda: all(revision_tag(ecs, c, app) == initial for c in CLUSTERS for app in ("accounts", "api", "web")),
+    wait_for(lambda: all(revision_tag(ecs, c, app) == initial for c in CLUSTERS for app in APPS),
              "both environments to be live")
     step("BEFORE")
     show(ecs)

@@ -34,13 +34,15 @@ pub struct Cli {
 enum Command {
     /// Receive Git webhooks and enqueue sync jobs.
     Serve {
+        /// A config file, or `env:NAME` to read it from an environment variable.
         #[arg(long)]
-        config: PathBuf,
+        config: String,
     },
     /// Consume sync jobs and apply them to ECS.
     Worker {
+        /// A config file, or `env:NAME` to read it from an environment variable.
         #[arg(long)]
-        config: PathBuf,
+        config: String,
         /// How long running jobs may finish after SIGTERM before they are handed back.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         grace: Duration,
@@ -94,18 +96,12 @@ async fn aws_config() -> aws_config::SdkConfig {
         .await
 }
 
-async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+async fn serve(path: &str) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let dispatcher = Arc::new(Dispatcher::from_config(&config, &aws_config().await)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (`listen` in {})",
-                config.listen,
-                path.display()
-            )
-        })?;
+        .with_context(|| format!("cannot listen on {} (`listen` in {})", config.listen, path))?;
     info!(message = "Receiver listening.", address = %listener.local_addr()?, queue = %config.queue_url);
     let shutdown = shutdown::on_signals()?;
     webhook::serve(
@@ -117,7 +113,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn worker(path: &Path, grace: Duration) -> anyhow::Result<ExitCode> {
+async fn worker(path: &str, grace: Duration) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let worker = Arc::new(Worker::from_config(&config, &aws_config().await));
     info!(message = "Worker started.", queue = %config.queue_url, concurrency = worker.config.concurrency);

@@ -133,7 +133,18 @@ mod humantime_serde_opt {
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Self> {
+    /// Reads the config from a file, or from an environment variable with `env:NAME` (how a
+    /// task definition passes it to a container that has no config file).
+    pub fn load(source: &str) -> Result<Self> {
+        if let Some(name) = source.strip_prefix("env:") {
+            let label = PathBuf::from(format!("${name}"));
+            let text = std::env::var(name).map_err(|_| Error::Invalid {
+                path: label.clone(),
+                message: format!("environment variable {name} is not set"),
+            })?;
+            return Self::parse(&label, &text);
+        }
+        let path = Path::new(source);
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
             path: path.to_owned(),
             source,

@@ -93,7 +93,7 @@ async fn serve_and_worker_deploy_a_push_and_stop_cleanly_on_sigterm() {
     let head = repo.head("staging");
     let (status, body) = receiver.push("staging", head, "binary").await;
     assert_eq!(status, 202, "{body}");
-    for app in ["accounts", "api", "web"] {
+    for app in APPS {
         eventually(Duration::from_secs(60), app, || async {
             emulator
                 .service("staging", app)

@@ -159,7 +159,7 @@ fn dependency_on_an_unknown_app_and_a_cycle_are_reported() {
     assert_eq!(run.code, 1);
     assert_eq!(
         run.stdout,
-        "fleetsync.yaml:17:17: app `web` depends on unknown app `cache`; known apps: accounts, api, web\n"
+        "fleetsync.yaml:17:17: app `web` depends on unknown app `cache`; known apps: accounts, api, fleetsync-worker, web\n"
     );
 
     let run = broken("fleetsync.yaml", |t| {

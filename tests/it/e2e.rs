@@ -36,7 +36,7 @@ async fn setup() -> Setup {
 
 /// Waits until every example app in `cluster` is live at `commit`'s tags.
 async fn all_live_at(emulator: &Emulator, cluster: &str, commit: &str) {
-    for app in ["accounts", "api", "web"] {
+    for app in APPS {
         eventually(LIMIT, &format!("{cluster}/{app} at {commit}"), || async {
             emulator
                 .service(cluster, app)
@@ -59,7 +59,7 @@ async fn a_push_to_staging_rolls_out_a_new_revision_there_and_leaves_production_
             .push(branch, initial, &format!("initial-{branch}"))
             .await;
         assert_eq!(status, 202, "{body}");
-        assert_eq!(body["jobs"].as_array().unwrap().len(), 3, "{body}");
+        assert_eq!(body["jobs"].as_array().unwrap().len(), APPS.len(), "{body}");
     }
     all_live_at(&s.emulator, "staging", &initial.to_string()).await;
     all_live_at(&s.emulator, "production", &initial.to_string()).await;
@@ -181,7 +181,7 @@ async fn the_same_delivery_twice_syncs_once() {
     assert_eq!(second, 202, "{body}");
     assert_eq!(
         s.emulator.queue_depth(&s.queue_url).await,
-        3,
+        APPS.len(),
         "SQS FIFO dedup drops the redelivered jobs"
     );
 
@@ -200,9 +200,10 @@ async fn the_same_delivery_twice_syncs_once() {
         (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
     })
     .await;
-    for family in ["staging-accounts", "staging-api", "staging-web"] {
+    for app in APPS {
+        let family = format!("staging-{app}");
         assert_eq!(
-            s.emulator.revisions(family).await.len(),
+            s.emulator.revisions(&family).await.len(),
             1,
             "{family} registered once"
         );

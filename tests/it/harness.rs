@@ -18,6 +18,9 @@ use sha2::Sha256;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+/// The apps of example-repo.
+pub const APPS: [&str; 4] = ["accounts", "api", "web", "fleetsync-worker"];
+
 pub const REPO_URL: &str = "https://github.com/acme/platform-config";
 pub const SECRET: &str = "It's a Secret to Everybody";
 

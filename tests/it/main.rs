@@ -2,5 +2,6 @@
 
 mod binary;
 mod cli;
+mod deploy;
 mod e2e;
 mod harness;

@@ -1,0 +1,178 @@
+//! deploy/cloudformation.yaml: no wildcard IAM action, every AWS call the code makes is granted
+//! to the role that makes it, and the task definitions register against the emulator.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_yaml::Value;
+
+use crate::harness::Emulator;
+
+fn template() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/cloudformation.yaml");
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn resources(template: &Value, kind: &str) -> Vec<(String, Value)> {
+    let Value::Mapping(resources) = &template["Resources"] else {
+        panic!("no Resources")
+    };
+    resources
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some(kind))
+        .map(|(name, r)| (name.as_str().unwrap().to_owned(), r["Properties"].clone()))
+        .collect()
+}
+
+/// IAM actions of the AWS operations called in `src/<file>`: every `.client.<operation>()`.
+/// Batch operations are authorised by their single-message action.
+fn code_actions(file: &str, service: &str) -> BTreeSet<String> {
+    let source =
+        std::fs::read_to_string(format!("{}/src/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let joined: String = source.split_whitespace().collect();
+    joined
+        .match_indices(".client.")
+        .map(|(i, _)| {
+            let op: String = joined[i + 8..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let pascal: String = op
+                .split('_')
+                .map(|w| w[..1].to_uppercase() + &w[1..])
+                .collect();
+            format!("{service}:{}", pascal.trim_end_matches("Batch"))
+        })
+        .collect()
+}
+
+/// Actions each role grants, by logical id.
+fn granted(template: &Value) -> BTreeMap<String, BTreeSet<String>> {
+    let mut roles = BTreeMap::new();
+    for (name, role) in resources(template, "AWS::IAM::Role") {
+        let actions: &mut BTreeSet<String> = roles.entry(name).or_default();
+        for policy in role["Policies"].as_sequence().unwrap() {
+            for statement in policy["PolicyDocument"]["Statement"].as_sequence().unwrap() {
+                match &statement["Action"] {
+                    Value::String(a) => {
+                        actions.insert(a.clone());
+                    }
+                    Value::Sequence(list) => {
+                        actions.extend(list.iter().map(|a| a.as_str().unwrap().to_owned()))
+                    }
+                    other => panic!("unexpected Action {other:?}"),
+                }
+            }
+        }
+    }
+    roles
+}
+
+#[test]
+fn no_iam_action_is_a_wildcard() {
+    for (role, actions) in granted(&template()) {
+        for action in actions {
+            assert!(
+                !action.contains('*'),
+                "{role} grants the wildcard action {action}"
+            );
+        }
+    }
+}
+
+#[test]
+fn each_role_is_granted_exactly_the_calls_its_process_makes() {
+    let roles = granted(&template());
+    let ecs = code_actions("ecs/mod.rs", "ecs");
+    let sqs = code_actions("queue/mod.rs", "sqs");
+    assert!(
+        ecs.contains("ecs:RegisterTaskDefinition") && sqs.contains("sqs:ReceiveMessage"),
+        "{ecs:?} {sqs:?}"
+    );
+
+    // The receiver only sends jobs (dispatch → queue::Queue::send).
+    let receiver = &roles["ReceiverTaskRole"];
+    assert_eq!(receiver.iter().collect::<Vec<_>>(), ["sqs:SendMessage"]);
+    assert!(sqs.contains("sqs:SendMessage"));
+
+    // The worker makes every other call: all ECS calls, and the rest of the queue's.
+    let worker = &roles["WorkerTaskRole"];
+    let mut needed: BTreeSet<_> = ecs
+        .iter()
+        .chain(&sqs)
+        .filter(|a| *a != "sqs:SendMessage")
+        .cloned()
+        .collect();
+    needed.insert("iam:PassRole".into()); // RegisterTaskDefinition names task and execution roles
+    let worker_aws: BTreeSet<_> = worker.iter().cloned().collect();
+    assert_eq!(
+        worker_aws, needed,
+        "worker role vs the calls in src/ecs and src/queue"
+    );
+}
+
+/// CloudFormation's PascalCase task definition properties as RegisterTaskDefinition's
+/// camelCase input, with intrinsic functions replaced by plausible values.
+fn to_api(value: &Value, in_options: bool) -> serde_json::Value {
+    match value {
+        Value::Mapping(map) => serde_json::Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let k = k.as_str().unwrap();
+                    let key = if in_options {
+                        k.to_owned()
+                    } else {
+                        k[..1].to_lowercase() + &k[1..]
+                    };
+                    (key, to_api(v, k == "Options"))
+                })
+                .collect(),
+        ),
+        Value::Sequence(items) => {
+            serde_json::Value::Array(items.iter().map(|v| to_api(v, false)).collect())
+        }
+        Value::Tagged(tagged) => {
+            let target = tagged.value.as_str().unwrap_or_default();
+            serde_json::Value::String(match tagged.tag.to_string().as_str() {
+                "!GetAtt" => format!(
+                    "arn:aws:iam::123456789012:role/{}",
+                    target.trim_end_matches(".Arn")
+                ),
+                "!Ref" if target == "Image" => {
+                    "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleetsync:test".into()
+                }
+                "!Ref" if target == "AWS::Region" => "us-east-1".into(),
+                "!Ref" if target == "WebhookSecret" => {
+                    "arn:aws:secretsmanager:us-east-1:123456789012:secret:fleetsync-AbCdEf".into()
+                }
+                "!Sub" => target.replace("${", "<").replace('}', ">"),
+                _ => format!("/ecs/fleetsync/{target}"),
+            })
+        }
+        Value::Number(n) => serde_json::to_value(n).unwrap(),
+        Value::String(s) => serde_json::Value::String(s.clone()),
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::Null => serde_json::Value::Null,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_definitions_register_against_the_emulator() {
+    let emulator = Emulator::start().await;
+    let ecs = fleetsync::ecs::Ecs::new(&emulator.aws);
+    let definitions = resources(&template(), "AWS::ECS::TaskDefinition");
+    assert_eq!(definitions.len(), 2);
+    for (name, properties) in definitions {
+        let serde_json::Value::Object(input) = to_api(&properties, false) else {
+            panic!("{name}")
+        };
+        let arn = ecs
+            .register_task_definition(&input)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let family = input["family"].as_str().unwrap();
+        assert!(
+            arn.ends_with(&format!("task-definition/{family}:1")),
+            "{arn}"
+        );
+    }
+}
