@@ -34,6 +34,35 @@ async fn setup() -> Setup {
     }
 }
 
+impl Setup {
+    async fn drained(&self) {
+        eventually(LIMIT, "the queue to drain", || async {
+            (self.emulator.queue_depth(&self.queue_url).await == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// Deploys staging at its head; returns the live api service.
+    async fn staging_deployed(&self, receiver: &Receiver) -> Live {
+        let head = self.repo.head("staging");
+        assert_eq!(receiver.push("staging", head, "initial").await.0, 202);
+        all_live_at(&self.emulator, "staging", &head.to_string()).await;
+        self.drained().await;
+        self.emulator.service("staging", "api").await.unwrap()
+    }
+
+    /// Commits an api image whose deployment the emulator fails, as the circuit breaker would,
+    /// with ECS's own rollback off: fleetsync must roll back itself.
+    fn commit_broken_api(&self) -> git2::Oid {
+        self.repo.commit("staging", "apps/api/app.yaml", |t| {
+            Some(t.unwrap().replace("rollback: true", "rollback: false"))
+        });
+        self.repo.commit("staging", "apps/api/taskdef.json", |t| {
+            Some(t.unwrap().replace("api:1.4.2", "api:broken"))
+        })
+    }
+}
+
 /// Waits until every example app in `cluster` is live at `commit`'s tags.
 async fn all_live_at(emulator: &Emulator, cluster: &str, commit: &str) {
     for app in APPS {
@@ -95,10 +124,7 @@ async fn a_push_to_staging_rolls_out_a_new_revision_there_and_leaves_production_
     assert_eq!(api.tags["fleetsync:app"], "api");
     assert_eq!(api.tags["fleetsync:root"], "platform");
     // Let the other staging jobs of that push finish, then check what did not change.
-    eventually(LIMIT, "the queue to drain", || async {
-        (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
-    })
-    .await;
+    s.drained().await;
     assert_eq!(
         s.emulator.revisions("staging-accounts").await,
         ["staging-accounts:1"],
@@ -187,19 +213,13 @@ async fn the_same_delivery_twice_syncs_once() {
 
     let _worker = start_worker(&s.config, &s.emulator.aws);
     all_live_at(&s.emulator, "staging", &head.to_string()).await;
-    eventually(LIMIT, "the queue to drain", || async {
-        (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
-    })
-    .await;
+    s.drained().await;
 
     // Once the first jobs are deleted the emulator forgets their dedup ids (real SQS keeps
     // them five minutes): the worker's spec-hash check must make the third copy a no-op.
     let (third, _) = receiver.push("staging", head, "dup").await;
     assert_eq!(third, 202);
-    eventually(LIMIT, "the queue to drain", || async {
-        (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
-    })
-    .await;
+    s.drained().await;
     for app in APPS {
         let family = format!("staging-{app}");
         assert_eq!(
@@ -243,14 +263,7 @@ async fn a_config_error_enqueues_nothing_and_leaves_live_services_alone() {
     let s = setup().await;
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
     let _worker = start_worker(&s.config, &s.emulator.aws);
-    let good = s.repo.head("staging");
-    assert_eq!(receiver.push("staging", good, "good").await.0, 202);
-    all_live_at(&s.emulator, "staging", &good.to_string()).await;
-    eventually(LIMIT, "the queue to drain", || async {
-        (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
-    })
-    .await;
-    let before = s.emulator.service("staging", "api").await.unwrap();
+    let before = s.staging_deployed(&receiver).await;
 
     // One good change and one broken app in the same commit: the environment is not synced at all.
     s.repo.commit("staging", "apps/api/taskdef.json", |t| {
@@ -340,24 +353,11 @@ async fn a_failed_rollout_is_rolled_back_and_reported_not_synced() {
     let s = setup().await;
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
     let _worker = start_worker(&s.config, &s.emulator.aws);
-    let good = s.repo.head("staging");
-    assert_eq!(receiver.push("staging", good, "good").await.0, 202);
-    all_live_at(&s.emulator, "staging", &good.to_string()).await;
-    let before = s.emulator.service("staging", "api").await.unwrap();
+    let before = s.staging_deployed(&receiver).await;
 
-    // The emulator fails deployments of images named "broken", as the circuit breaker would.
-    // api's circuit breaker has rollback off here, so fleetsync must roll back itself.
-    s.repo.commit("staging", "apps/api/app.yaml", |t| {
-        Some(t.unwrap().replace("rollback: true", "rollback: false"))
-    });
-    let broken = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
-        Some(t.unwrap().replace("api:1.4.2", "api:broken"))
-    });
+    let broken = s.commit_broken_api();
     assert_eq!(receiver.push("staging", broken, "broken").await.0, 202);
-    eventually(LIMIT, "the queue to drain", || async {
-        (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
-    })
-    .await;
+    s.drained().await;
 
     let after = s.emulator.service("staging", "api").await.unwrap();
     assert!(
@@ -438,17 +438,9 @@ async fn a_retry_after_a_crash_between_update_and_tag_rolls_back_to_the_real_pre
     let s = setup().await;
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
     let _worker = start_worker(&s.config, &s.emulator.aws);
-    let good = s.repo.head("staging");
-    assert_eq!(receiver.push("staging", good, "good").await.0, 202);
-    all_live_at(&s.emulator, "staging", &good.to_string()).await;
-    let before = s.emulator.service("staging", "api").await.unwrap();
+    let before = s.staging_deployed(&receiver).await;
 
-    s.repo.commit("staging", "apps/api/app.yaml", |t| {
-        Some(t.unwrap().replace("rollback: true", "rollback: false"))
-    });
-    let broken = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
-        Some(t.unwrap().replace("api:1.4.2", "api:broken"))
-    });
+    let broken = s.commit_broken_api();
     let api = {
         let local = fleetsync::repo::Local::open(&s.repo.path()).unwrap();
         let root = fleetsync::resolve::read_root(
@@ -491,10 +483,7 @@ async fn a_retry_after_a_crash_between_update_and_tag_rolls_back_to_the_real_pre
 
     // The job comes back (SQS redelivers it) and finds revision 2 already live.
     assert_eq!(receiver.push("staging", broken, "broken").await.0, 202);
-    eventually(LIMIT, "the queue to drain", || async {
-        (s.emulator.queue_depth(&s.queue_url).await == 0).then_some(())
-    })
-    .await;
+    s.drained().await;
     let after = s.emulator.service("staging", "api").await.unwrap();
     assert_eq!(
         after.task_definition, "staging-api:1",
