@@ -104,12 +104,7 @@ async fn serve(path: &str) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {} (`listen` in {})", config.listen, path))?;
     info!(message = "Receiver listening.", address = %listener.local_addr()?, queue = %config.queue_url);
     let shutdown = shutdown::on_signals()?;
-    webhook::serve(
-        listener,
-        webhook::router(dispatcher, config.max_body_bytes),
-        shutdown,
-    )
-    .await?;
+    webhook::serve(listener, webhook::router(dispatcher, &config), shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -43,6 +43,29 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub repos: Vec<RepoConfig>,
     pub worker: WorkerConfig,
+    pub webhooks: WebhookConfig,
+}
+
+/// How the receiver protects itself. Every limit answers with its own status code, never with
+/// unbounded memory or a crash.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// More request headers than this: 431.
+    pub max_headers: usize,
+    /// Deliveries being handled at once; more: 503.
+    pub max_in_flight: usize,
+    /// Sustained deliveries per second per source IP, and the burst above it; more: 429.
+    pub rate_per_second: f64,
+    pub rate_burst: f64,
+    /// Take the client address from the last X-Forwarded-For hop (behind a load balancer).
+    pub trust_forwarded_for: bool,
+    /// Delivery ids remembered to answer replays with "duplicate", and for how long.
+    pub replay_window: Duration,
+    pub replay_capacity: usize,
+    /// Oldest Standard Webhooks timestamp (GitLab's `webhook-signature`) accepted.
+    pub timestamp_tolerance: Duration,
+    /// Header carrying the generic provider's HMAC-SHA256 of the body.
+    pub generic_signature_header: String,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +102,25 @@ struct RawConfig {
     repos: Vec<RawRepo>,
     #[serde(default)]
     worker: RawWorker,
+    #[serde(default)]
+    webhooks: RawWebhooks,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawWebhooks {
+    max_headers: Option<usize>,
+    max_in_flight: Option<usize>,
+    rate_per_second: Option<f64>,
+    rate_burst: Option<f64>,
+    #[serde(default)]
+    trust_forwarded_for: bool,
+    #[serde(default, with = "humantime_serde_opt")]
+    replay_window: Option<Duration>,
+    replay_capacity: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    timestamp_tolerance: Option<Duration>,
+    generic_signature_header: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +269,27 @@ impl Config {
             max_body_bytes: raw.max_body_bytes.unwrap_or(1 << 20),
             repos,
             worker,
+            webhooks: WebhookConfig {
+                max_headers: raw.webhooks.max_headers.unwrap_or(64),
+                max_in_flight: raw.webhooks.max_in_flight.unwrap_or(256).max(1),
+                rate_per_second: raw.webhooks.rate_per_second.unwrap_or(50.0),
+                rate_burst: raw.webhooks.rate_burst.unwrap_or(100.0),
+                trust_forwarded_for: raw.webhooks.trust_forwarded_for,
+                replay_window: raw
+                    .webhooks
+                    .replay_window
+                    .unwrap_or(Duration::from_secs(600)),
+                replay_capacity: raw.webhooks.replay_capacity.unwrap_or(10_000),
+                timestamp_tolerance: raw
+                    .webhooks
+                    .timestamp_tolerance
+                    .unwrap_or(Duration::from_secs(300)),
+                generic_signature_header: raw
+                    .webhooks
+                    .generic_signature_header
+                    .unwrap_or_else(|| "X-Fleetsync-Signature".to_owned())
+                    .to_ascii_lowercase(),
+            },
         })
     }
 }

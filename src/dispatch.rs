@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tracing::info;
 
@@ -26,12 +28,30 @@ pub struct Dispatcher {
     pub queue: Queue,
     /// One lock per (repo, branch), held from fetch to enqueue. One entry per branch ever
     /// pushed: small, and bounded by the repo's branches.
-    branch_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    branches: std::sync::Mutex<HashMap<String, Arc<BranchState>>>,
 }
+
+/// Per (repo, branch): pushes seen so far, and the last answer with the arrival count its
+/// fetch covered. Held from fetch to enqueue.
+#[derive(Default)]
+struct BranchState {
+    arrivals: AtomicU64,
+    last: tokio::sync::Mutex<Option<LastAnswer>>,
+}
+
+struct LastAnswer {
+    /// Pushes that had arrived when its fetch started: all of them are answered by it.
+    covered: u64,
+    outcome: Outcome,
+    at: Instant,
+}
+
+/// How long an enqueued head answers later pushes of the same head without enqueuing again.
+const SAME_HEAD_WINDOW: Duration = Duration::from_secs(60);
 
 /// What a push led to. Every variant is a final answer for this delivery; only [`Error`] asks
 /// the Git host to deliver again.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     Ignored {
         reason: String,
@@ -51,7 +71,7 @@ pub enum Outcome {
     },
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct EnvironmentProblems {
     /// `None` when the root app itself is broken, so no environment could be read.
     pub environment: Option<String>,
@@ -95,20 +115,49 @@ impl Dispatcher {
         Ok(Dispatcher {
             repos,
             queue: Queue::new(aws, &config.queue_url),
-            branch_locks: Default::default(),
+            branches: Default::default(),
         })
     }
 
-    /// Turns a push to `branch` into jobs. Pushes to one branch are handled one at a time, so
-    /// an older head can never be enqueued after a newer one by this receiver.
+    /// Turns a push to `branch` into jobs.
+    ///
+    /// Pushes to one branch are handled one at a time, so an older head can never be enqueued
+    /// after a newer one by this receiver. A push that waited while another fetch of its branch
+    /// started after it arrived is already covered by that fetch (its commit was in the branch
+    /// before its webhook was sent), so it gets that answer: a burst of pushes costs one fetch
+    /// for the first and one for all the rest.
     pub async fn push(
         &self,
         repo: &WatchedRepo,
         branch: &str,
         delivery: &str,
     ) -> Result<Outcome, Error> {
-        let lock = self.branch_lock(&repo.config.name, branch);
-        let _serialised = lock.lock().await;
+        let state = self.branch_state(&repo.config.name, branch);
+        let ticket = state.arrivals.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut last = state.last.lock().await;
+        if let Some(last) = &*last
+            && ticket <= last.covered
+        {
+            return Ok(last.outcome.clone());
+        }
+        let covered = state.arrivals.load(Ordering::SeqCst);
+        let result = self.push_now(repo, branch, delivery, last.as_ref()).await;
+        // Failures are not shared: each waiting push tries for itself.
+        *last = result.as_ref().ok().map(|outcome| LastAnswer {
+            covered,
+            outcome: outcome.clone(),
+            at: Instant::now(),
+        });
+        result
+    }
+
+    async fn push_now(
+        &self,
+        repo: &WatchedRepo,
+        branch: &str,
+        delivery: &str,
+        last: Option<&LastAnswer>,
+    ) -> Result<Outcome, Error> {
         let mirror = repo.mirror.clone();
         let config = repo.config.clone();
         let branch_owned = branch.to_owned();
@@ -121,6 +170,21 @@ impl Dispatcher {
             Plan::Ignored(reason) => return Ok(Outcome::Ignored { reason }),
             Plan::Resolved { commit, results } => (commit, results),
         };
+        // The same head enqueued moments ago (the rest of a burst): those jobs are durable in
+        // SQS already. Past the window a redelivery enqueues again, e.g. after a queue purge.
+        if let Some(LastAnswer {
+            outcome:
+                outcome @ Outcome::Enqueued {
+                    commit: enqueued, ..
+                },
+            at,
+            ..
+        }) = last
+            && *enqueued == commit
+            && at.elapsed() < SAME_HEAD_WINDOW
+        {
+            return Ok(outcome.clone());
+        }
         let mut jobs = Vec::new();
         let mut problems = Vec::new();
         for (environment, result) in results {
@@ -156,12 +220,12 @@ impl Dispatcher {
         })
     }
 
-    fn branch_lock(&self, repo: &str, branch: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .branch_locks
+    fn branch_state(&self, repo: &str, branch: &str) -> Arc<BranchState> {
+        let mut branches = self
+            .branches
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        locks
+        branches
             .entry(format!("{repo}\n{branch}"))
             .or_default()
             .clone()

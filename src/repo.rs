@@ -50,6 +50,7 @@ pub struct Mirror {
     /// Fetches into one mirror are serialised: libgit2 takes ref locks and a second concurrent
     /// fetch of the same branch would fail instead of waiting.
     fetch_lock: Mutex<()>,
+    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl Mirror {
@@ -70,12 +71,15 @@ impl Mirror {
             path,
             fetch_url: fetch_url.to_owned(),
             fetch_lock: Mutex::new(()),
+            fetches: Default::default(),
         })
     }
 
     /// Fetches `branch` and returns its head. The mirror's ref is forced to the remote's, so
     /// forced pushes and branch re-creation are followed exactly.
     pub fn fetch_branch(&self, branch: &str) -> Result<Oid> {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _guard = self
             .fetch_lock
             .lock()
@@ -116,6 +120,11 @@ impl Mirror {
             url: url.clone(),
             branch: branch.to_owned(),
         })
+    }
+
+    /// Fetches started since the mirror was opened.
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn local(&self) -> Result<Local> {

@@ -1,11 +1,9 @@
-//! The one event every provider is normalised into; nothing provider-specific leaves `webhook`.
+//! The events every provider is normalised into; nothing provider-specific leaves `webhook`.
 
-/// A push to a branch or tag, as the Git host reported it. It is a trigger, not the truth:
-/// fleetsync always fetches and reads the branch head itself.
+/// A push to one ref, as the Git host reported it. It is a trigger, not the truth: fleetsync
+/// always fetches and reads the branch head itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushEvent {
-    /// Provider's delivery id, for logs and replay detection.
-    pub delivery: String,
     /// Every URL the payload gives for the repository (clone, HTML, SSH).
     pub repository_urls: Vec<String>,
     /// Full ref name, e.g. `refs/heads/staging`.
@@ -24,3 +22,31 @@ impl PushEvent {
         self.git_ref.strip_prefix("refs/heads/")
     }
 }
+
+/// A pull (merge) request event, for preview environments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestEvent {
+    pub repository_urls: Vec<String>,
+    pub number: u64,
+    /// The provider's action, lower-cased (`opened`, `synchronize`, `open`, `update`, …).
+    pub action: String,
+    pub head_sha: String,
+    pub head_ref: String,
+    pub base_ref: String,
+    /// The head branch lives in another repository.
+    pub from_fork: bool,
+    pub sender: Option<String>,
+}
+
+/// What a verified delivery asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Ping,
+    /// Bitbucket may report several refs in one delivery; the others report one.
+    Pushes(Vec<PushEvent>),
+    PullRequest(PullRequestEvent),
+    /// An event fleetsync does not act on, and why.
+    Ignored(String),
+}
+
+pub const ZERO_SHA: &str = "0000000000000000000000000000000000000000";

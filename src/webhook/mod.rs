@@ -1,38 +1,72 @@
-//! The webhook receiver: Git host deliveries → one normalised [`PushEvent`] → [`Dispatcher`].
+//! The webhook receiver: Git host deliveries → one normalised [`Delivery`] → [`Dispatcher`].
 //!
-//! The signature is checked over the raw body before anything is parsed. A delivery is answered
-//! 202 only after SQS accepted its jobs; a failure to fetch or enqueue is a 503, so the Git host
-//! delivers again.
+//! Each provider has its route, `POST /webhooks/{provider}`. The signature is checked over the
+//! raw body, against each watched repo's secret, before anything is parsed. A delivery is
+//! answered 202 only after SQS accepted its jobs; a failure to fetch or enqueue is a 503, so it
+//! can be delivered again. Every refusal is counted by reason and logged with the delivery id,
+//! never with the secret or the signature.
 
+mod bitbucket;
 pub mod event;
-pub mod github;
+mod generic;
+mod github;
+mod gitlab;
+mod guard;
+mod metrics;
+pub mod provider;
 pub mod verify;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-pub use event::PushEvent;
-use serde_json::json;
+pub use event::{Delivery, PullRequestEvent, PushEvent};
+pub use provider::Provider;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use verify::Mismatch;
 
-use crate::config::repo_identity;
+use crate::config::{Config, WebhookConfig, repo_identity};
 use crate::dispatch::{Dispatcher, Outcome, WatchedRepo};
 
+struct Receiver {
+    dispatcher: Arc<Dispatcher>,
+    config: WebhookConfig,
+    replays: guard::Replays,
+    metrics: Arc<metrics::Metrics>,
+}
+
 /// The receiver's routes. Separate from [`serve`] so tests can call it without a socket.
-pub fn router(dispatcher: Arc<Dispatcher>, max_body_bytes: usize) -> Router {
+pub fn router(dispatcher: Arc<Dispatcher>, config: &Config) -> Router {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let guard = Arc::new(guard::Guard::new(&config.webhooks, metrics.clone()));
+    let receiver = Arc::new(Receiver {
+        dispatcher,
+        config: config.webhooks.clone(),
+        replays: guard::Replays::new(
+            config.webhooks.replay_window,
+            config.webhooks.replay_capacity,
+        ),
+        metrics,
+    });
+    let webhooks = Router::new()
+        .route("/webhooks/{provider}", post(deliver))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::enforce));
     Router::new()
-        .route("/webhooks/github", post(github_delivery))
+        .merge(webhooks)
+        .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(dispatcher)
+        .with_state(receiver)
 }
 
 /// Serves until `shutdown` fires, then finishes in-flight deliveries.
@@ -41,85 +75,213 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
 
-async fn github_delivery(
-    State(dispatcher): State<Arc<Dispatcher>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let delivery = header(&headers, "x-github-delivery")
-        .unwrap_or("-")
-        .to_owned();
-    let Some(signature) = header(&headers, "x-hub-signature-256") else {
-        info!(message = "Delivery refused: unsigned.", %delivery);
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "missing X-Hub-Signature-256 header; set a secret on the webhook",
-        );
-    };
-    let verified: Vec<&WatchedRepo> = dispatcher
+async fn render_metrics(State(rx): State<Arc<Receiver>>) -> String {
+    let fetches: Vec<_> = rx
+        .dispatcher
         .repos
         .iter()
-        .filter(|r| verify::sha256_prefixed(r.secret.expose(), &body, signature))
+        .map(|r| {
+            (
+                format!("fleetsync_git_fetches_total{{repo=\"{}\"}}", r.config.name),
+                r.mirror.fetch_count(),
+            )
+        })
         .collect();
-    if verified.is_empty() {
-        info!(message = "Delivery refused: bad signature.", %delivery);
+    rx.metrics.render(&fetches)
+}
+
+async fn deliver(
+    State(rx): State<Arc<Receiver>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(provider) = Provider::from_path(&name) else {
+        rx.metrics.refused(&name, "unknown_provider");
         return refuse(
+            StatusCode::NOT_FOUND,
+            "unknown provider; use github, gitlab, gitea, bitbucket or generic",
+        );
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let reason = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "unreadable_body"
+            };
+            rx.metrics.refused(&name, reason);
+            return refuse(rejection.status(), &rejection.body_text());
+        }
+    };
+    let delivery = provider.delivery_id(&headers).unwrap_or("-").to_owned();
+    let refused = |reason: &str, status: StatusCode, message: &str| {
+        info!(message = "Delivery refused.", provider = %name, %delivery, %reason);
+        rx.metrics.refused(&name, reason);
+        refuse(status, message)
+    };
+
+    let Some(check) = provider.check(&headers, &body, &rx.config.generic_signature_header) else {
+        return refused(
+            "missing_signature",
             StatusCode::UNAUTHORIZED,
-            "X-Hub-Signature-256 does not match; check the webhook secret",
+            "missing signature; set a secret on the webhook",
+        );
+    };
+    let mut stale = false;
+    let verified: Vec<&WatchedRepo> = rx
+        .dispatcher
+        .repos
+        .iter()
+        .filter(
+            |r| match check.verify(r.secret.expose(), rx.config.timestamp_tolerance) {
+                Ok(()) => true,
+                Err(Mismatch::StaleTimestamp) => {
+                    stale = true;
+                    false
+                }
+                Err(Mismatch::BadSignature) => false,
+            },
+        )
+        .collect();
+    if stale && verified.is_empty() {
+        return refused(
+            "stale_timestamp",
+            StatusCode::UNAUTHORIZED,
+            "webhook-timestamp is outside the accepted window",
+        );
+    }
+    if verified.is_empty() {
+        return refused(
+            "bad_signature",
+            StatusCode::UNAUTHORIZED,
+            "signature does not match; check the webhook secret",
         );
     }
 
-    let event = header(&headers, "x-github-event").unwrap_or_default();
-    let content_type = header(&headers, "content-type").unwrap_or("application/json");
-    let push = match github::parse(event, &delivery, content_type, &body) {
-        Ok(github::Delivery::Push(push)) => push,
-        Ok(github::Delivery::Ping) => {
-            return (StatusCode::OK, axum::Json(json!({"status": "pong"}))).into_response();
-        }
-        Ok(github::Delivery::Other(name)) => {
-            return ignored(&delivery, &format!("`{name}` events do not trigger syncs"));
-        }
-        Err(reason) => {
-            info!(message = "Delivery refused: unreadable payload.", %delivery, %reason);
-            return refuse(StatusCode::BAD_REQUEST, &reason);
+    let replay = (delivery != "-").then(|| format!("{name}\n{delivery}"));
+    if replay
+        .as_deref()
+        .is_some_and(|key| rx.replays.contains(key))
+    {
+        rx.metrics.handled(&name, "duplicate");
+        info!(message = "Delivery is a replay; nothing enqueued.", provider = %name, %delivery);
+        return (StatusCode::OK, axum::Json(json!({"status": "duplicate"}))).into_response();
+    }
+    let parsed = match provider.parse(&headers, &body) {
+        Ok(parsed) => parsed,
+        Err(reason) => return refused("bad_payload", StatusCode::BAD_REQUEST, &reason),
+    };
+    let (status, body, outcome) = match parsed {
+        Delivery::Ping => (StatusCode::OK, json!({"status": "pong"}), "ping"),
+        Delivery::Ignored(reason) => ignored(reason),
+        Delivery::PullRequest(pr) => ignored(format!(
+            "pull request #{} ({}) parsed; preview environments are not built yet",
+            pr.number, pr.action
+        )),
+        Delivery::Pushes(pushes) => {
+            handle_pushes(&rx.dispatcher, &verified, pushes, &delivery).await
         }
     };
-    let Some(repo) = verified.into_iter().find(|r| {
+    rx.metrics.handled(&name, outcome);
+    info!(message = "Delivery handled.", provider = %name, %delivery, %outcome, status = status.as_u16());
+    if status != StatusCode::SERVICE_UNAVAILABLE
+        && let Some(key) = replay
+    {
+        rx.replays.remember(key, Instant::now());
+    }
+    (status, axum::Json(body)).into_response()
+}
+
+type Answer = (StatusCode, Value, &'static str);
+
+fn ignored(reason: String) -> Answer {
+    (
+        StatusCode::OK,
+        json!({"status": "ignored", "reason": reason}),
+        "ignored",
+    )
+}
+
+/// One answer for the delivery: a single push answers as itself; several (Bitbucket) answer
+/// with the most urgent status and every push's result.
+async fn handle_pushes(
+    dispatcher: &Dispatcher,
+    verified: &[&WatchedRepo],
+    pushes: Vec<PushEvent>,
+    delivery: &str,
+) -> Answer {
+    let mut answers = Vec::with_capacity(pushes.len());
+    for push in &pushes {
+        answers.push(handle_push(dispatcher, verified, push, delivery).await);
+    }
+    if answers.len() == 1 {
+        return answers.pop().expect("one answer");
+    }
+    let rank = |s: StatusCode| {
+        [
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::ACCEPTED,
+        ]
+        .iter()
+        .position(|x| *x == s)
+        .unwrap_or(3)
+    };
+    let (status, outcome) = answers
+        .iter()
+        .map(|(s, _, o)| (*s, *o))
+        .min_by_key(|(s, _)| rank(*s))
+        .unwrap_or((StatusCode::OK, "ignored"));
+    let results: Vec<Value> = answers.into_iter().map(|(_, body, _)| body).collect();
+    (
+        status,
+        json!({"status": outcome, "pushes": results}),
+        outcome,
+    )
+}
+
+async fn handle_push(
+    dispatcher: &Dispatcher,
+    verified: &[&WatchedRepo],
+    push: &PushEvent,
+    delivery: &str,
+) -> Answer {
+    let watched = verified.iter().find(|r| {
         push.repository_urls
             .iter()
             .any(|u| repo_identity(u).as_deref() == Some(r.config.identity.as_str()))
-    }) else {
-        let urls = push
+    });
+    let Some(repo) = watched else {
+        let url = push
             .repository_urls
             .first()
             .map_or("(none)", String::as_str);
-        return ignored(&delivery, &format!("repository {urls} is not watched"));
+        return ignored(format!("repository {url} is not watched"));
     };
     let Some(branch) = push.branch() else {
-        return ignored(&delivery, &format!("`{}` is not a branch", push.git_ref));
+        return ignored(format!("`{}` is not a branch", push.git_ref));
     };
     if push.deleted {
-        return ignored(
-            &delivery,
-            &format!("branch `{branch}` was deleted; nothing to deploy"),
-        );
+        return ignored(format!("branch `{branch}` was deleted; nothing to deploy"));
     }
-
-    match dispatcher.push(repo, branch, &delivery).await {
-        Ok(Outcome::Ignored { reason }) => ignored(&delivery, &reason),
+    let name = &repo.config.name;
+    match dispatcher.push(repo, branch, delivery).await {
+        Ok(Outcome::Ignored { reason }) => ignored(reason),
         Ok(Outcome::Enqueued {
             branch,
             commit,
             jobs,
         }) => {
-            info!(message = "Delivery accepted.", %delivery, repo = %repo.config.name, %branch, %commit, jobs = jobs.len());
-            let body = json!({"status": "enqueued", "repo": repo.config.name, "branch": branch, "commit": commit, "jobs": jobs});
-            (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+            let body = json!({"status": "enqueued", "repo": name, "branch": branch, "commit": commit, "jobs": jobs});
+            (StatusCode::ACCEPTED, body, "enqueued")
         }
         Ok(Outcome::Invalid {
             branch,
@@ -128,35 +290,17 @@ async fn github_delivery(
             jobs,
         }) => {
             for p in &problems {
-                warn!(message = "Config repo does not resolve; environment not synced.", %delivery, repo = %repo.config.name, %branch, %commit, environment = ?p.environment, problems = %p.problems.join("\n"));
+                warn!(message = "Config repo does not resolve; environment not synced.", %delivery, repo = %name, %branch, %commit, environment = ?p.environment, problems = %p.problems.join("\n"));
             }
-            let body = json!({"status": "invalid", "repo": repo.config.name, "branch": branch, "commit": commit, "problems": problems, "jobs": jobs});
-            (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+            let body = json!({"status": "invalid", "repo": name, "branch": branch, "commit": commit, "problems": problems, "jobs": jobs});
+            (StatusCode::UNPROCESSABLE_ENTITY, body, "invalid")
         }
         Err(e) => {
-            warn!(message = "Delivery not accepted; the Git host will retry.", %delivery, repo = %repo.config.name, %branch, error = %e);
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("not enqueued, deliver again later: {e}"),
-            )
+            warn!(message = "Delivery not accepted; it can be delivered again.", %delivery, repo = %name, %branch, error = %e);
+            let body = json!({"status": "refused", "reason": format!("not enqueued, deliver again later: {e}")});
+            (StatusCode::SERVICE_UNAVAILABLE, body, "unavailable")
         }
     }
-}
-
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-}
-
-fn ignored(delivery: &str, reason: &str) -> Response {
-    info!(message = "Delivery ignored.", %delivery, %reason);
-    (
-        StatusCode::OK,
-        axum::Json(json!({"status": "ignored", "reason": reason})),
-    )
-        .into_response()
 }
 
 fn refuse(status: StatusCode, reason: &str) -> Response {
@@ -166,3 +310,6 @@ fn refuse(status: StatusCode, reason: &str) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests;

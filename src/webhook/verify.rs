@@ -1,66 +1,205 @@
-//! Signature checks over the raw body, before anything is parsed.
+//! Signature checks over the raw body, before anything is parsed. Every comparison of secret
+//! material is constant-time.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
-/// Checks `sha256=<hex>` (GitHub's `X-Hub-Signature-256`) against HMAC-SHA256 of `body`.
-/// The comparison is constant-time (`Mac::verify_slice`).
-pub fn sha256_prefixed(secret: &[u8], body: &[u8], header: &str) -> bool {
-    let Some(hex_digest) = header.strip_prefix("sha256=") else {
-        return false;
-    };
-    let Ok(expected) = hex::decode(hex_digest) else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(body);
-    mac.verify_slice(&expected).is_ok()
+type HmacSha256 = Hmac<Sha256>;
+
+/// What a delivery's headers say about how it is signed; checked against each repo's secret.
+#[derive(Debug)]
+pub enum Check<'a> {
+    /// HMAC-SHA256 of `signed`, hex in the header (after `prefix`, if any).
+    HmacHex {
+        signature: &'a str,
+        prefix: &'static str,
+        signed: Vec<u8>,
+    },
+    /// The secret itself, sent as a token (GitLab's `X-Gitlab-Token`).
+    Token(&'a str),
+    /// Standard Webhooks (GitLab's `webhook-signature`): HMAC-SHA256 of `id.timestamp.body`,
+    /// base64, `v1,` prefixed, several allowed; the timestamp bounds replays.
+    StandardWebhooks {
+        id: &'a str,
+        timestamp: &'a str,
+        signatures: &'a str,
+        body: &'a [u8],
+    },
+}
+
+/// Why a signed delivery is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    BadSignature,
+    StaleTimestamp,
+}
+
+impl Check<'_> {
+    pub fn verify(&self, secret: &[u8], tolerance: Duration) -> Result<(), Mismatch> {
+        let ok = match self {
+            Check::HmacHex {
+                signature,
+                prefix,
+                signed,
+            } => {
+                let Some(hex_digest) = signature.strip_prefix(prefix) else {
+                    return Err(Mismatch::BadSignature);
+                };
+                let Ok(expected) = hex::decode(hex_digest) else {
+                    return Err(Mismatch::BadSignature);
+                };
+                let mut mac =
+                    HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+                mac.update(signed);
+                mac.verify_slice(&expected).is_ok()
+            }
+            Check::Token(token) => bool::from(token.as_bytes().ct_eq(secret)),
+            Check::StandardWebhooks {
+                id,
+                timestamp,
+                signatures,
+                body,
+            } => {
+                let Ok(sent) = timestamp.parse::<u64>() else {
+                    return Err(Mismatch::BadSignature);
+                };
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                if now.abs_diff(sent) > tolerance.as_secs() {
+                    return Err(Mismatch::StaleTimestamp);
+                }
+                let key = standard_webhooks_key(secret);
+                let mut mac =
+                    HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length");
+                mac.update(id.as_bytes());
+                mac.update(b".");
+                mac.update(timestamp.as_bytes());
+                mac.update(b".");
+                mac.update(body);
+                let expected = mac.finalize().into_bytes();
+                signatures
+                    .split(' ')
+                    .filter_map(|s| s.strip_prefix("v1,"))
+                    .any(|b64| {
+                        BASE64.decode(b64).is_ok_and(|sent| {
+                            bool::from(sent.as_slice().ct_eq(expected.as_slice()))
+                        })
+                    })
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Mismatch::BadSignature)
+        }
+    }
+}
+
+/// Standard Webhooks secrets are `whsec_` + base64 of the key; anything else is the key.
+fn standard_webhooks_key(secret: &[u8]) -> Vec<u8> {
+    secret
+        .strip_prefix(b"whsec_")
+        .and_then(|b64| BASE64.decode(b64).ok())
+        .unwrap_or_else(|| secret.to_vec())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn hex_check<'a>(signature: &'a str, prefix: &'static str, body: &[u8]) -> Check<'a> {
+        Check::HmacHex {
+            signature,
+            prefix,
+            signed: body.to_vec(),
+        }
+    }
+
     /// docs.github.com, "Validating webhook deliveries", "Testing the webhook payload validation".
     #[test]
     fn github_documented_vector() {
         let header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-        assert!(sha256_prefixed(
-            b"It's a Secret to Everybody",
-            b"Hello, World!",
-            header
-        ));
-        assert!(!sha256_prefixed(
-            b"It's a Secret to Everybody",
-            b"Hello, World?",
-            header
-        ));
-        assert!(!sha256_prefixed(
-            b"another secret",
-            b"Hello, World!",
-            header
-        ));
+        let secret = b"It's a Secret to Everybody";
+        assert_eq!(
+            hex_check(header, "sha256=", b"Hello, World!").verify(secret, DAY),
+            Ok(())
+        );
+        assert!(
+            hex_check(header, "sha256=", b"Hello, World?")
+                .verify(secret, DAY)
+                .is_err()
+        );
+        assert!(
+            hex_check(header, "sha256=", b"Hello, World!")
+                .verify(b"another secret", DAY)
+                .is_err()
+        );
     }
 
-    /// octokit/webhooks-methods.js test vector: uppercase hex and a missing prefix are refused.
+    /// octokit/webhooks-methods.js: uppercase hex and a missing prefix are refused.
     #[test]
     fn octokit_vector_and_malformed_headers() {
         let hex = "4864d2759938a15468b5df9ade20bf161da9b4f737ea61794142f3484236bda3";
-        assert!(sha256_prefixed(
-            b"mysecret",
-            br#"{"foo":"bar"}"#,
-            &format!("sha256={hex}")
-        ));
-        assert!(!sha256_prefixed(b"mysecret", br#"{"foo":"bar"}"#, hex));
-        assert!(!sha256_prefixed(
-            b"mysecret",
-            br#"{"foo":"bar"}"#,
-            "sha256="
-        ));
-        assert!(!sha256_prefixed(
-            b"mysecret",
-            br#"{"foo":"bar"}"#,
-            "sha256=zz"
-        ));
+        let body = br#"{"foo":"bar"}"#;
+        assert!(
+            hex_check(&format!("sha256={hex}"), "sha256=", body)
+                .verify(b"mysecret", DAY)
+                .is_ok()
+        );
+        assert!(
+            hex_check(hex, "sha256=", body)
+                .verify(b"mysecret", DAY)
+                .is_err()
+        );
+        assert!(
+            hex_check("sha256=", "sha256=", body)
+                .verify(b"mysecret", DAY)
+                .is_err()
+        );
+        assert!(
+            hex_check("sha256=zz", "sha256=", body)
+                .verify(b"mysecret", DAY)
+                .is_err()
+        );
+    }
+
+    /// standard-webhooks/standard-webhooks, libraries/python/tests/test_webhooks.py.
+    #[test]
+    fn standard_webhooks_vector_and_timestamp_tolerance() {
+        let check = Check::StandardWebhooks {
+            id: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            timestamp: "1614265330",
+            signatures: "v1,bm90IGl0 v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            body: br#"{"test": 2432232314}"#,
+        };
+        let secret = b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        assert_eq!(
+            check.verify(secret, Duration::from_secs(300)),
+            Err(Mismatch::StaleTimestamp)
+        );
+        assert_eq!(
+            check.verify(secret, Duration::from_secs(100 * 365 * 86_400)),
+            Ok(())
+        );
+        assert_eq!(
+            check.verify(b"whsec_b3RoZXI=", Duration::from_secs(100 * 365 * 86_400)),
+            Err(Mismatch::BadSignature)
+        );
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(Check::Token("s3cret").verify(b"s3cret", DAY).is_ok());
+        assert!(Check::Token("s3cre").verify(b"s3cret", DAY).is_err());
+        assert!(Check::Token("s3cret!").verify(b"s3cret", DAY).is_err());
     }
 }

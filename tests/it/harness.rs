@@ -388,7 +388,7 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let router = fleetsync::webhook::router(dispatcher, config.max_body_bytes);
+        let router = fleetsync::webhook::router(dispatcher, config);
         tokio::spawn(fleetsync::webhook::serve(
             listener,
             router,
@@ -421,14 +421,27 @@ impl Receiver {
         signature: Option<&str>,
         delivery: &str,
     ) -> (u16, serde_json::Value) {
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("x-github-event", "push"),
+            ("x-github-delivery", delivery),
+        ];
+        headers.extend(signature.map(|s| ("x-hub-signature-256", s)));
+        self.post("github", &headers, body).await
+    }
+
+    /// POSTs `body` to `/webhooks/{provider}` with exactly these headers.
+    pub async fn post(
+        &self,
+        provider: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
         let mut request = reqwest::Client::new()
-            .post(format!("{}/webhooks/github", self.url))
-            .header("content-type", "application/json")
-            .header("x-github-event", "push")
-            .header("x-github-delivery", delivery)
+            .post(format!("{}/webhooks/{provider}", self.url))
             .body(body.to_vec());
-        if let Some(signature) = signature {
-            request = request.header("x-hub-signature-256", signature);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
@@ -437,6 +450,15 @@ impl Receiver {
             status,
             serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
         )
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 

@@ -5,3 +5,4 @@ mod cli;
 mod deploy;
 mod e2e;
 mod harness;
+mod webhooks;

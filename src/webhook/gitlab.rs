@@ -1,0 +1,114 @@
+//! GitLab deliveries: `X-Gitlab-Token`, or the Standard Webhooks `webhook-signature` GitLab is
+//! rolling out; `Push Hook`, `Tag Push Hook`, `Merge Request Hook` and system hooks.
+
+use axum::http::HeaderMap;
+use serde_json::Value;
+
+use super::event::{Delivery, PullRequestEvent, PushEvent};
+use super::provider::{header, is_zero, text, texts};
+use super::verify::Check;
+
+const PROJECT_URLS: &[&[&str]] = &[
+    &["project", "git_http_url"],
+    &["project", "git_ssh_url"],
+    &["project", "web_url"],
+    &["repository", "git_http_url"],
+    &["repository", "homepage"],
+];
+
+/// The signed scheme wins when both are present: it also binds the body and a timestamp.
+pub fn check<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> Option<Check<'a>> {
+    if let (Some(id), Some(timestamp), Some(signatures)) = (
+        header(headers, "webhook-id"),
+        header(headers, "webhook-timestamp"),
+        header(headers, "webhook-signature"),
+    ) {
+        return Some(Check::StandardWebhooks {
+            id,
+            timestamp,
+            signatures,
+            body,
+        });
+    }
+    header(headers, "x-gitlab-token").map(Check::Token)
+}
+
+pub fn parse(
+    event: &str,
+    json: impl FnOnce() -> Result<Value, String>,
+) -> Result<Delivery, String> {
+    let kind = match event {
+        "Push Hook" => "push",
+        "Tag Push Hook" => "tag_push",
+        "Merge Request Hook" => "merge_request",
+        // System hooks name the kind in the body.
+        "System Hook" => "",
+        "" => return Err("no X-Gitlab-Event header".into()),
+        other => {
+            return Ok(Delivery::Ignored(format!(
+                "`{other}` events do not trigger syncs"
+            )));
+        }
+    };
+    let v = json()?;
+    let kind = if kind.is_empty() {
+        text(&v, &["object_kind"])
+            .or_else(|| text(&v, &["event_name"]))
+            .unwrap_or_default()
+    } else {
+        kind.to_owned()
+    };
+    match kind.as_str() {
+        "push" => push(&v).map(|p| Delivery::Pushes(vec![p])),
+        "tag_push" => Ok(Delivery::Ignored("tag pushes do not trigger syncs".into())),
+        "merge_request" => merge_request(&v).map(Delivery::PullRequest),
+        other => Ok(Delivery::Ignored(format!(
+            "`{other}` events do not trigger syncs"
+        ))),
+    }
+}
+
+fn push(v: &Value) -> Result<PushEvent, String> {
+    let field =
+        |name: &str| text(v, &[name]).ok_or_else(|| format!("push payload without `{name}`"));
+    let (before, after) = (field("before")?, field("after")?);
+    Ok(PushEvent {
+        repository_urls: texts(v, PROJECT_URLS),
+        git_ref: field("ref")?,
+        created: is_zero(&before),
+        deleted: is_zero(&after),
+        // GitLab does not say; a forced push resolves like any other.
+        forced: false,
+        before,
+        after,
+        sender: text(v, &["user_username"]),
+    })
+}
+
+fn merge_request(v: &Value) -> Result<PullRequestEvent, String> {
+    let attrs = v
+        .get("object_attributes")
+        .ok_or("merge request payload without `object_attributes`")?;
+    let required = |path: &[&str]| {
+        text(attrs, path).ok_or_else(|| {
+            format!(
+                "merge request payload without `object_attributes.{}`",
+                path.join(".")
+            )
+        })
+    };
+    let project = |key: &str| attrs.get(key).and_then(Value::as_u64);
+    Ok(PullRequestEvent {
+        repository_urls: texts(v, PROJECT_URLS),
+        number: attrs
+            .get("iid")
+            .and_then(Value::as_u64)
+            .ok_or("merge request payload without `object_attributes.iid`")?,
+        action: text(attrs, &["action"]).unwrap_or_default(),
+        head_sha: required(&["last_commit", "id"])?,
+        head_ref: required(&["source_branch"])?,
+        base_ref: required(&["target_branch"])?,
+        from_fork: project("source_project_id") != project("target_project_id"),
+        sender: text(v, &["user", "username"]),
+    })
+}
