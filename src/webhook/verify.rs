@@ -50,6 +50,13 @@ impl Check<'_> {
                 let Some(hex_digest) = signature.strip_prefix(prefix) else {
                     return Err(Mismatch::BadSignature);
                 };
+                // Lower-case only, as every host sends it: one signature, one spelling.
+                if !hex_digest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                {
+                    return Err(Mismatch::BadSignature);
+                }
                 let Ok(expected) = hex::decode(hex_digest) else {
                     return Err(Mismatch::BadSignature);
                 };
@@ -201,5 +208,76 @@ mod tests {
         assert!(Check::Token("s3cret").verify(b"s3cret", DAY).is_ok());
         assert!(Check::Token("s3cre").verify(b"s3cret", DAY).is_err());
         assert!(Check::Token("s3cret!").verify(b"s3cret", DAY).is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    use super::*;
+
+    fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
+        let mut mac = HmacSha256::new_from_slice(secret).unwrap();
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    fn flip(bytes: &[u8], at: Index, with: u8) -> Vec<u8> {
+        let mut changed = bytes.to_vec();
+        let i = at.index(changed.len());
+        changed[i] ^= with;
+        changed
+    }
+
+    proptest! {
+        /// Any single-byte change to the body or to the signature header is refused.
+        #[test]
+        fn hmac_refuses_any_single_byte_change(
+            secret in proptest::collection::vec(any::<u8>(), 1..64),
+            body in proptest::collection::vec(any::<u8>(), 1..512),
+            at in any::<Index>(),
+            with in 1u8..=255,
+            prefixed in any::<bool>(),
+        ) {
+            let prefix = if prefixed { "sha256=" } else { "" };
+            let signature = format!("{prefix}{}", hmac_hex(&secret, &body));
+            let ok = Check::HmacHex { signature: &signature, prefix, signed: body.clone() };
+            prop_assert_eq!(ok.verify(&secret, Duration::ZERO), Ok(()));
+            let changed_body = Check::HmacHex { signature: &signature, prefix, signed: flip(&body, at, with) };
+            prop_assert_eq!(changed_body.verify(&secret, Duration::ZERO), Err(Mismatch::BadSignature));
+            if let Ok(changed) = String::from_utf8(flip(signature.as_bytes(), at, with)) {
+                let changed_signature = Check::HmacHex { signature: &changed, prefix, signed: body.clone() };
+                prop_assert_eq!(changed_signature.verify(&secret, Duration::ZERO), Err(Mismatch::BadSignature));
+            }
+        }
+
+        #[test]
+        fn standard_webhooks_and_tokens_refuse_any_single_byte_change(
+            key in proptest::collection::vec(any::<u8>(), 16..33),
+            body in proptest::collection::vec(any::<u8>(), 1..256),
+            at in any::<Index>(),
+            with in 1u8..=255,
+        ) {
+            let secret = format!("whsec_{}", BASE64.encode(&key));
+            let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
+            let mut mac = HmacSha256::new_from_slice(&key).unwrap();
+            mac.update(format!("msg_1.{timestamp}.").as_bytes());
+            mac.update(&body);
+            let signatures = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+            let check = |signatures: &str, body: &[u8]| {
+                Check::StandardWebhooks { id: "msg_1", timestamp: &timestamp, signatures, body }
+                    .verify(secret.as_bytes(), Duration::from_secs(300))
+            };
+            prop_assert_eq!(check(&signatures, &body), Ok(()));
+            prop_assert_eq!(check(&signatures, &flip(&body, at, with)), Err(Mismatch::BadSignature));
+            if let Ok(changed) = String::from_utf8(flip(signatures.as_bytes(), at, with)) {
+                prop_assert!(check(&changed, &body).is_err());
+            }
+            if let Ok(changed) = String::from_utf8(flip(secret.as_bytes(), at, with)) {
+                prop_assert!(Check::Token(&changed).verify(secret.as_bytes(), Duration::ZERO).is_err());
+            }
+        }
     }
 }
