@@ -122,7 +122,7 @@ async fn deliver(
         }
     };
     let delivery = provider.delivery_id(&headers).unwrap_or("-").to_owned();
-    let refused = |reason: &str, status: StatusCode, message: &str| {
+    let refused = |reason: &'static str, status: StatusCode, message: &str| {
         info!(message = "Delivery refused.", provider = %name, %delivery, %reason);
         rx.metrics.refused(&name, reason);
         refuse(status, message)

@@ -1,6 +1,8 @@
 //! The Git hosts fleetsync understands, each on its own route `POST /webhooks/{provider}`: how a
 //! delivery is signed, what identifies it, and how its payload reads.
 
+use std::borrow::Cow;
+
 use axum::http::HeaderMap;
 use serde_json::Value;
 
@@ -67,7 +69,7 @@ impl Provider {
             Provider::GitHub => Some(Check::HmacHex {
                 signature: header(headers, "x-hub-signature-256")?,
                 prefix: "sha256=",
-                signed: body.to_vec(),
+                signed: Cow::Borrowed(body),
             }),
             Provider::GitLab => gitlab::check(headers, body),
             Provider::Gitea => {
@@ -80,7 +82,7 @@ impl Provider {
                 .iter()
                 .find_map(|n| header(headers, n))?;
                 // Gitea signs the JSON payload, even when it delivers it form-encoded.
-                let signed = form_payload(headers, body).unwrap_or_else(|| body.to_vec());
+                let signed = form_payload(headers, body).map_or(Cow::Borrowed(body), Cow::Owned);
                 Some(Check::HmacHex {
                     signature,
                     prefix: "",
@@ -90,7 +92,7 @@ impl Provider {
             Provider::Bitbucket => Some(Check::HmacHex {
                 signature: header(headers, "x-hub-signature")?,
                 prefix: "sha256=",
-                signed: body.to_vec(),
+                signed: Cow::Borrowed(body),
             }),
             Provider::Generic => {
                 let signature = header(headers, generic_header)?;
@@ -102,7 +104,7 @@ impl Provider {
                 Some(Check::HmacHex {
                     signature,
                     prefix,
-                    signed: body.to_vec(),
+                    signed: Cow::Borrowed(body),
                 })
             }
         }
@@ -110,18 +112,16 @@ impl Provider {
 
     /// Reads a verified delivery.
     pub fn parse(self, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, String> {
-        let json = || -> Result<Value, String> {
-            let bytes = form_payload(headers, body);
-            serde_json::from_slice(bytes.as_deref().unwrap_or(body))
-                .map_err(|e| format!("the body is not JSON: {e}"))
-        };
+        let form = form_payload(headers, body);
+        let json = form.as_deref().unwrap_or(body);
         match self {
             Provider::GitHub => {
                 github::parse(header(headers, "x-github-event").unwrap_or_default(), json)
             }
-            Provider::GitLab => {
-                gitlab::parse(header(headers, "x-gitlab-event").unwrap_or_default(), json)
-            }
+            Provider::GitLab => gitlab::parse(
+                header(headers, "x-gitlab-event").unwrap_or_default(),
+                || value(json),
+            ),
             Provider::Gitea => {
                 let event = ["x-forgejo-event", "x-gitea-event", "x-gogs-event"]
                     .iter()
@@ -129,11 +129,17 @@ impl Provider {
                 github::parse(event.unwrap_or_default(), json)
             }
             Provider::Bitbucket => {
-                bitbucket::parse(header(headers, "x-event-key").unwrap_or_default(), json)
+                bitbucket::parse(header(headers, "x-event-key").unwrap_or_default(), || {
+                    value(json)
+                })
             }
-            Provider::Generic => generic::parse(json()?),
+            Provider::Generic => generic::parse(value(json)?),
         }
     }
+}
+
+pub(super) fn value(json: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(json).map_err(|e| format!("the body is not JSON: {e}"))
 }
 
 pub fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
