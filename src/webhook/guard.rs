@@ -12,8 +12,11 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tokio::sync::Semaphore;
 
+use tracing::info;
+
 use super::metrics::Metrics;
-use super::{provider, refuse};
+use super::provider::{self, Provider};
+use super::refuse;
 use crate::config::WebhookConfig;
 
 pub struct Guard {
@@ -66,9 +69,17 @@ pub async fn enforce(State(guard): State<Arc<Guard>>, request: Request, next: Ne
         .next()
         .unwrap_or_default()
         .to_owned();
+    let refused = |reason: &'static str, status: StatusCode, message: &str| {
+        let delivery = Provider::from_path(&provider)
+            .and_then(|p| p.delivery_id(request.headers()))
+            .unwrap_or("-");
+        info!(message = "Delivery refused.", %provider, %delivery, %reason);
+        guard.metrics.refused(&provider, reason);
+        refuse(status, message)
+    };
     if request.headers().len() > guard.max_headers {
-        guard.metrics.refused(&provider, "too_many_headers");
-        return refuse(
+        return refused(
+            "too_many_headers",
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too many request headers",
         );
@@ -80,16 +91,16 @@ pub async fn enforce(State(guard): State<Arc<Guard>>, request: Request, next: Ne
             .unwrap_or_else(|p| p.into_inner())
             .allow(ip, Instant::now());
         if !allowed {
-            guard.metrics.refused(&provider, "rate_limited");
-            return refuse(
+            return refused(
+                "rate_limited",
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many deliveries from this address; slow down",
             );
         }
     }
     let Ok(_permit) = guard.in_flight.clone().try_acquire_owned() else {
-        guard.metrics.refused(&provider, "overloaded");
-        return refuse(
+        return refused(
+            "overloaded",
             StatusCode::SERVICE_UNAVAILABLE,
             "too many deliveries in flight; deliver again later",
         );

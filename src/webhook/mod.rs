@@ -109,23 +109,24 @@ async fn deliver(
             "unknown provider; use github, gitlab, gitea, bitbucket or generic",
         );
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            let reason = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "unreadable_body"
-            };
-            rx.metrics.refused(&name, reason);
-            return refuse(rejection.status(), &rejection.body_text());
-        }
-    };
     let delivery = provider.delivery_id(&headers).unwrap_or("-").to_owned();
     let refused = |reason: &'static str, status: StatusCode, message: &str| {
         info!(message = "Delivery refused.", provider = %name, %delivery, %reason);
         rx.metrics.refused(&name, reason);
         refuse(status, message)
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refused("too_large", rejection.status(), &rejection.body_text());
+        }
+        Err(rejection) => {
+            return refused(
+                "unreadable_body",
+                rejection.status(),
+                &rejection.body_text(),
+            );
+        }
     };
 
     let Some(check) = provider.check(&headers, &body, &rx.config.generic_signature_header) else {

@@ -5,4 +5,5 @@ mod cli;
 mod deploy;
 mod e2e;
 mod harness;
+mod tidy;
 mod webhooks;
