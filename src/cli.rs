@@ -110,7 +110,7 @@ async fn serve(path: &str) -> anyhow::Result<ExitCode> {
 
 async fn worker(path: &str, grace: Duration) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let worker = Arc::new(Worker::from_config(&config, &aws_config().await));
+    let worker = Arc::new(Worker::from_config(&config, &aws_config().await)?);
     info!(message = "Worker started.", queue = %config.queue_url, concurrency = worker.config.concurrency);
     worker.run(shutdown::on_signals()?, grace).await;
     Ok(ExitCode::SUCCESS)

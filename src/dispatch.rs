@@ -193,7 +193,7 @@ impl Dispatcher {
                     state
                         .apps
                         .into_iter()
-                        .map(|app| SyncJob::new(&repo.config.name, delivery, app)),
+                        .map(|app| SyncJob::new(&repo.config.name, branch, delivery, app)),
                 ),
                 Err(found) => problems.push(EnvironmentProblems {
                     environment,

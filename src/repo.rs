@@ -196,6 +196,10 @@ impl Local {
         self.rev("HEAD")
     }
 
+    pub fn contains(&self, commit: Oid) -> bool {
+        self.repo.find_commit(commit).is_ok()
+    }
+
     pub fn is_ancestor(&self, ancestor: Oid, descendant: Oid) -> Result<bool> {
         if ancestor == descendant {
             return Ok(true);

@@ -14,6 +14,8 @@ pub struct SyncJob {
     pub version: u32,
     /// The watched repo's name in the server config.
     pub repo: String,
+    /// The branch the commit was resolved from, for the worker's ancestry check.
+    pub branch: String,
     /// The Git host's delivery id of the push that made this job.
     pub delivery: String,
     pub app: DesiredApp,
@@ -22,10 +24,11 @@ pub struct SyncJob {
 impl SyncJob {
     pub const VERSION: u32 = 1;
 
-    pub fn new(repo: &str, delivery: &str, app: DesiredApp) -> Self {
+    pub fn new(repo: &str, branch: &str, delivery: &str, app: DesiredApp) -> Self {
         SyncJob {
             version: Self::VERSION,
             repo: repo.to_owned(),
+            branch: branch.to_owned(),
             delivery: delivery.to_owned(),
             app,
         }

@@ -26,6 +26,18 @@ pub enum Outcome {
     Updated {
         task_definition: String,
     },
+    /// The service already runs a newer commit of the same branch; nothing was written.
+    Superseded {
+        by: String,
+    },
+}
+
+/// Commit ancestry, so a job for an older commit never overwrites a newer one: receivers and
+/// SQS redeliveries do not keep jobs of one branch in commit order.
+pub trait History: Sync {
+    /// Whether `live` is a strict descendant of the job's commit on the job's branch. When it
+    /// cannot tell (unknown commit, git failing), `false`: the job proceeds.
+    fn is_newer(&self, job: &SyncJob, live: &str) -> impl Future<Output = bool> + Send;
 }
 
 /// Where a failed rollout returns to.
@@ -37,11 +49,26 @@ struct Rollback {
     tags: Vec<(String, String)>,
 }
 
-pub async fn apply(ecs: &Ecs, job: &SyncJob, poll: Duration) -> Result<Outcome, Error> {
+pub async fn apply(
+    ecs: &Ecs,
+    history: &impl History,
+    job: &SyncJob,
+    poll: Duration,
+) -> Result<Outcome, Error> {
     let app = &job.app;
     let live = ecs
         .describe_service(&app.cluster, app.service_name())
         .await?;
+
+    if let Some(live_commit) = live.as_ref().and_then(|l| l.tags.get(tag::REVISION))
+        && !live_commit.is_empty()
+        && *live_commit != app.commit
+        && history.is_newer(job, live_commit).await
+    {
+        return Ok(Outcome::Superseded {
+            by: live_commit.clone(),
+        });
+    }
 
     if let Some(live) = &live
         && live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash)

@@ -6,10 +6,11 @@
 
 mod apply;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use apply::{Outcome, apply};
+pub use apply::{History, Outcome, apply};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,6 +19,7 @@ use tracing::{Instrument, error, info, warn};
 use crate::config::{Config, WorkerConfig};
 use crate::ecs::{self, Ecs};
 use crate::queue::{Queue, Received, SyncJob};
+use crate::repo::{self, Mirror};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -88,18 +90,37 @@ pub struct Worker {
     pub queue: Queue,
     pub ecs: Ecs,
     pub config: WorkerConfig,
+    /// The worker's own mirrors of the config repos, for ancestry checks only.
+    pub mirrors: Mirrors,
 }
+
+/// Bare mirrors by repo name.
+pub struct Mirrors(HashMap<String, Arc<Mirror>>);
 
 /// Long poll length: SQS's maximum, so an idle worker costs three calls a minute.
 const LONG_POLL: Duration = Duration::from_secs(20);
 
 impl Worker {
-    pub fn from_config(config: &Config, aws: &aws_config::SdkConfig) -> Self {
-        Worker {
+    pub fn from_config(config: &Config, aws: &aws_config::SdkConfig) -> Result<Self, repo::Error> {
+        // Apart from the receivers' mirrors: two processes fetching into one repository would
+        // fight over its ref locks.
+        let dir = config.mirror_dir.join("worker");
+        let mirrors = config
+            .repos
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.name.clone(),
+                    Arc::new(Mirror::open(&dir, &r.name, &r.fetch_url)?),
+                ))
+            })
+            .collect::<Result<_, repo::Error>>()?;
+        Ok(Worker {
             queue: Queue::new(aws, &config.queue_url),
             ecs: Ecs::new(aws),
             config: config.worker.clone(),
-        }
+            mirrors: Mirrors(mirrors),
+        })
     }
 
     /// Runs until `shutdown` fires, then stops receiving and lets running jobs finish for up to
@@ -191,7 +212,7 @@ impl Worker {
     ) {
         let heartbeat = self.heartbeat(receipt);
         let result = tokio::select! {
-            r = apply(&self.ecs, job, self.config.rollout_poll_interval) => Some(r),
+            r = apply(&self.ecs, &self.mirrors, job, self.config.rollout_poll_interval) => Some(r),
             () = heartbeat => None,
             () = abort.cancelled() => None,
         };
@@ -245,6 +266,38 @@ impl Worker {
     async fn set_visibility(&self, receipt: &str, visibility: Duration) {
         if let Err(e) = self.queue.set_visibility(receipt, visibility).await {
             warn!(message = "Cannot change the job's visibility.", error = %e);
+        }
+    }
+}
+
+impl History for Mirrors {
+    async fn is_newer(&self, job: &SyncJob, live: &str) -> bool {
+        let (Some(mirror), Ok(job_commit), Ok(live_commit)) = (
+            self.0.get(&job.repo).cloned(),
+            git2::Oid::from_str(&job.app.commit),
+            git2::Oid::from_str(live),
+        ) else {
+            return false;
+        };
+        let branch = job.branch.clone();
+        let check = tokio::task::spawn_blocking(move || -> Result<bool, repo::Error> {
+            let known = |oid| mirror.local().is_ok_and(|l| l.contains(oid));
+            // Fetch only when the mirror lacks a commit: usually it already has both.
+            if !(known(job_commit) && known(live_commit)) {
+                mirror.fetch_branch(&branch)?;
+            }
+            mirror.local()?.is_ancestor(job_commit, live_commit)
+        });
+        match check
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(newer) => newer && job_commit != live_commit,
+            Err(error) => {
+                warn!(message = "Cannot compare commits; applying the job.", %error);
+                false
+            }
         }
     }
 }

@@ -497,3 +497,66 @@ async fn a_retry_after_a_crash_between_update_and_tag_rolls_back_to_the_real_pre
         "the crashed attempt's revision is reused"
     );
 }
+
+/// Receivers behind a load balancer, and SQS redeliveries, do not keep one branch's jobs in
+/// commit order: a late job for an older commit must not roll the service back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_job_for_an_older_commit_is_superseded() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let older = s.repo.head("staging");
+    s.staging_deployed(&receiver).await;
+    let newer = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
+    });
+    assert_eq!(receiver.push("staging", newer, "newer").await.0, 202);
+    s.drained().await;
+    let live = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(
+        (live.revision(), live.task_definition.as_str()),
+        (newer.to_string().as_str(), "staging-api:2")
+    );
+
+    // The older commit's api job arrives late, as another receiver would have enqueued it.
+    let api = {
+        let local = fleetsync::repo::Local::open(&s.repo.path()).unwrap();
+        let root = fleetsync::resolve::read_root(
+            &local.snapshot(s.repo.head("main")).unwrap(),
+            "fleetsync.yaml",
+        )
+        .unwrap()
+        .unwrap();
+        let binding = root
+            .environments
+            .iter()
+            .find(|e| e.name == "staging")
+            .unwrap();
+        let state = fleetsync::resolve::resolve_bound(
+            &local.snapshot(older).unwrap(),
+            "fleetsync.yaml",
+            binding,
+            &older.to_string(),
+        )
+        .unwrap();
+        state.apps.into_iter().find(|a| a.name == "api").unwrap()
+    };
+    let queue = fleetsync::queue::Queue::new(&s.emulator.aws, &s.queue_url);
+    queue
+        .send(&[fleetsync::queue::SyncJob::new(
+            "platform", "staging", "late", api,
+        )])
+        .await
+        .unwrap();
+    s.drained().await;
+
+    assert_eq!(
+        s.emulator.service("staging", "api").await.unwrap(),
+        live,
+        "still the newer commit"
+    );
+    assert_eq!(
+        s.emulator.revisions("staging-api").await,
+        ["staging-api:1", "staging-api:2"]
+    );
+}

@@ -493,7 +493,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 
 /// The worker, consuming until the returned token is cancelled.
 pub fn start_worker(config: &Config, aws: &SdkConfig) -> CancellationToken {
-    let worker = Arc::new(Worker::from_config(config, aws));
+    let worker = Arc::new(Worker::from_config(config, aws).unwrap());
     let shutdown = CancellationToken::new();
     tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(5)));
     shutdown
