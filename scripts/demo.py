@@ -151,14 +151,14 @@ def deliver(receiver, secret, branch, commit):
 
 
 def show(ecs):
-    print(f"  {'service':<22} {'task definition':<22} {'fleetsync:revision':<20} rollout")
+    print(f"  {'service':<30} {'task definition':<32} {'fleetsync:revision':<20} rollout")
     for cluster in CLUSTERS:
         arns = ecs.list_services(cluster=cluster)["serviceArns"]
         services = ecs.describe_services(cluster=cluster, services=arns, include=["TAGS"])["services"] if arns else []
         for s in sorted(services, key=lambda s: s["serviceName"]):
             tags = {t["key"]: t["value"] for t in s.get("tags", [])}
             primary = next(d for d in s["deployments"] if d["status"] == "PRIMARY")
-            print(f"  {cluster + '/' + s['serviceName']:<22} {s['taskDefinition'].split('/')[-1]:<22} "
+            print(f"  {cluster + '/' + s['serviceName']:<30} {s['taskDefinition'].split('/')[-1]:<32} "
                   f"{tags.get('fleetsync:revision', '-')[:12]:<20} {primary.get('rolloutState', '-')}")
     families = ecs.list_task_definitions()["taskDefinitionArns"]
     print("  task definition revisions: " + ", ".join(sorted(a.split("/")[-1] for a in families)))

@@ -51,6 +51,29 @@ impl Setup {
         self.emulator.service("staging", "api").await.unwrap()
     }
 
+    /// staging's api at `commit`, resolved as the receiver does (bindings from `main`).
+    fn resolved_staging_api(&self, commit: git2::Oid) -> fleetsync::resolve::DesiredApp {
+        let local = fleetsync::repo::Local::open(&self.repo.path()).unwrap();
+        let main = local.snapshot(self.repo.head("main")).unwrap();
+        let root = fleetsync::resolve::read_root(&main, "fleetsync.yaml")
+            .unwrap()
+            .unwrap();
+        let binding = root
+            .environments
+            .iter()
+            .find(|e| e.name == "staging")
+            .unwrap();
+        let files = local.snapshot(commit).unwrap();
+        let state = fleetsync::resolve::resolve_bound(
+            &files,
+            "fleetsync.yaml",
+            binding,
+            &commit.to_string(),
+        )
+        .unwrap();
+        state.apps.into_iter().find(|a| a.name == "api").unwrap()
+    }
+
     /// Commits an api image whose deployment the emulator fails, as the circuit breaker would,
     /// with ECS's own rollback off: fleetsync must roll back itself.
     fn commit_broken_api(&self) -> git2::Oid {
@@ -439,28 +462,7 @@ async fn a_retry_after_a_crash_between_update_and_tag_rolls_back_to_the_real_pre
     let before = s.staging_deployed(&receiver).await;
 
     let broken = s.commit_broken_api();
-    let api = {
-        let local = fleetsync::repo::Local::open(&s.repo.path()).unwrap();
-        let root = fleetsync::resolve::read_root(
-            &local.snapshot(s.repo.head("main")).unwrap(),
-            "fleetsync.yaml",
-        )
-        .unwrap()
-        .unwrap();
-        let binding = root
-            .environments
-            .iter()
-            .find(|e| e.name == "staging")
-            .unwrap();
-        let state = fleetsync::resolve::resolve_bound(
-            &local.snapshot(broken).unwrap(),
-            "fleetsync.yaml",
-            binding,
-            &broken.to_string(),
-        )
-        .unwrap();
-        state.apps.into_iter().find(|a| a.name == "api").unwrap()
-    };
+    let api = s.resolved_staging_api(broken);
     // The crashed attempt: exactly fleetsync's RegisterTaskDefinition and UpdateService, no tags.
     let ecs = fleetsync::ecs::Ecs::new(&s.emulator.aws);
     let arn = ecs
@@ -519,28 +521,7 @@ async fn a_late_job_for_an_older_commit_is_superseded() {
     );
 
     // The older commit's api job arrives late, as another receiver would have enqueued it.
-    let api = {
-        let local = fleetsync::repo::Local::open(&s.repo.path()).unwrap();
-        let root = fleetsync::resolve::read_root(
-            &local.snapshot(s.repo.head("main")).unwrap(),
-            "fleetsync.yaml",
-        )
-        .unwrap()
-        .unwrap();
-        let binding = root
-            .environments
-            .iter()
-            .find(|e| e.name == "staging")
-            .unwrap();
-        let state = fleetsync::resolve::resolve_bound(
-            &local.snapshot(older).unwrap(),
-            "fleetsync.yaml",
-            binding,
-            &older.to_string(),
-        )
-        .unwrap();
-        state.apps.into_iter().find(|a| a.name == "api").unwrap()
-    };
+    let api = s.resolved_staging_api(older);
     let queue = fleetsync::queue::Queue::new(&s.emulator.aws, &s.queue_url);
     queue
         .send(&[fleetsync::queue::SyncJob::new(
