@@ -248,6 +248,13 @@ impl Config {
                 secret,
             });
         }
+        if raw
+            .webhooks
+            .rate_per_second
+            .is_some_and(|r| r.is_nan() || r <= 0.0)
+        {
+            return Err(invalid("`webhooks.ratePerSecond` must be above 0".into()));
+        }
         let worker = WorkerConfig {
             concurrency: raw.worker.concurrency.unwrap_or(4).max(1),
             visibility_timeout: raw

@@ -43,8 +43,13 @@ struct LastAnswer {
     /// Pushes that had arrived when its fetch started: all of them are answered by it.
     covered: u64,
     outcome: Outcome,
+    /// The branch head and bindings commit it was resolved from.
+    resolved: Option<String>,
     at: Instant,
 }
+
+/// Branches whose coalescing state is kept; feature branches come and go.
+const MAX_TRACKED_BRANCHES: usize = 10_000;
 
 /// How long an enqueued head answers later pushes of the same head without enqueuing again.
 const SAME_HEAD_WINDOW: Duration = Duration::from_secs(60);
@@ -99,6 +104,17 @@ pub enum Error {
     Internal(String),
 }
 
+impl Error {
+    /// What a Git host may be told: no paths, URLs or queue names.
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            Error::Fetch(_) => "cannot fetch the config repo",
+            Error::Queue(_) => "the job queue did not accept the jobs",
+            Error::Read(_) | Error::Internal(_) => "internal error",
+        }
+    }
+}
+
 impl Dispatcher {
     /// Reads every repo's secret and opens its mirror: a missing or empty secret stops the
     /// receiver at startup instead of accepting unsigned deliveries.
@@ -132,6 +148,11 @@ impl Dispatcher {
         branch: &str,
         delivery: &str,
     ) -> Result<Outcome, Error> {
+        if !repo::is_valid_branch(branch) {
+            return Ok(Outcome::Ignored {
+                reason: format!("`{branch}` is not a valid branch name"),
+            });
+        }
         let state = self.branch_state(&repo.config.name, branch);
         let ticket = state.arrivals.fetch_add(1, Ordering::SeqCst) + 1;
         let mut last = state.last.lock().await;
@@ -143,12 +164,13 @@ impl Dispatcher {
         let covered = state.arrivals.load(Ordering::SeqCst);
         let result = self.push_now(repo, branch, delivery, last.as_ref()).await;
         // Failures are not shared: each waiting push tries for itself.
-        *last = result.as_ref().ok().map(|outcome| LastAnswer {
+        *last = result.as_ref().ok().map(|(outcome, resolved)| LastAnswer {
             covered,
             outcome: outcome.clone(),
+            resolved: resolved.clone(),
             at: Instant::now(),
         });
-        result
+        result.map(|(outcome, _)| outcome)
     }
 
     async fn push_now(
@@ -157,7 +179,7 @@ impl Dispatcher {
         branch: &str,
         delivery: &str,
         last: Option<&LastAnswer>,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<(Outcome, Option<String>), Error> {
         let mirror = repo.mirror.clone();
         let config = repo.config.clone();
         let branch_owned = branch.to_owned();
@@ -166,24 +188,24 @@ impl Dispatcher {
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
 
-        let (commit, results) = match plan {
-            Plan::Ignored(reason) => return Ok(Outcome::Ignored { reason }),
-            Plan::Resolved { commit, results } => (commit, results),
+        let (commit, bindings, results) = match plan {
+            Plan::Ignored(reason) => return Ok((Outcome::Ignored { reason }, None)),
+            Plan::Resolved {
+                commit,
+                bindings,
+                results,
+            } => (commit, bindings, results),
         };
+        // What the answer was resolved from: the branch head and the bindings' commit.
+        let resolved = Some(format!("{commit} {bindings}"));
         // The same head enqueued moments ago (the rest of a burst): those jobs are durable in
         // SQS already. Past the window a redelivery enqueues again, e.g. after a queue purge.
-        if let Some(LastAnswer {
-            outcome:
-                outcome @ Outcome::Enqueued {
-                    commit: enqueued, ..
-                },
-            at,
-            ..
-        }) = last
-            && *enqueued == commit
-            && at.elapsed() < SAME_HEAD_WINDOW
+        if let Some(last) = last
+            && matches!(last.outcome, Outcome::Enqueued { .. })
+            && last.resolved == resolved
+            && last.at.elapsed() < SAME_HEAD_WINDOW
         {
-            return Ok(outcome.clone());
+            return Ok((last.outcome.clone(), resolved));
         }
         let mut jobs = Vec::new();
         let mut problems = Vec::new();
@@ -204,7 +226,7 @@ impl Dispatcher {
         let enqueued = self.queue.send(&jobs).await?;
         info!(message = "Jobs enqueued.", repo = %repo.config.name, %branch, %commit, jobs = enqueued.len(), invalid_environments = problems.len());
         let branch = branch.to_owned();
-        Ok(if problems.is_empty() {
+        let outcome = if problems.is_empty() {
             Outcome::Enqueued {
                 branch,
                 commit,
@@ -217,7 +239,8 @@ impl Dispatcher {
                 problems,
                 jobs: enqueued,
             }
-        })
+        };
+        Ok((outcome, resolved))
     }
 
     fn branch_state(&self, repo: &str, branch: &str) -> Arc<BranchState> {
@@ -225,6 +248,10 @@ impl Dispatcher {
             .branches
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if branches.len() >= MAX_TRACKED_BRANCHES {
+            // Forget every branch no push is handling right now: only coalescing state is lost.
+            branches.retain(|_, state| Arc::strong_count(state) > 1);
+        }
         branches
             .entry(format!("{repo}\n{branch}"))
             .or_default()
@@ -236,6 +263,8 @@ enum Plan {
     Ignored(String),
     Resolved {
         commit: String,
+        /// The default branch's commit, whose root bound the environments.
+        bindings: String,
         results: Vec<EnvironmentResult>,
     },
 }
@@ -288,6 +317,7 @@ fn plan_branch(mirror: &Mirror, repo: &RepoConfig, branch: &str) -> Result<Plan,
         Err(resolve::Error::Invalid(problems)) => {
             return Ok(Plan::Resolved {
                 commit,
+                bindings: default_head.to_string(),
                 results: vec![(None, Err(problems))],
             });
         }
@@ -319,5 +349,9 @@ fn plan_branch(mirror: &Mirror, repo: &RepoConfig, branch: &str) -> Result<Plan,
         };
         results.push((Some(binding.name.clone()), result));
     }
-    Ok(Plan::Resolved { commit, results })
+    Ok(Plan::Resolved {
+        commit,
+        bindings: default_head.to_string(),
+        results,
+    })
 }

@@ -261,6 +261,11 @@ impl resolve::Files for Snapshot<'_> {
     }
 }
 
+/// A branch name git accepts, and no pattern: it goes into a fetch refspec.
+pub fn is_valid_branch(name: &str) -> bool {
+    !name.contains('*') && git2::Reference::is_valid_name(&format!("refs/heads/{name}"))
+}
+
 /// A URL with any user:password@ part removed, safe to log: fetch URLs may carry tokens.
 pub fn redact_url(url: &str) -> String {
     match url.split_once("://") {

@@ -14,7 +14,9 @@ pub struct SyncJob {
     pub version: u32,
     /// The watched repo's name in the server config.
     pub repo: String,
-    /// The branch the commit was resolved from, for the worker's ancestry check.
+    /// The branch the commit was resolved from, for the worker's ancestry check. Empty in jobs
+    /// from receivers that predate it, which skip the check.
+    #[serde(default)]
     pub branch: String,
     /// The Git host's delivery id of the push that made this job.
     pub delivery: String,

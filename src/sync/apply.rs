@@ -35,9 +35,14 @@ pub enum Outcome {
 /// Commit ancestry, so a job for an older commit never overwrites a newer one: receivers and
 /// SQS redeliveries do not keep jobs of one branch in commit order.
 pub trait History: Sync {
-    /// Whether `live` is a strict descendant of the job's commit on the job's branch. When it
-    /// cannot tell (unknown commit, git failing), `false`: the job proceeds.
-    fn is_newer(&self, job: &SyncJob, live: &str) -> impl Future<Output = bool> + Send;
+    /// The commit that makes this job stale, if any: the live commit when it descends from the
+    /// job's and is still on the branch, or the branch head when the job's commit has left the
+    /// branch (a force-push). `None` (apply) when it cannot tell, e.g. git is unreachable.
+    fn superseded_by(
+        &self,
+        job: &SyncJob,
+        live: &str,
+    ) -> impl Future<Output = Option<String>> + Send;
 }
 
 /// Where a failed rollout returns to.
@@ -63,11 +68,9 @@ pub async fn apply(
     if let Some(live_commit) = live.as_ref().and_then(|l| l.tags.get(tag::REVISION))
         && !live_commit.is_empty()
         && *live_commit != app.commit
-        && history.is_newer(job, live_commit).await
+        && let Some(by) = history.superseded_by(job, live_commit).await
     {
-        return Ok(Outcome::Superseded {
-            by: live_commit.clone(),
-        });
+        return Ok(Outcome::Superseded { by });
     }
 
     if let Some(live) = &live

@@ -271,32 +271,39 @@ impl Worker {
 }
 
 impl History for Mirrors {
-    async fn is_newer(&self, job: &SyncJob, live: &str) -> bool {
-        let (Some(mirror), Ok(job_commit), Ok(live_commit)) = (
-            self.0.get(&job.repo).cloned(),
+    async fn superseded_by(&self, job: &SyncJob, live: &str) -> Option<String> {
+        let mirror = self.0.get(&job.repo).cloned()?;
+        let (Ok(job_commit), Ok(live_commit)) = (
             git2::Oid::from_str(&job.app.commit),
             git2::Oid::from_str(live),
         ) else {
-            return false;
+            return None;
         };
+        if job.branch.is_empty() {
+            return None; // a job from a receiver that predates branch-aware jobs
+        }
         let branch = job.branch.clone();
-        let check = tokio::task::spawn_blocking(move || -> Result<bool, repo::Error> {
-            let known = |oid| mirror.local().is_ok_and(|l| l.contains(oid));
-            // Fetch only when the mirror lacks a commit: usually it already has both.
-            if !(known(job_commit) && known(live_commit)) {
-                mirror.fetch_branch(&branch)?;
+        let check = tokio::task::spawn_blocking(move || -> Result<Option<String>, repo::Error> {
+            // Always the current head: a force-push may have moved the branch back.
+            let head = mirror.fetch_branch(&branch)?;
+            let local = mirror.local()?;
+            if !local.contains(job_commit) || !local.is_ancestor(job_commit, head)? {
+                return Ok(Some(head.to_string())); // the job's commit left the branch
             }
-            mirror.local()?.is_ancestor(job_commit, live_commit)
+            let live_on_branch =
+                local.contains(live_commit) && local.is_ancestor(live_commit, head)?;
+            let newer = live_on_branch && local.is_ancestor(job_commit, live_commit)?;
+            Ok(newer.then(|| live_commit.to_string()))
         });
         match check
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
         {
-            Ok(newer) => newer && job_commit != live_commit,
+            Ok(by) => by,
             Err(error) => {
                 warn!(message = "Cannot compare commits; applying the job.", %error);
-                false
+                None
             }
         }
     }

@@ -130,7 +130,7 @@ impl RateLimiter {
         if self.buckets.len() >= self.capacity && !self.buckets.contains_key(&ip) {
             // A full bucket is as good as a forgotten one; drop those, then anything idle.
             let refill =
-                Duration::from_secs_f64(self.burst / self.per_second.max(f64::MIN_POSITIVE));
+                Duration::try_from_secs_f64(self.burst / self.per_second).unwrap_or(Duration::MAX);
             self.buckets
                 .retain(|_, (_, last)| now.duration_since(*last) < refill);
             if self.buckets.len() >= self.capacity {

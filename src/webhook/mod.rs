@@ -109,7 +109,10 @@ async fn deliver(
             "unknown provider; use github, gitlab, gitea, bitbucket or generic",
         );
     };
-    let delivery = provider.delivery_id(&headers).unwrap_or("-").to_owned();
+    let delivery_id = provider.delivery_id(&headers).map(str::to_owned);
+    // Without an id, each delivery is its own: sharing one would make SQS drop a revert to a
+    // commit enqueued minutes ago as a duplicate.
+    let delivery = delivery_id.clone().unwrap_or_else(anonymous_delivery);
     let refused = |reason: &'static str, status: StatusCode, message: &str| {
         info!(message = "Delivery refused.", provider = %name, %delivery, %reason);
         rx.metrics.refused(&name, reason);
@@ -167,7 +170,7 @@ async fn deliver(
         );
     }
 
-    let replay = (delivery != "-").then(|| format!("{name}\n{delivery}"));
+    let replay = delivery_id.map(|id| format!("{name}\n{id}"));
     if replay
         .as_deref()
         .is_some_and(|key| rx.replays.contains(key))
@@ -298,10 +301,20 @@ async fn handle_push(
         }
         Err(e) => {
             warn!(message = "Delivery not accepted; it can be delivered again.", %delivery, repo = %name, %branch, error = %e);
-            let body = json!({"status": "refused", "reason": format!("not enqueued, deliver again later: {e}")});
+            let body = json!({"status": "refused", "reason": format!("not enqueued, deliver again later: {}", e.public_reason())});
             (StatusCode::SERVICE_UNAVAILABLE, body, "unavailable")
         }
     }
+}
+
+fn anonymous_delivery() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("anonymous-{nanos:x}-{n}")
 }
 
 fn refuse(status: StatusCode, reason: &str) -> Response {

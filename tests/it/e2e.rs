@@ -422,8 +422,7 @@ async fn an_unreachable_config_repo_answers_503_and_enqueues_nothing() {
     assert_eq!(status, 503, "{body}");
     let reason = body["reason"].as_str().unwrap();
     assert!(
-        reason
-            .contains("cannot fetch branch `staging` from file:///nonexistent/platform-config.git"),
+        reason.contains("not enqueued, deliver again later: cannot fetch the config repo"),
         "{reason}"
     );
     assert_eq!(emulator.queue_depth(&queue_url).await, 0);
@@ -540,4 +539,44 @@ async fn a_late_job_for_an_older_commit_is_superseded() {
         s.emulator.revisions("staging-api").await,
         ["staging-api:1", "staging-api:2"]
     );
+}
+
+/// A force-push back to an older commit is a rollback someone asked for: unlike a late job, it
+/// is applied, because the newer commit is no longer on the branch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_push_back_to_an_older_commit_is_applied() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let older = s.repo.head("staging");
+    s.staging_deployed(&receiver).await;
+    let newer = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
+    });
+    assert_eq!(receiver.push("staging", newer, "newer").await.0, 202);
+    s.drained().await;
+    assert_eq!(
+        s.emulator
+            .service("staging", "api")
+            .await
+            .unwrap()
+            .revision(),
+        newer.to_string()
+    );
+
+    s.repo
+        .repo
+        .reference("refs/heads/staging", older, true, "force-push")
+        .unwrap();
+    assert_eq!(receiver.push("staging", older, "rollback").await.0, 202);
+    let api = eventually(LIMIT, "staging/api back at the older commit", || async {
+        s.emulator
+            .service("staging", "api")
+            .await
+            .filter(|a| a.revision() == older.to_string())
+    })
+    .await;
+    // Only the family's latest revision is compared for reuse, so the older spec is registered
+    // again rather than found among older revisions.
+    assert_eq!(api.task_definition, "staging-api:3");
 }
