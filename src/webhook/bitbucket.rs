@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::event::{Delivery, PullRequestEvent, PushEvent, ZERO_SHA};
-use super::provider::{is_zero, text, texts};
+use super::provider::{is_zero, required_text, text, texts};
 
 pub fn parse(
     event: &str,
@@ -79,14 +79,7 @@ fn cloud_pull_request(v: &Value, action: &str) -> Result<PullRequestEvent, Strin
     let pr = v
         .get("pullrequest")
         .ok_or("pull request payload without `pullrequest`")?;
-    let required = |path: &[&str]| {
-        text(pr, path).ok_or_else(|| {
-            format!(
-                "pull request payload without `pullrequest.{}`",
-                path.join(".")
-            )
-        })
-    };
+    let required = |path: &[&str]| required_text(pr, "pull request payload", "pullrequest", path);
     Ok(PullRequestEvent {
         repository_urls: cloud_urls(v),
         number: pr
@@ -154,14 +147,7 @@ fn server_pull_request(v: &Value, action: &str) -> Result<PullRequestEvent, Stri
     let pr = v
         .get("pullRequest")
         .ok_or("pull request payload without `pullRequest`")?;
-    let required = |path: &[&str]| {
-        text(pr, path).ok_or_else(|| {
-            format!(
-                "pull request payload without `pullRequest.{}`",
-                path.join(".")
-            )
-        })
-    };
+    let required = |path: &[&str]| required_text(pr, "pull request payload", "pullRequest", path);
     let repo = |side: &str| {
         let r = pr.get(side).and_then(|s| s.get("repository"));
         r.map(|r| (text(r, &["project", "key"]), text(r, &["slug"])))

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::event::{Delivery, PullRequestEvent, PushEvent};
-use super::provider::{is_zero, text, texts, value};
+use super::provider::{is_zero, required_text, text, texts, value};
 
 const REPOSITORY_URLS: &[&[&str]] = &[
     &["repository", "clone_url"],
@@ -95,14 +95,7 @@ fn pull_request(v: &Value) -> Result<PullRequestEvent, String> {
     let pr = v
         .get("pull_request")
         .ok_or("pull_request payload without `pull_request`")?;
-    let required = |path: &[&str]| {
-        text(pr, path).ok_or_else(|| {
-            format!(
-                "pull_request payload without `pull_request.{}`",
-                path.join(".")
-            )
-        })
-    };
+    let required = |path: &[&str]| required_text(pr, "pull_request payload", "pull_request", path);
     let head_repo = text(pr, &["head", "repo", "full_name"]);
     let base_repo = text(pr, &["base", "repo", "full_name"]);
     Ok(PullRequestEvent {

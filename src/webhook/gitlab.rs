@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 use serde_json::Value;
 
 use super::event::{Delivery, PullRequestEvent, PushEvent};
-use super::provider::{header, is_zero, text, texts};
+use super::provider::{header, is_zero, required_text, text, texts};
 use super::verify::Check;
 
 const PROJECT_URLS: &[&[&str]] = &[
@@ -89,14 +89,8 @@ fn merge_request(v: &Value) -> Result<PullRequestEvent, String> {
     let attrs = v
         .get("object_attributes")
         .ok_or("merge request payload without `object_attributes`")?;
-    let required = |path: &[&str]| {
-        text(attrs, path).ok_or_else(|| {
-            format!(
-                "merge request payload without `object_attributes.{}`",
-                path.join(".")
-            )
-        })
-    };
+    let required =
+        |path: &[&str]| required_text(attrs, "merge request payload", "object_attributes", path);
     let project = |key: &str| attrs.get(key).and_then(Value::as_u64);
     Ok(PullRequestEvent {
         repository_urls: texts(v, PROJECT_URLS),

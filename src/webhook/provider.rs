@@ -167,6 +167,16 @@ pub(super) fn text(value: &Value, path: &[&str]) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The string at `path` under `within` (named `name` in the message), or why it is missing.
+pub(super) fn required_text(
+    within: &Value,
+    what: &str,
+    name: &str,
+    path: &[&str],
+) -> Result<String, String> {
+    text(within, path).ok_or_else(|| format!("{what} without `{name}.{}`", path.join(".")))
+}
+
 /// The strings found at any of `paths`, for the several URLs a payload gives a repository.
 pub(super) fn texts(value: &Value, paths: &[&[&str]]) -> Vec<String> {
     paths.iter().filter_map(|p| text(value, p)).collect()
