@@ -122,6 +122,11 @@ fn validate(repo: &Path, only: Option<&str>, root_path: &str) -> anyhow::Result<
         Ok(root) => root,
         Err(problems) => return Ok(print_problems(&problems)),
     };
+    if root.policy.is_none() {
+        eprintln!(
+            "warning: {root_path} declares no `policy`, so its apps may name any role, image, secret and cluster"
+        );
+    }
     let environments: Vec<_> = match only {
         Some(name) => vec![find_environment(&root, name, root_path)?],
         None => root.environments.iter().collect(),

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::policy::Policy;
 use super::yaml::{Kind, Node, Pos};
 use super::{Problem, Report};
 
@@ -12,10 +13,12 @@ pub const API_VERSION: &str = "fleetsync/v1";
 #[derive(Debug)]
 pub struct Root {
     pub name: String,
+    /// Empty for a nested root: it inherits the environments of the root above it.
     pub environments: Vec<Environment>,
     pub apps: Vec<AppRef>,
     /// Position of the `environments` key, for problems about an environment that is missing.
     pub environments_pos: Pos,
+    pub policy: Option<Policy>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,16 +69,50 @@ impl Default for Rollout {
 
 /// Reads the root app. Returns `None` when it is too broken to use (the problems say why).
 pub fn read_root(node: &Node, report: &mut Report<'_>) -> Option<Root> {
+    read_any_root(node, false, report)
+}
+
+/// Reads a child `app.yaml` that is itself `kind: Root`: an app of apps below the top root.
+pub fn read_nested_root(node: &Node, report: &mut Report<'_>) -> Option<Root> {
+    read_any_root(node, true, report)
+}
+
+/// Whether a child manifest is a nested root rather than an app.
+pub fn is_root(node: &Node) -> bool {
+    node.get("kind").and_then(Node::as_str) == Some("Root")
+}
+
+fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<Root> {
     let map = Fields::new(
         node,
         "the root app",
-        &["apiVersion", "kind", "name", "environments", "apps"],
+        &[
+            "apiVersion",
+            "kind",
+            "name",
+            "environments",
+            "apps",
+            "policy",
+        ],
         report,
     )?;
     header(&map, "Root", report);
     let name = map.required_str("name", report);
-    let environments_node = map.required("environments", report);
+    let environments_node = if nested {
+        if let Some(env) = map.get("environments") {
+            report.at(
+                env.pos,
+                "a nested root inherits the environments of the root above it; remove `environments`",
+            );
+        }
+        None
+    } else {
+        map.required("environments", report)
+    };
     let apps_node = map.required("apps", report);
+    let policy = map
+        .get("policy")
+        .and_then(|node| super::policy::read(node, report));
 
     let mut environments = Vec::new();
     if let Some(node) = environments_node {
@@ -168,6 +205,7 @@ pub fn read_root(node: &Node, report: &mut Report<'_>) -> Option<Root> {
         environments,
         apps,
         environments_pos: environments_node.map_or(node.pos, |n| n.pos),
+        policy,
     })
 }
 

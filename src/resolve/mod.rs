@@ -6,14 +6,17 @@
 
 mod desired;
 pub mod manifest;
+pub mod policy;
 pub mod yaml;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::rc::Rc;
 
 pub use desired::{DesiredApp, DesiredState, Provenance, RolloutSpec, tag};
 pub use manifest::Environment;
 use manifest::{Root, TaskDefinitionSource};
+use policy::{Policy, Scope};
 use serde_json::{Map, Value};
 use yaml::{Kind, Node, Pos};
 
@@ -132,7 +135,7 @@ fn resolve_with(
     commit: &str,
     binding: Option<&Environment>,
 ) -> Result<DesiredState, Error> {
-    let root = read_root(files, root_path)?.ok_or_else(|| {
+    let mut root = read_root(files, root_path)?.ok_or_else(|| {
         Error::Invalid(vec![Problem {
             file: root_path.to_owned(),
             line: 1,
@@ -165,23 +168,45 @@ fn resolve_with(
         return Err(Error::Invalid(problems));
     }
 
-    check_app_graph(&root, &mut Report::new(root_path, &mut problems));
+    let env = env.clone();
+    let vars = Vars::new(&env, commit);
+    let mut walk = Walk {
+        files,
+        top_file: root_path,
+        env: &env,
+        vars: &vars,
+        commit,
+        leaves: Vec::new(),
+        problems,
+    };
+    let mut scopes = Vec::new();
+    if let Some(policy) = root.policy.take() {
+        walk.add_scope(&mut scopes, policy, &root.name, root_path);
+    }
+    let root_name = root.name.clone();
+    walk.root(root, root_path, "", &[root_path.to_owned()], &scopes)?;
+    let Walk {
+        leaves,
+        mut problems,
+        ..
+    } = walk;
+    check_app_graph(&leaves, &mut problems);
+
     let provenance = Provenance {
-        root: root.name.clone(),
+        root: root_name.clone(),
         environment: env.name.clone(),
         commit: commit.to_owned(),
     };
-    let mut apps = Vec::with_capacity(root.apps.len());
+    let mut apps = Vec::with_capacity(leaves.len());
     let mut services = HashMap::new();
-    for app_ref in &root.apps {
-        let Some(app) = resolve_app(files, root_path, env, app_ref, &provenance, &mut problems)?
-        else {
+    for leaf in &leaves {
+        let Some(app) = resolve_app(files, &env, leaf, &vars, &provenance, &mut problems)? else {
             continue;
         };
         let service = app.service_name().to_owned();
         if let Some(other) = services.insert(service.clone(), app.name.clone()) {
-            Report::new(root_path, &mut problems).at(
-                app_ref.name_pos,
+            Report::new(&leaf.listed_in, &mut problems).at(
+                leaf.app_ref.name_pos,
                 format!(
                     "apps `{other}` and `{}` both use service name `{service}` in cluster `{}`",
                     app.name, env.cluster
@@ -194,12 +219,194 @@ fn resolve_with(
         return Err(Error::Invalid(problems));
     }
     Ok(DesiredState {
-        root: root.name,
+        root: root_name,
         environment: env.name.clone(),
         cluster: env.cluster.clone(),
         commit: commit.to_owned(),
         apps,
     })
+}
+
+/// Roots nested deeper than this are refused: it bounds what one push can make fleetsync read.
+pub const MAX_NESTING: usize = 8;
+
+/// A child app found by walking the root and the roots nested in it.
+struct Leaf {
+    app_ref: manifest::AppRef,
+    /// The app's directory from the repository root.
+    dir: String,
+    app_file: String,
+    /// The root file that lists the app.
+    listed_in: String,
+    /// `None` when the manifest could not be read (reported): the name still counts as
+    /// listed, so its dependents get no second, misleading problem.
+    node: Option<Node>,
+    /// The policies above the app, outermost first.
+    scopes: Vec<Rc<Scope>>,
+}
+
+/// The walk from the top root through nested roots down to apps, for one environment.
+struct Walk<'a> {
+    files: &'a dyn Files,
+    top_file: &'a str,
+    env: &'a Environment,
+    vars: &'a Vars,
+    commit: &'a str,
+    leaves: Vec<Leaf>,
+    problems: Vec<Problem>,
+}
+
+impl Walk<'_> {
+    /// Checks a root's policy against the ones above it and the environment's cluster.
+    fn add_scope(&mut self, scopes: &mut Vec<Rc<Scope>>, policy: Policy, root: &str, file: &str) {
+        let before = self.problems.len();
+        let mut report = Report::new(file, &mut self.problems);
+        policy::check_patterns(&policy, self.vars, &mut report);
+        if self.problems.len() > before {
+            return; // a broken pattern would refuse every app: report it alone
+        }
+        let mut report = Report::new(file, &mut self.problems);
+        policy::check_narrowing(&policy, scopes, self.vars, &mut report);
+        let scope = Rc::new(Scope {
+            policy,
+            root: root.to_owned(),
+            file: file.to_owned(),
+        });
+        policy::check_cluster(
+            &scope,
+            &self.env.cluster,
+            self.vars,
+            &mut Report::new(self.top_file, &mut self.problems),
+            self.env.pos,
+        );
+        scopes.push(scope);
+    }
+
+    fn root(
+        &mut self,
+        root: Root,
+        file: &str,
+        dir: &str,
+        chain: &[String],
+        scopes: &[Rc<Scope>],
+    ) -> Result<(), Error> {
+        for app_ref in root.apps {
+            let dir = join(dir, &app_ref.path);
+            let app_file = if dir.is_empty() {
+                "app.yaml".to_owned()
+            } else {
+                format!("{dir}/app.yaml")
+            };
+            let mut report = Report::new(file, &mut self.problems);
+            let unusable = |app_ref, dir, app_file| Leaf {
+                app_ref,
+                dir,
+                app_file,
+                listed_in: file.to_owned(),
+                node: None,
+                scopes: Vec::new(),
+            };
+            if chain.contains(&app_file) {
+                report.at(
+                    app_ref.path_pos,
+                    format!("nesting cycle: {} → {app_file}", chain.join(" → ")),
+                );
+                self.leaves.push(unusable(app_ref, dir, app_file));
+                continue;
+            }
+            let node = match load(self.files, &app_file) {
+                Ok(Some(Some(node))) => node,
+                Ok(Some(None)) => {
+                    Report::new(&app_file, &mut self.problems)
+                        .at(Pos { line: 1, column: 1 }, "the app manifest is empty");
+                    self.leaves.push(unusable(app_ref, dir, app_file));
+                    continue;
+                }
+                Ok(None) => {
+                    report.at(
+                        app_ref.path_pos,
+                        format!(
+                            "app `{}`: {app_file} does not exist at commit {}",
+                            app_ref.name, self.commit
+                        ),
+                    );
+                    self.leaves.push(unusable(app_ref, dir, app_file));
+                    continue;
+                }
+                Err(Error::Invalid(found)) => {
+                    self.problems.extend(found);
+                    self.leaves.push(unusable(app_ref, dir, app_file));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !manifest::is_root(&node) {
+                self.leaves.push(Leaf {
+                    app_ref,
+                    dir,
+                    app_file,
+                    listed_in: file.to_owned(),
+                    node: Some(node),
+                    scopes: scopes.to_vec(),
+                });
+                continue;
+            }
+            if chain.len() >= MAX_NESTING {
+                report.at(
+                    app_ref.path_pos,
+                    format!(
+                        "roots nest deeper than {MAX_NESTING} levels: {} → {app_file}",
+                        chain.join(" → ")
+                    ),
+                );
+                continue;
+            }
+            if let Some((_, pos)) = app_ref.depends_on.first() {
+                report.at(
+                    *pos,
+                    format!(
+                        "`{}` is a nested root; dependsOn is for apps, so name the apps it waits for in their own entries",
+                        app_ref.name
+                    ),
+                );
+            }
+            let before = self.problems.len();
+            let mut report = Report::new(&app_file, &mut self.problems);
+            let nested = manifest::read_nested_root(&node, &mut report);
+            let Some(mut nested) = nested.filter(|_| self.problems.len() == before) else {
+                self.leaves.push(unusable(app_ref, dir, app_file));
+                continue;
+            };
+            let mut report = Report::new(&app_file, &mut self.problems);
+            if nested.name != app_ref.name {
+                report.at(
+                    node.get("name").map_or(node.pos, |n| n.pos),
+                    format!(
+                        "root is named `{}` but {file} lists it as `{}`; the names must match",
+                        nested.name, app_ref.name
+                    ),
+                );
+            }
+            let mut inner = scopes.to_vec();
+            if let Some(policy) = nested.policy.take() {
+                let name = nested.name.clone();
+                self.add_scope(&mut inner, policy, &name, &app_file);
+            }
+            let mut chain = chain.to_vec();
+            chain.push(app_file.clone());
+            self.root(nested, &app_file, &dir, &chain, &inner)?;
+        }
+        Ok(())
+    }
+}
+
+/// `dir/path` with empty and `.` segments dropped (`..` is refused when manifests are read).
+fn join(dir: &str, path: &str) -> String {
+    dir.split('/')
+        .chain(path.split('/'))
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Reads and parses a YAML file. Outer `None`: no such file; inner `None`: unusable (reported).
@@ -230,69 +437,93 @@ fn load(files: &dyn Files, path: &str) -> Result<Option<Option<Node>>, Error> {
     }
 }
 
-/// Unique names, known dependencies, no cycles.
-fn check_app_graph(root: &Root, report: &mut Report<'_>) {
-    let mut names = HashSet::new();
-    for app in &root.apps {
-        if !names.insert(app.name.as_str()) {
-            report.at(app.name_pos, format!("app `{}` is listed twice", app.name));
+/// Unique names across all roots of the environment, known dependencies, no cycles.
+fn check_app_graph(leaves: &[Leaf], problems: &mut Vec<Problem>) {
+    let mut names: HashMap<&str, &Leaf> = HashMap::new();
+    for leaf in leaves {
+        let name = leaf.app_ref.name.as_str();
+        if let Some(first) = names.get(name) {
+            let at = first.app_ref.name_pos;
+            Report::new(&leaf.listed_in, problems).at(
+                leaf.app_ref.name_pos,
+                format!(
+                    "app `{name}` is listed twice (first at {}:{}:{}); app names are unique in an environment, nested roots included",
+                    first.listed_in, at.line, at.column
+                ),
+            );
+        } else {
+            names.insert(name, leaf);
         }
     }
-    for app in &root.apps {
+    let known: HashSet<&str> = names.keys().copied().collect();
+    for leaf in leaves {
+        let app = &leaf.app_ref;
+        let mut report = Report::new(&leaf.listed_in, problems);
         for (dep, pos) in &app.depends_on {
             if dep == &app.name {
                 report.at(*pos, format!("app `{}` depends on itself", app.name));
-            } else if !names.contains(dep.as_str()) {
+            } else if !known.contains(dep.as_str()) {
                 report.at(
                     *pos,
                     format!(
                         "app `{}` depends on unknown app `{dep}`; known apps: {}",
                         app.name,
-                        sorted(&names)
+                        sorted(&known)
                     ),
                 );
             }
         }
     }
     // Depth-first search with colours; each cycle is reported once, at the edge that closes it.
-    let edges: BTreeMap<&str, Vec<(&str, Pos)>> = root
-        .apps
+    let edges: BTreeMap<&str, Vec<(&str, Pos, &str)>> = leaves
         .iter()
-        .map(|a| {
+        .map(|l| {
             (
-                a.name.as_str(),
-                a.depends_on.iter().map(|(d, p)| (d.as_str(), *p)).collect(),
+                l.app_ref.name.as_str(),
+                l.app_ref
+                    .depends_on
+                    .iter()
+                    .map(|(d, p)| (d.as_str(), *p, l.listed_in.as_str()))
+                    .collect(),
             )
         })
         .collect();
     let mut done = HashSet::new();
-    for app in &root.apps {
+    for leaf in leaves {
         let mut path = Vec::new();
-        visit(app.name.as_str(), &edges, &mut path, &mut done, report);
+        visit(
+            leaf.app_ref.name.as_str(),
+            &edges,
+            &mut path,
+            &mut done,
+            problems,
+        );
     }
 }
 
+type Edges<'a> = BTreeMap<&'a str, Vec<(&'a str, Pos, &'a str)>>;
+
 fn visit<'a>(
     node: &'a str,
-    edges: &BTreeMap<&'a str, Vec<(&'a str, Pos)>>,
+    edges: &Edges<'a>,
     path: &mut Vec<&'a str>,
     done: &mut HashSet<&'a str>,
-    report: &mut Report<'_>,
+    problems: &mut Vec<Problem>,
 ) {
     if done.contains(node) {
         return;
     }
     path.push(node);
-    for &(dep, pos) in edges.get(node).into_iter().flatten() {
+    for &(dep, pos, file) in edges.get(node).into_iter().flatten() {
         if dep == node {
             continue; // reported as a self-dependency
         }
         if let Some(start) = path.iter().position(|n| *n == dep) {
             let mut chain: Vec<&str> = path[start..].to_vec();
             chain.push(dep);
-            report.at(pos, format!("dependency cycle: {}", chain.join(" → ")));
+            Report::new(file, problems).at(pos, format!("dependency cycle: {}", chain.join(" → ")));
         } else if edges.contains_key(dep) {
-            visit(dep, edges, path, done, report);
+            visit(dep, edges, path, done, problems);
         }
     }
     path.pop();
@@ -357,55 +588,29 @@ const SERVICE_FIELDS: &[&str] = &[
 
 fn resolve_app(
     files: &dyn Files,
-    root_path: &str,
     env: &Environment,
-    app_ref: &manifest::AppRef,
+    leaf: &Leaf,
+    env_vars: &Vars,
     provenance: &Provenance,
     problems: &mut Vec<Problem>,
 ) -> Result<Option<DesiredApp>, Error> {
-    let dir = app_ref.path.trim_end_matches('/');
-    let app_path = format!("{dir}/app.yaml");
-    let node = match load(files, &app_path) {
-        Ok(Some(Some(node))) => node,
-        Ok(Some(None)) => {
-            Report::new(&app_path, problems)
-                .at(Pos { line: 1, column: 1 }, "the app manifest is empty");
-            return Ok(None);
-        }
-        Ok(None) => {
-            Report::new(root_path, problems).at(
-                app_ref.path_pos,
-                format!(
-                    "app `{}`: {app_path} does not exist at commit {}",
-                    app_ref.name, provenance.commit
-                ),
-            );
-            return Ok(None);
-        }
-        Err(Error::Invalid(found)) => {
-            problems.extend(found);
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
+    let (app_ref, dir, app_path) = (&leaf.app_ref, &leaf.dir, &leaf.app_file);
+    let Some(node) = &leaf.node else {
+        return Ok(None);
     };
     let before = problems.len();
-    let Some(app) = manifest::read_app(&node, &app_ref.name, &mut Report::new(&app_path, problems))
+    let Some(app) = manifest::read_app(node, &app_ref.name, &mut Report::new(app_path, problems))
     else {
         return Ok(None);
     };
 
-    let vars = Vars {
-        environment: &env.name,
-        cluster: &env.cluster,
-        revision: &provenance.commit,
-        app: &app_ref.name,
-    };
+    let vars = env_vars.with_app(&app_ref.name);
     let (td_file, td_node) = match &app.task_definition {
         TaskDefinitionSource::Inline(node) => (app_path.clone(), node.clone()),
         TaskDefinitionSource::File(name, pos) => {
-            let path = format!("{dir}/{name}");
+            let path = join(dir, name);
             if let Err(why) = manifest::check_relative_path(name) {
-                Report::new(&app_path, problems).at(*pos, format!("taskDefinition `{name}` {why}"));
+                Report::new(app_path, problems).at(*pos, format!("taskDefinition `{name}` {why}"));
                 return Ok(None);
             }
             match load(files, &path) {
@@ -418,7 +623,7 @@ fn resolve_app(
                     return Ok(None);
                 }
                 Ok(None) => {
-                    Report::new(&app_path, problems)
+                    Report::new(app_path, problems)
                         .at(*pos, format!("taskDefinition file {path} does not exist"));
                     return Ok(None);
                 }
@@ -444,13 +649,24 @@ fn resolve_app(
             "`service`",
             SERVICE_FIELDS,
             &vars,
-            &mut Report::new(&app_path, problems),
+            &mut Report::new(app_path, problems),
         ),
         None => Some(Map::new()),
     };
+    policy::check_app(
+        &leaf.scopes,
+        &policy::Subject {
+            task_definition: &td_node,
+            task_definition_file: &td_file,
+            service: app.service.as_ref(),
+            app_file: app_path,
+        },
+        env_vars,
+        problems,
+    );
     check_reserved_tags(&td_node, &mut Report::new(&td_file, problems));
     if let Some(node) = &app.service {
-        check_reserved_tags(node, &mut Report::new(&app_path, problems));
+        check_reserved_tags(node, &mut Report::new(app_path, problems));
     }
     if problems.len() > before {
         return Ok(None);
@@ -477,7 +693,7 @@ fn object(
     node: &Node,
     what: &str,
     allowed: &[&str],
-    vars: &Vars<'_>,
+    vars: &Vars,
     report: &mut Report<'_>,
 ) -> Option<Map<String, Value>> {
     manifest::Fields::new(node, what, allowed, report)?;
@@ -558,27 +774,58 @@ fn check_reserved_tags(node: &Node, report: &mut Report<'_>) {
     }
 }
 
-struct Vars<'a> {
-    environment: &'a str,
-    cluster: &'a str,
-    revision: &'a str,
-    app: &'a str,
+/// The variables `${name}` in manifests may use, in the order error messages list them.
+pub(crate) struct Vars {
+    pairs: Vec<(&'static str, String)>,
 }
 
-impl Vars<'_> {
+impl Vars {
+    fn new(env: &Environment, commit: &str) -> Self {
+        Vars {
+            pairs: vec![
+                ("environment", env.name.clone()),
+                ("cluster", env.cluster.clone()),
+                ("revision", commit.to_owned()),
+                ("short_revision", commit.chars().take(7).collect()),
+            ],
+        }
+    }
+
+    fn with_app(&self, app: &str) -> Self {
+        let mut pairs = self.pairs.clone();
+        pairs.push(("app", app.to_owned()));
+        Vars { pairs }
+    }
+
     fn get(&self, name: &str) -> Option<&str> {
-        Some(match name {
-            "environment" => self.environment,
-            "cluster" => self.cluster,
-            "revision" => self.revision,
-            "app" => self.app,
-            _ => return None,
-        })
+        self.pairs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn names(&self) -> String {
+        self.pairs
+            .iter()
+            .map(|(n, _)| format!("${{{n}}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Expands `s`, reporting undefined variables at `pos`.
+    fn expand(&self, s: &str, pos: Pos, report: &mut Report<'_>) -> String {
+        substitute(s, pos, self, report)
+    }
+
+    /// Expands a value whose problems were already reported where it was read.
+    fn expand_quietly(&self, s: &str) -> String {
+        let mut ignored = Vec::new();
+        substitute(s, Pos::default(), self, &mut Report::new("", &mut ignored))
     }
 }
 
 /// JSON of `node` with `${var}` replaced in every string value; keys are left alone.
-fn interpolate(node: &Node, vars: &Vars<'_>, report: &mut Report<'_>) -> Value {
+fn interpolate(node: &Node, vars: &Vars, report: &mut Report<'_>) -> Value {
     match &node.kind {
         Kind::Scalar(..) => match node.to_json() {
             Value::String(s) if s.contains("${") => {
@@ -603,7 +850,7 @@ fn interpolate(node: &Node, vars: &Vars<'_>, report: &mut Report<'_>) -> Value {
     }
 }
 
-fn substitute(s: &str, pos: Pos, vars: &Vars<'_>, report: &mut Report<'_>) -> String {
+fn substitute(s: &str, pos: Pos, vars: &Vars, report: &mut Report<'_>) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -622,7 +869,13 @@ fn substitute(s: &str, pos: Pos, vars: &Vars<'_>, report: &mut Report<'_>) -> St
         let name = &rest[start + 2..start + 2 + len];
         match vars.get(name) {
             Some(value) => out.push_str(value),
-            None => report.at(pos, format!("undefined variable `${{{name}}}`; defined: ${{environment}}, ${{cluster}}, ${{revision}}, ${{app}}")),
+            None => report.at(
+                pos,
+                format!(
+                    "undefined variable `${{{name}}}`; defined: {}",
+                    vars.names()
+                ),
+            ),
         }
         rest = &rest[start + 3 + len..];
     }

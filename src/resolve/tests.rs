@@ -149,7 +149,7 @@ fn unknown_fields_are_located() {
     assert_eq!(
         problems(&repo().with("fleetsync.yaml", &root)),
         [
-            "fleetsync.yaml:4:1: unknown field `prune` in the root app; expected one of: apiVersion, kind, name, environments, apps"
+            "fleetsync.yaml:4:1: unknown field `prune` in the root app; expected one of: apiVersion, kind, name, environments, apps, policy"
         ]
     );
     let child = app("db", "db:1").replace("service:\n", "service:\n  cluster: other\n");
@@ -200,7 +200,7 @@ fn undefined_variables_and_bad_task_definitions_are_located() {
     assert_eq!(
         found,
         [
-            "apps/db/td.json:2:13: undefined variable `${team}`; defined: ${environment}, ${cluster}, ${revision}, ${app}",
+            "apps/db/td.json:2:13: undefined variable `${team}`; defined: ${environment}, ${cluster}, ${revision}, ${short_revision}, ${app}",
             "apps/db/td.json:5:5: duplicate container name `a`; ECS requires unique names",
             "apps/db/td.json:5:5: every container needs an `image`",
         ]
@@ -214,11 +214,11 @@ fn syntax_errors_and_wrong_kinds_are_problems_not_panics() {
     assert!(found[0].starts_with("apps/db/app.yaml:"), "{found:?}");
     let found = problems(&repo().with(
         "apps/db/app.yaml",
-        &app("db", "x").replace("kind: App", "kind: Root"),
+        &app("db", "x").replace("kind: App", "kind: Deployment"),
     ));
     assert_eq!(
         found,
-        ["apps/db/app.yaml:2:7: expected `kind: App`, found `kind: Root`"]
+        ["apps/db/app.yaml:2:7: expected `kind: App`, found `kind: Deployment`"]
     );
 }
 
@@ -304,3 +304,6 @@ fn a_branch_cannot_rebind_an_environment() {
         "fleetsync.yaml:5:3: environment `staging` is bound to branch `staging` and cluster `staging-cluster` by the root on the default branch, but this root says branch `staging` and cluster `production`; change environment bindings on the default branch first"
     );
 }
+
+mod nesting;
+mod policy;

@@ -176,6 +176,44 @@ fn dependency_on_an_unknown_app_and_a_cycle_are_reported() {
 }
 
 #[test]
+fn a_staging_app_naming_a_production_secret_is_refused_by_the_root_policy() {
+    let run = broken("apps/api/taskdef.json", |t| {
+        t.replace(
+            "secret:${environment}/api/database-url",
+            "secret:production/api/database-url",
+        )
+    });
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let expected = "`arn:aws:secretsmanager:us-east-1:123456789012:secret:production/api/database-url` is not allowed by policy.secrets of root `platform` (fleetsync.yaml:28:5); allowed: arn:aws:secretsmanager:*:123456789012:secret:staging/*, arn:aws:ssm:*:123456789012:parameter/staging/*\n";
+    assert!(
+        run.stdout.starts_with("apps/api/taskdef.json:") && run.stdout.ends_with(expected),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("ok: production"), "{}", run.stderr);
+}
+
+#[test]
+fn a_repo_without_a_policy_validates_with_one_warning() {
+    let repo = ConfigRepo::example_with(|text| match text.find("policy:") {
+        Some(at) if text.contains("kind: Root") => text[..at].to_owned(),
+        _ => text.to_owned(),
+    });
+    let run = validate(&repo);
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{}", run.stderr);
+    assert_eq!(
+        run.stderr
+            .matches("warning: fleetsync.yaml declares no `policy`")
+            .count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    let governed = validate(&ConfigRepo::example_with(str::to_owned));
+    assert!(!governed.stderr.contains("warning"), "{}", governed.stderr);
+}
+
+#[test]
 fn not_a_repository_is_an_error_not_a_problem_list() {
     let dir = tempfile::tempdir().unwrap();
     let run = fleetsync(&["validate", "--repo", dir.path().to_str().unwrap()]);
