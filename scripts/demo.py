@@ -51,7 +51,8 @@ def main():
 
 def run(children):
     step("Starting the AWS emulator (moto server + ECS rollout model)")
-    emulator = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "emulator.py"), "--port", "0"],
+    emulator = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "emulator.py"), "--port", "0",
+                                 "--example-account"],
                                 stdout=subprocess.PIPE, stderr=open(WORK / "emulator.log", "w"), text=True)
     children.append(emulator)
     network = dict(f.split("=", 1) for f in emulator.stdout.readline().split()[2:])

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """fleetsync's AWS emulator: moto server plus a small model of ECS rolling deployments.
 
-Usage:  .venv/bin/python scripts/emulator.py --port PORT [--host 127.0.0.1]
+Usage:  .venv/bin/python scripts/emulator.py --port PORT [--host 127.0.0.1] [--example-account]
+--example-account first creates what example-repo's apps reference (scripts/example_account.py).
 Prints "default network subnets=A,B securityGroup=SG" (the default VPC's ids, which
 fleetsync's example repo needs in place of its placeholders), then
 "emulator ready on http://HOST:PORT" to stdout once it answers HTTP (request
@@ -203,13 +204,25 @@ def _wait_until_answering(url, timeout=30.0):
             time.sleep(0.05)
 
 
+class _Session:
+    """boto3 clients for this emulator, with the dummy credentials it accepts."""
+
+    def __init__(self, url):
+        self.url = url
+
+    def client(self, service):
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.url,
+                            region_name=os.environ.get("AWS_REGION", "us-east-1"),
+                            aws_access_key_id="test", aws_secret_access_key="test")
+
+
 def _default_network(url):
     """Subnet and security group ids of the default VPC: moto checks awsvpc services against its
     own EC2, whose ids are random per start, so tests and the demo substitute these."""
-    import boto3
 
-    ec2 = boto3.client("ec2", endpoint_url=url, region_name=os.environ.get("AWS_REGION", "us-east-1"),
-                       aws_access_key_id="test", aws_secret_access_key="test")
+    ec2 = _Session(url).client("ec2")
     vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
     in_vpc = [{"Name": "vpc-id", "Values": [vpc]}]
     subnets = sorted(s["SubnetId"] for s in ec2.describe_subnets(Filters=in_vpc)["Subnets"])[:2]
@@ -221,6 +234,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--example-account", action="store_true",
+                        help="create the roles, secrets and log groups example-repo references")
     args = parser.parse_args()
     install()
     stop = threading.Event()
@@ -232,6 +247,10 @@ def main():
     url = f"http://{host}:{port}"
     _wait_until_answering(url)
     subnets, security_group = _default_network(url)
+    if args.example_account:
+        import example_account
+
+        example_account.seed(_Session(url))
     print(f"default network subnets={','.join(subnets)} securityGroup={security_group}", flush=True)
     print(f"emulator ready on {url}", flush=True)
     while not stop.wait(0.2):

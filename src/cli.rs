@@ -1,4 +1,5 @@
-//! Subcommands. `validate` exits 0 when the repo is valid, 1 on problems, 2 on errors.
+//! Subcommands. `validate` exits 0 when the repo is valid, 1 on problems, 2 on errors; `plan`
+//! exits 0 without changes, 2 with changes, 1 on problems or errors.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,9 +15,11 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::ecs::Ecs;
+use crate::preflight::Preflight;
 use crate::repo::Local;
 use crate::resolve::{self, DEFAULT_ROOT, Problem};
-use crate::sync::Worker;
+use crate::sync::{Worker, plan};
 use crate::{shutdown, webhook};
 
 #[derive(Parser)]
@@ -71,6 +74,20 @@ enum Command {
         #[arg(long, default_value = DEFAULT_ROOT)]
         root: String,
     },
+    /// Show what syncing one environment would change in ECS, and what would stop it (preflight).
+    /// Exits 0 without changes, 2 with changes, 1 on problems or errors: usable in CI.
+    Plan {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        env: String,
+        /// Commit, branch or tag to plan instead of the environment's branch head (e.g. a
+        /// pull request's head).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        #[arg(long, default_value = DEFAULT_ROOT)]
+        root: String,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -84,6 +101,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             git_ref,
             root,
         } => render(&repo, &env, git_ref.as_deref(), &root),
+        // Exit code 2 means "changes" here, as in `terraform plan -detailed-exitcode`, so an
+        // error must not exit 2 as it does elsewhere.
+        Command::Plan {
+            repo,
+            env,
+            git_ref,
+            root,
+        } => Ok(plan(&repo, &env, git_ref.as_deref(), &root)
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            })),
     }
 }
 
@@ -213,6 +243,82 @@ fn render(
         Err(resolve::Error::Invalid(problems)) => Ok(print_problems(&problems)),
         Err(e) => Err(e.into()),
     }
+}
+
+async fn plan(
+    repo: &Path,
+    env: &str,
+    git_ref: Option<&str>,
+    root_path: &str,
+) -> anyhow::Result<ExitCode> {
+    let local = Local::open(repo)?;
+    let root = match read_root_at_head(&local, repo, root_path)? {
+        Ok(root) => root,
+        Err(problems) => return Ok(print_problems(&problems)),
+    };
+    let environment = find_environment(&root, env, root_path)?;
+    let commit = match git_ref {
+        Some(spec) => local.rev(spec)?,
+        None => local.branch_head(&environment.branch)?.with_context(|| {
+            format!(
+                "environment `{env}`: branch `{}` does not exist in {}",
+                environment.branch,
+                repo.display()
+            )
+        })?,
+    };
+    let resolve_at = |commit: git2::Oid| {
+        resolve::resolve_bound(
+            &local.snapshot(commit)?,
+            root_path,
+            environment,
+            &commit.to_string(),
+        )
+        .map_err(anyhow::Error::from)
+    };
+    let state = match resolve_at(commit) {
+        Ok(state) => state,
+        Err(e) => match e.downcast::<resolve::Error>() {
+            Ok(resolve::Error::Invalid(problems)) => return Ok(print_problems(&problems)),
+            Ok(e) => return Err(e.into()),
+            Err(e) => return Err(e),
+        },
+    };
+    let aws = aws_config().await;
+    let (ecs, preflight) = (Ecs::new(&aws), Preflight::new(&aws));
+    let at_commit = |sha: &str| {
+        let oid = git2::Oid::from_str(sha).ok()?;
+        local.contains(oid).then(|| resolve_at(oid).ok())?
+    };
+    let plans = plan::plan(&ecs, &preflight, &state, at_commit)
+        .await
+        .with_context(|| format!("cannot read the live state of cluster `{}`", state.cluster))?;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Plan for {} (branch {}, cluster {}) at {:.12}:",
+        state.environment, environment.branch, state.cluster, state.commit
+    )?;
+    for p in &plans {
+        write!(out, "{p}")?;
+    }
+    let count = |f: fn(&plan::Action) -> bool| plans.iter().filter(|p| f(&p.action)).count();
+    let findings: usize = plans.iter().map(|p| p.findings.len()).sum();
+    writeln!(
+        out,
+        "{} to create, {} to update, {} unchanged; {findings} preflight problems.",
+        count(|a| *a == plan::Action::Create),
+        count(|a| matches!(a, plan::Action::Update { .. })),
+        count(|a| *a == plan::Action::Unchanged),
+    )?;
+    Ok(if findings > 0 {
+        ExitCode::from(1)
+    } else if plans.iter().any(plan::AppPlan::changes_something) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The root app at HEAD, which names the environments and their branches.

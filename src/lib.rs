@@ -3,9 +3,10 @@
 //! ```text
 //!  serve:  webhook ──► dispatch ──► repo ──► resolve ──► queue (SQS FIFO)
 //!                                                          │
-//!  worker:                                 ecs ◄── sync ◄──┘
+//!  worker:                     ecs ◄── preflight ◄── sync ◄──┘
 //!
 //!  validate / render:  repo ──► resolve          (no network, no writes)
+//!  plan:               repo ──► resolve ──► preflight, ecs   (reads only)
 //! ```
 //!
 //! - [`webhook`]: Git host deliveries, verified before parsing, normalised to one push event.
@@ -14,6 +15,7 @@
 //! - [`resolve`]: App-of-Apps manifests at a commit → desired state. Pure.
 //! - [`queue`]: SQS jobs; [`queue::job::SyncJob`] is the only type on the wire.
 //! - [`sync`]: the worker: apply a job, wait for the rollout, roll back on failure.
+//! - [`preflight`]: what an app references exists and is usable, checked before it deploys.
 //! - [`ecs`]: the thin ECS client layer.
 //! - [`config`], [`cli`], [`shutdown`]: the edges.
 
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod ecs;
+pub mod preflight;
 pub mod queue;
 pub mod repo;
 pub mod resolve;

@@ -304,6 +304,21 @@ impl Ecs {
         Ok(())
     }
 
+    /// The cluster's status (ACTIVE, INACTIVE, …), `None` when there is no such cluster.
+    pub async fn cluster_status(&self, cluster: &str) -> Result<Option<String>> {
+        let out = self
+            .client
+            .describe_clusters()
+            .clusters(cluster)
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeClusters", cluster, e))?;
+        Ok(out
+            .clusters()
+            .first()
+            .and_then(|c| c.status().map(str::to_owned)))
+    }
+
     pub async fn tag_resource(&self, arn: &str, tags: &[(String, String)]) -> Result<()> {
         let tags = tags
             .iter()

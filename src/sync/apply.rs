@@ -12,6 +12,7 @@ use tracing::info;
 
 use super::Error;
 use crate::ecs::{self, Ecs, LiveService, task_definition_id};
+use crate::preflight::Preflight;
 use crate::queue::SyncJob;
 use crate::resolve::tag;
 
@@ -56,6 +57,7 @@ struct Rollback {
 
 pub async fn apply(
     ecs: &Ecs,
+    preflight: &Preflight,
     history: &impl History,
     job: &SyncJob,
     poll: Duration,
@@ -91,6 +93,12 @@ pub async fn apply(
             watch_or_roll_back(ecs, job, &target, Some(rollback), poll).await?;
         }
         return Ok(Outcome::Unchanged);
+    }
+
+    // Only before a write: a job whose spec is live costs no preflight reads.
+    let findings = preflight.session().check(app).await?;
+    if !findings.is_empty() {
+        return Err(Error::Preflight(findings));
     }
 
     let task_definition = match ecs.describe_task_definition(app.family()).await? {

@@ -5,6 +5,7 @@
 //! crashed or failing worker never loses a job.
 
 mod apply;
+pub mod plan;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tracing::{Instrument, error, info, warn};
 
 use crate::config::{Config, WorkerConfig};
 use crate::ecs::{self, Ecs};
+use crate::preflight::{self, Finding, Preflight};
 use crate::queue::{Queue, Received, SyncJob};
 use crate::repo::{self, Mirror};
 
@@ -45,6 +47,11 @@ pub enum Error {
         events: Vec<String>,
         rolled_back_to: Option<String>,
     },
+    /// The app references something that is missing or unusable; nothing was written.
+    #[error("preflight refused the deployment: {}", findings_note(.0))]
+    Preflight(Vec<Finding>),
+    #[error("preflight could not check: {0}")]
+    PreflightLookup(#[from] preflight::Error),
     #[error("{original}; rolling back failed too: {rollback}")]
     RollbackFailed {
         original: Box<Error>,
@@ -56,6 +63,14 @@ fn rolled_back_note(to: &Option<String>) -> String {
     to.as_deref().map_or_else(String::new, |td| {
         format!("; rolled back to {}", ecs::task_definition_id(td))
     })
+}
+
+fn findings_note(findings: &[Finding]) -> String {
+    findings
+        .iter()
+        .map(Finding::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn events_note(events: &[String]) -> String {
@@ -70,7 +85,9 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Ecs(e) => e.is_retryable(),
-            Error::RolloutFailed { .. }
+            Error::PreflightLookup(e) => e.is_retryable(),
+            Error::Preflight(_)
+            | Error::RolloutFailed { .. }
             | Error::RolloutTimeout { .. }
             | Error::RollbackFailed { .. } => false,
         }
@@ -89,6 +106,7 @@ impl Error {
 pub struct Worker {
     pub queue: Queue,
     pub ecs: Ecs,
+    pub preflight: Preflight,
     pub config: WorkerConfig,
     /// The worker's own mirrors of the config repos, for ancestry checks only.
     pub mirrors: Mirrors,
@@ -118,6 +136,7 @@ impl Worker {
         Ok(Worker {
             queue: Queue::new(aws, &config.queue_url),
             ecs: Ecs::new(aws),
+            preflight: Preflight::new(aws),
             config: config.worker.clone(),
             mirrors: Mirrors(mirrors),
         })
@@ -212,7 +231,7 @@ impl Worker {
     ) {
         let heartbeat = self.heartbeat(receipt);
         let result = tokio::select! {
-            r = apply(&self.ecs, &self.mirrors, job, self.config.rollout_poll_interval) => Some(r),
+            r = apply(&self.ecs, &self.preflight, &self.mirrors, job, self.config.rollout_poll_interval) => Some(r),
             () = heartbeat => None,
             () = abort.cancelled() => None,
         };

@@ -26,13 +26,19 @@ fn resources(template: &Value, kind: &str) -> Vec<(String, Value)> {
 /// IAM actions of the AWS operations called in `src/<file>`: every `.client.<operation>()`.
 /// Batch operations are authorised by their single-message action.
 fn code_actions(file: &str, service: &str) -> BTreeSet<String> {
+    calls(file, "client", service)
+}
+
+/// IAM actions of every `.<receiver>.<operation>()` in `src/<file>`.
+fn calls(file: &str, receiver: &str, service: &str) -> BTreeSet<String> {
     let source =
         std::fs::read_to_string(format!("{}/src/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let joined: String = source.split_whitespace().collect();
+    let needle = format!(".{receiver}.");
     joined
-        .match_indices(".client.")
+        .match_indices(&needle)
         .map(|(i, _)| {
-            let op: String = joined[i + 8..]
+            let op: String = joined[i + needle.len()..]
                 .chars()
                 .take_while(|c| c.is_ascii_lowercase() || *c == '_')
                 .collect();
@@ -103,10 +109,25 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
         .cloned()
         .collect();
     needed.insert("iam:PassRole".into()); // RegisterTaskDefinition names task and execution roles
+    // Preflight's reads, one SDK client per service in src/preflight/aws.rs.
+    for (receiver, service) in [
+        ("iam", "iam"),
+        ("secrets", "secretsmanager"),
+        ("ssm", "ssm"),
+        ("ec2", "ec2"),
+        ("logs", "logs"),
+    ] {
+        let found = calls("preflight/aws.rs", receiver, service);
+        assert!(
+            !found.is_empty(),
+            "no {service} call found in src/preflight/aws.rs"
+        );
+        needed.extend(found);
+    }
     let worker_aws: BTreeSet<_> = worker.iter().cloned().collect();
     assert_eq!(
         worker_aws, needed,
-        "worker role vs the calls in src/ecs and src/queue"
+        "worker role vs the calls in src/ecs, src/queue and src/preflight"
     );
 }
 

@@ -44,7 +44,7 @@ impl Emulator {
         );
         let mut child = Command::new(python)
             .arg(format!("{root}/scripts/emulator.py"))
-            .args(["--port", "0"])
+            .args(["--port", "0", "--example-account"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -5,5 +5,6 @@ mod cli;
 mod deploy;
 mod e2e;
 mod harness;
+mod preflight;
 mod tidy;
 mod webhooks;

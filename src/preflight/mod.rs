@@ -1,0 +1,489 @@
+//! Preflight: before anything is registered, check that what an app references exists and is
+//! usable, and explain the classic ECS failures (a missing role, a secret the execution role
+//! cannot read, a log group that is not there) as findings that name the app, the field and the
+//! fix, instead of a task that never starts.
+//!
+//! Reads only: role and policy documents, secret and parameter metadata (never a value), subnet,
+//! security group, cluster and log group descriptions. `aws.rs` is the only module that talks to
+//! IAM, Secrets Manager, SSM, EC2 and CloudWatch Logs.
+
+mod aws;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::ecs::{self, Ecs};
+use crate::resolve::DesiredApp;
+use crate::resolve::policy::glob_match;
+use aws::Lookups;
+pub use aws::Role;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Ecs(#[from] ecs::Error),
+    #[error(transparent)]
+    Aws(#[from] aws::Error),
+}
+
+impl Error {
+    /// Worth asking again later (throttling, 5xx, transport); AccessDenied is not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Ecs(e) => e.is_retryable(),
+            Error::Aws(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// One reason an app would fail to deploy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    pub app: String,
+    /// Where in the app's ECS inputs, e.g. `taskDefinition.executionRoleArn`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "app `{}`: {}: {}", self.app, self.field, self.message)
+    }
+}
+
+/// The AWS clients preflight reads with.
+pub struct Preflight {
+    ecs: Ecs,
+    lookups: Lookups,
+}
+
+impl Preflight {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Preflight {
+            ecs: Ecs::new(config),
+            lookups: Lookups::new(config),
+        }
+    }
+
+    /// A run of checks that shares answers (many apps name one cluster and one role); start a
+    /// new one for each job or plan, so a role created since is seen.
+    pub fn session(&self) -> Session<'_> {
+        Session {
+            ecs: &self.ecs,
+            lookups: &self.lookups,
+            clusters: HashMap::new(),
+            roles: HashMap::new(),
+        }
+    }
+}
+
+pub struct Session<'a> {
+    ecs: &'a Ecs,
+    lookups: &'a Lookups,
+    clusters: HashMap<String, Option<String>>,
+    roles: HashMap<String, Option<Role>>,
+}
+
+impl Session<'_> {
+    /// Every finding for `app`; `Err` only when AWS could not be asked (then nothing is known).
+    pub async fn check(&mut self, app: &DesiredApp) -> Result<Vec<Finding>, Error> {
+        let mut found = Findings {
+            app: &app.name,
+            list: Vec::new(),
+        };
+        self.check_cluster(app, &mut found).await?;
+        self.check_network(app, &mut found).await?;
+        let td = &app.register_task_definition;
+        let execution_role = match td.get("executionRoleArn").and_then(Value::as_str) {
+            Some(arn) => {
+                self.role(arn, "taskDefinition.executionRoleArn", &mut found)
+                    .await?
+            }
+            None => None,
+        };
+        if let Some(arn) = td.get("taskRoleArn").and_then(Value::as_str) {
+            self.role(arn, "taskDefinition.taskRoleArn", &mut found)
+                .await?;
+        }
+        let containers = td
+            .get("containerDefinitions")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
+        for (i, container) in containers.iter().enumerate() {
+            let at = format!("taskDefinition.containerDefinitions[{i}]");
+            for (field, reference) in secret_references(container) {
+                let field = format!("{at}.{field}");
+                self.check_secret(
+                    reference,
+                    &field,
+                    td.get("executionRoleArn").and_then(Value::as_str),
+                    execution_role.as_ref(),
+                    &mut found,
+                )
+                .await?;
+            }
+            self.check_log_group(container, &at, &mut found).await?;
+        }
+        Ok(found.list)
+    }
+
+    async fn check_cluster(
+        &mut self,
+        app: &DesiredApp,
+        found: &mut Findings<'_>,
+    ) -> Result<(), Error> {
+        let status = match self.clusters.get(&app.cluster) {
+            Some(status) => status.clone(),
+            None => {
+                let status = self.ecs.cluster_status(&app.cluster).await?;
+                self.clusters.insert(app.cluster.clone(), status.clone());
+                status
+            }
+        };
+        match status.as_deref() {
+            Some("ACTIVE") => {}
+            None => found.add(
+                "service.cluster",
+                format!(
+                    "cluster `{}` does not exist; create it, or bind the environment `{}` to an existing cluster in the root app",
+                    app.cluster, app.environment
+                ),
+            ),
+            Some(other) => found.add(
+                "service.cluster",
+                format!(
+                    "cluster `{}` is {other}, not ACTIVE; ECS places no service on it",
+                    app.cluster
+                ),
+            ),
+        }
+        Ok(())
+    }
+
+    async fn check_network(&self, app: &DesiredApp, found: &mut Findings<'_>) -> Result<(), Error> {
+        let vpc = app
+            .create_service
+            .get("networkConfiguration")
+            .and_then(|n| n.get("awsvpcConfiguration"));
+        let ids = |key: &str| -> Vec<String> {
+            vpc.and_then(|v| v.get(key))
+                .and_then(Value::as_array)
+                .map_or_else(Vec::new, |a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+        };
+        let subnets = ids("subnets");
+        if !subnets.is_empty() {
+            for missing in self.lookups.missing_subnets(&subnets).await? {
+                found.add(
+                    "service.networkConfiguration.awsvpcConfiguration.subnets",
+                    format!("subnet `{missing}` does not exist in this account and region"),
+                );
+            }
+        }
+        let groups = ids("securityGroups");
+        if !groups.is_empty() {
+            for missing in self.lookups.missing_security_groups(&groups).await? {
+                found.add(
+                    "service.networkConfiguration.awsvpcConfiguration.securityGroups",
+                    format!("security group `{missing}` does not exist in this account and region"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The role behind `arn`, after checking it exists and that ECS tasks may assume it.
+    async fn role(
+        &mut self,
+        arn: &str,
+        field: &str,
+        found: &mut Findings<'_>,
+    ) -> Result<Option<Role>, Error> {
+        let name = arn.rsplit('/').next().unwrap_or(arn);
+        let role = match self.roles.get(name) {
+            Some(role) => role.clone(),
+            None => {
+                let role = self.lookups.role(name).await?;
+                self.roles.insert(name.to_owned(), role.clone());
+                role
+            }
+        };
+        let Some(role) = role else {
+            found.add(
+                field,
+                format!("role `{name}` does not exist; create it or fix the ARN `{arn}`"),
+            );
+            return Ok(None);
+        };
+        if !trusts_ecs_tasks(&role.trust_policy) {
+            found.add(
+                field,
+                format!(
+                    "role `{name}` cannot be assumed by ecs-tasks.amazonaws.com, so tasks cannot use it; add that service principal to its trust policy"
+                ),
+            );
+        }
+        Ok(Some(role))
+    }
+
+    async fn check_secret(
+        &self,
+        reference: &str,
+        field: &str,
+        execution_role_arn: Option<&str>,
+        execution_role: Option<&Role>,
+        found: &mut Findings<'_>,
+    ) -> Result<(), Error> {
+        let (exists, action, described) = if let Some(id) = secrets_manager_id(reference) {
+            (
+                self.lookups.secret_exists(id).await?,
+                "secretsmanager:GetSecretValue",
+                format!("secret `{id}`"),
+            )
+        } else {
+            let name = parameter_name(reference);
+            (
+                self.lookups.parameter_exists(&name).await?,
+                "ssm:GetParameters",
+                format!("parameter `{name}`"),
+            )
+        };
+        if !exists {
+            found.add(
+                field,
+                format!("{described} does not exist; create it (fleetsync never copies or reads secret values)"),
+            );
+        }
+        let Some(arn) = execution_role_arn else {
+            found.add(
+                field,
+                "secrets are injected by the execution role, and the task definition has no executionRoleArn; add one that may read them".to_owned(),
+            );
+            return Ok(());
+        };
+        if let Some(role) = execution_role
+            && reference.starts_with("arn:")
+            && !role.allows(action, reference)
+        {
+            let name = arn.rsplit('/').next().unwrap_or(arn);
+            found.add(
+                field,
+                format!(
+                    "execution role `{name}` cannot read {described}: secrets not injected at task start; grant {action} on `{reference}`"
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    async fn check_log_group(
+        &self,
+        container: &Value,
+        at: &str,
+        found: &mut Findings<'_>,
+    ) -> Result<(), Error> {
+        let Some(log) = container.get("logConfiguration") else {
+            return Ok(());
+        };
+        if log.get("logDriver").and_then(Value::as_str) != Some("awslogs") {
+            return Ok(());
+        }
+        let options = log.get("options");
+        let option = |key: &str| options.and_then(|o| o.get(key)).and_then(Value::as_str);
+        if option("awslogs-create-group") == Some("true") {
+            return Ok(());
+        }
+        let Some(group) = option("awslogs-group") else {
+            return Ok(());
+        };
+        if !self.lookups.log_group_exists(group).await? {
+            found.add(
+                &format!("{at}.logConfiguration.options.awslogs-group"),
+                format!(
+                    "log group `{group}` does not exist, and tasks fail to start without it; create it or set `awslogs-create-group: \"true\"` (the execution role then needs logs:CreateLogGroup)"
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+struct Findings<'a> {
+    app: &'a str,
+    list: Vec<Finding>,
+}
+
+impl Findings<'_> {
+    fn add(&mut self, field: &str, message: String) {
+        self.list.push(Finding {
+            app: self.app.to_owned(),
+            field: field.to_owned(),
+            message,
+        });
+    }
+}
+
+/// Every `valueFrom` a container injects at start, with its field path.
+fn secret_references(container: &Value) -> Vec<(String, &str)> {
+    let mut out = Vec::new();
+    let lists = [
+        ("secrets", container.get("secrets")),
+        (
+            "logConfiguration.secretOptions",
+            container
+                .get("logConfiguration")
+                .and_then(|l| l.get("secretOptions")),
+        ),
+    ];
+    for (field, list) in lists {
+        for (i, s) in list
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if let Some(v) = s.get("valueFrom").and_then(Value::as_str) {
+                out.push((format!("{field}[{i}].valueFrom"), v));
+            }
+        }
+    }
+    if let Some(v) = container
+        .get("repositoryCredentials")
+        .and_then(|r| r.get("credentialsParameter"))
+        .and_then(Value::as_str)
+    {
+        out.push(("repositoryCredentials.credentialsParameter".into(), v));
+    }
+    out
+}
+
+/// The secret a Secrets Manager `valueFrom` names, without ECS's
+/// `:json-key:version-stage:version-id` suffix.
+fn secrets_manager_id(reference: &str) -> Option<&str> {
+    if !reference.starts_with("arn:") || reference.split(':').nth(2) != Some("secretsmanager") {
+        return None;
+    }
+    let end = reference
+        .match_indices(':')
+        .nth(6)
+        .map_or(reference.len(), |(i, _)| i);
+    Some(&reference[..end])
+}
+
+/// An SSM parameter's name from its ARN (`…:parameter/prod/db` is `/prod/db`) or as written.
+fn parameter_name(reference: &str) -> String {
+    match reference.split_once(":parameter/") {
+        Some((_, rest)) if rest.contains('/') => format!("/{rest}"),
+        Some((_, rest)) => rest.to_owned(),
+        None => reference.to_owned(),
+    }
+}
+
+fn trusts_ecs_tasks(trust_policy: &Value) -> bool {
+    statements(trust_policy).any(|s| {
+        s.get("Effect").and_then(Value::as_str) == Some("Allow")
+            && strings(s.get("Action"))
+                .any(|a| glob_match(&a.to_ascii_lowercase(), "sts:assumerole"))
+            && strings(s.get("Principal").and_then(|p| p.get("Service")))
+                .any(|p| p == "ecs-tasks.amazonaws.com")
+    })
+}
+
+impl Role {
+    /// Whether the role's identity policies allow `action` on `resource`: an Allow statement
+    /// matches and no Deny does. Conditions are not evaluated (a conditional Allow counts), and
+    /// permission boundaries, SCPs and resource policies are not read: this catches the common
+    /// mistake, a missing grant, not every way access can be refused.
+    pub fn allows(&self, action: &str, resource: &str) -> bool {
+        let action = action.to_ascii_lowercase();
+        let matches = |s: &Value| {
+            strings(s.get("Action")).any(|a| glob_match(&a.to_ascii_lowercase(), &action))
+                && strings(s.get("Resource")).any(|r| glob_match(r, resource))
+        };
+        let effect = |s: &Value, e: &str| s.get("Effect").and_then(Value::as_str) == Some(e);
+        let all = || self.policies.iter().flat_map(statements);
+        all().any(|s| effect(s, "Allow") && matches(s))
+            && !all().any(|s| effect(s, "Deny") && matches(s))
+    }
+}
+
+fn statements(document: &Value) -> impl Iterator<Item = &Value> {
+    match document.get("Statement") {
+        Some(Value::Array(list)) => list.iter().collect::<Vec<_>>(),
+        Some(one) => vec![one],
+        None => Vec::new(),
+    }
+    .into_iter()
+}
+
+/// A policy element that is a string or a list of strings.
+fn strings(value: Option<&Value>) -> impl Iterator<Item = &str> {
+    match value {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+    .into_iter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_references_name_the_secret_without_json_key_or_version() {
+        let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:staging/db";
+        assert_eq!(secrets_manager_id(arn), Some(arn));
+        assert_eq!(secrets_manager_id(&format!("{arn}:password::")), Some(arn));
+        assert_eq!(
+            secrets_manager_id("arn:aws:ssm:us-east-1:1:parameter/x"),
+            None
+        );
+        assert_eq!(
+            parameter_name("arn:aws:ssm:us-east-1:1:parameter/staging/db"),
+            "/staging/db"
+        );
+        assert_eq!(
+            parameter_name("arn:aws:ssm:us-east-1:1:parameter/flat"),
+            "flat"
+        );
+        assert_eq!(parameter_name("/staging/db"), "/staging/db");
+    }
+
+    #[test]
+    fn allow_needs_a_matching_statement_and_deny_wins() {
+        let role = Role {
+            trust_policy: Value::Null,
+            policies: vec![serde_json::json!({"Statement": [
+                {"Effect": "Allow", "Action": ["secretsmanager:Get*"], "Resource": "arn:aws:secretsmanager:*:1:secret:staging/*"},
+                {"Effect": "Deny", "Action": "secretsmanager:*", "Resource": "arn:aws:secretsmanager:*:1:secret:staging/root*"},
+            ]})],
+        };
+        let get = "secretsmanager:GetSecretValue";
+        assert!(role.allows(get, "arn:aws:secretsmanager:us-east-1:1:secret:staging/db"));
+        assert!(!role.allows(
+            get,
+            "arn:aws:secretsmanager:us-east-1:1:secret:production/db"
+        ));
+        assert!(!role.allows(
+            get,
+            "arn:aws:secretsmanager:us-east-1:1:secret:staging/root-key"
+        ));
+        assert!(!role.allows(
+            "ssm:GetParameters",
+            "arn:aws:secretsmanager:us-east-1:1:secret:staging/db"
+        ));
+    }
+
+    #[test]
+    fn trust_needs_the_ecs_tasks_principal() {
+        let trust = |service: &str| serde_json::json!({"Statement": {"Effect": "Allow", "Principal": {"Service": [service]}, "Action": "sts:AssumeRole"}});
+        assert!(trusts_ecs_tasks(&trust("ecs-tasks.amazonaws.com")));
+        assert!(!trusts_ecs_tasks(&trust("ec2.amazonaws.com")));
+    }
+}
