@@ -580,3 +580,104 @@ async fn a_force_push_back_to_an_older_commit_is_applied() {
     // again rather than found among older revisions.
     assert_eq!(api.task_definition, "staging-api:3");
 }
+
+/// `fleetsync plan --env staging` as a process, reaching the emulator through the standard
+/// environment only.
+async fn plan(s: &Setup) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetsync"))
+        .args(["plan", "--env", "staging", "--repo"])
+        .arg(s.repo.path())
+        .env("AWS_ENDPOINT_URL", &s.emulator.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.is_empty() || out.status.code() == Some(1),
+        "{stderr}"
+    );
+    (out.status.code().unwrap(), stdout + &stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_what_a_sync_would_change_and_exits_2_only_with_changes() {
+    let s = setup().await;
+    let (code, out) = plan(&s).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("+ api: create service api\n"), "{out}");
+    assert!(
+        out.ends_with("4 to create, 0 to update, 0 unchanged; 0 preflight problems.\n"),
+        "{out}"
+    );
+
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    worker.cancel();
+    let (code, out) = plan(&s).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("  api: no changes\n"), "{out}");
+
+    let live = s.repo.head("staging");
+    let change = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
+    });
+    let (code, out) = plan(&s).await;
+    assert_eq!(code, 2, "{out}");
+    let expected = format!(
+        "~ api: update service api (live at {live:.12})\n    ~ taskDefinition.containerDefinitions[api].image: \"public.ecr.aws/acme/api:1.4.2\" → \"public.ecr.aws/acme/api:1.5.0\"\n  web: no changes\n"
+    );
+    assert!(out.contains(&expected), "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "Plan for staging (branch staging, cluster staging) at {change:.12}:\n"
+        )),
+        "{out}"
+    );
+
+    // What would stop the sync is in the plan too, and fails it.
+    aws_sdk_secretsmanager::Client::new(&s.emulator.aws)
+        .delete_secret()
+        .secret_id("staging/api/stripe-api-key")
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+    let (code, out) = plan(&s).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("    ! taskDefinition.containerDefinitions[0].secrets[1].valueFrom: secret `arn:aws:secretsmanager:us-east-1:123456789012:secret:staging/api/stripe-api-key` does not exist"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_refuses_an_app_whose_secret_is_missing_and_writes_nothing_for_it() {
+    let s = setup().await;
+    aws_sdk_secretsmanager::Client::new(&s.emulator.aws)
+        .delete_secret()
+        .secret_id("staging/api/stripe-api-key")
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let head = s.repo.head("staging");
+    assert_eq!(receiver.push("staging", head, "initial").await.0, 202);
+    eventually(LIMIT, "staging/web live", || async {
+        s.emulator.service("staging", "web").await
+    })
+    .await;
+    s.drained().await;
+    assert_eq!(s.emulator.service("staging", "api").await, None);
+    assert_eq!(
+        s.emulator.revisions("staging-api").await,
+        Vec::<String>::new(),
+        "a refused app registers no task definition"
+    );
+}
