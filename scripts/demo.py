@@ -5,9 +5,9 @@
 2. makes a git copy of example-repo/ with branches main (production) and staging;
 3. starts `fleetsync serve` and `fleetsync worker` with one config file;
 4. deploys both environments with a signed GitHub push webhook each, and prints ECS ("before");
-5. commits a new api image to staging, delivers its signed push, waits for the rollout and prints
-   ECS again ("after"): staging's api runs a new task definition revision tagged with the new
-   commit, production is untouched.
+5. commits a new api image to staging, shows `fleetsync plan` for it, delivers its signed push,
+   waits for the rollout and prints ECS again ("after"): staging's api runs a new task
+   definition revision tagged with the new commit, production is untouched.
 Everything it starts is stopped when it ends, even on failure or Ctrl+C.
 """
 import hashlib
@@ -121,6 +121,12 @@ worker:
     git(repo, "commit", "--quiet", "-am", "api 1.5.0 on staging")
     change = git(repo, "rev-parse", "staging")
     print(f"  commit {change[:12]}: public.ecr.aws/acme/api:1.4.2 → 1.5.0")
+    plan = subprocess.run([str(BINARY), "plan", "--repo", str(repo), "--env", "staging"],
+                          capture_output=True, text=True)
+    print(f"  fleetsync plan --env staging (exit {plan.returncode}: 2 means changes):")
+    print("".join(f"    {line}\n" for line in (plan.stdout + plan.stderr).splitlines()), end="")
+    if plan.returncode != 2:
+        raise SystemExit("the plan should show the api change")
     deliver(receiver, secret, "staging", change)
     wait_for(lambda: revision_tag(ecs, "staging", "api") == change, "staging/api to roll out")
     step("AFTER")

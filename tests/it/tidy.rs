@@ -30,7 +30,8 @@ fn every_source_file_says_what_it_owns() {
     }
 }
 
-/// Only `ecs` talks to ECS, only `queue` to SQS, only `webhook` speaks HTTP (ARCHITECTURE.md).
+/// Only `ecs` talks to ECS, only `queue` to SQS, only `preflight::aws` to IAM, Secrets Manager,
+/// SSM, EC2 and Logs, only `webhook` speaks HTTP (ARCHITECTURE.md).
 #[test]
 fn aws_and_http_stay_in_their_modules() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -44,6 +45,11 @@ fn aws_and_http_stay_in_their_modules() {
         for (needle, home) in [
             ("aws_sdk_ecs", "ecs/"),
             ("aws_sdk_sqs", "queue/"),
+            ("aws_sdk_iam", "preflight/aws.rs"),
+            ("aws_sdk_secretsmanager", "preflight/aws.rs"),
+            ("aws_sdk_ssm", "preflight/aws.rs"),
+            ("aws_sdk_ec2", "preflight/aws.rs"),
+            ("aws_sdk_cloudwatchlogs", "preflight/aws.rs"),
             ("axum", "webhook/"),
         ] {
             assert!(
