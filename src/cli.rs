@@ -180,7 +180,8 @@ fn validate(repo: &Path, only: Option<&str>, root_path: &str) -> anyhow::Result<
         match resolve::resolve_bound(
             &local.snapshot(commit)?,
             root_path,
-            env,
+            &root,
+            &env.name,
             &commit.to_string(),
         ) {
             Ok(state) => eprintln!(
@@ -231,7 +232,8 @@ fn render(
     match resolve::resolve_bound(
         &local.snapshot(commit)?,
         root_path,
-        environment,
+        &root,
+        env,
         &commit.to_string(),
     ) {
         Ok(state) => {
@@ -271,7 +273,8 @@ async fn plan(
         resolve::resolve_bound(
             &local.snapshot(commit)?,
             root_path,
-            environment,
+            &root,
+            env,
             &commit.to_string(),
         )
         .map_err(anyhow::Error::from)

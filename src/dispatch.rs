@@ -342,11 +342,12 @@ fn plan_branch(mirror: &Mirror, repo: &RepoConfig, branch: &str) -> Result<Plan,
     let files = local.snapshot(head).map_err(Error::Fetch)?;
     let mut results = Vec::new();
     for binding in bound {
-        let result = match resolve::resolve_bound(&files, root_path, binding, &commit) {
-            Ok(state) => Ok(state),
-            Err(resolve::Error::Invalid(problems)) => Err(problems),
-            Err(e) => return Err(Error::Read(e)),
-        };
+        let result =
+            match resolve::resolve_bound(&files, root_path, &trusted, &binding.name, &commit) {
+                Ok(state) => Ok(state),
+                Err(resolve::Error::Invalid(problems)) => Err(problems),
+                Err(e) => return Err(Error::Read(e)),
+            };
         results.push((Some(binding.name.clone()), result));
     }
     Ok(Plan::Resolved {

@@ -116,16 +116,17 @@ pub fn resolve(
     resolve_with(files, root_path, environment, commit, None)
 }
 
-/// Resolves an environment whose binding (branch and cluster) comes from a trusted root, the
-/// one on the default branch. The resolved root must bind it the same way: otherwise a push to
-/// any branch could declare itself production.
+/// Resolves an environment under a trusted root, the one on the default branch: it decides the
+/// environment's branch and cluster and the top-level policy. The resolved root must agree with
+/// both; otherwise whoever can push any branch could declare it production or lift its policy.
 pub fn resolve_bound(
     files: &dyn Files,
     root_path: &str,
-    binding: &Environment,
+    trusted: &Root,
+    environment: &str,
     commit: &str,
 ) -> Result<DesiredState, Error> {
-    resolve_with(files, root_path, &binding.name, commit, Some(binding))
+    resolve_with(files, root_path, environment, commit, Some(trusted))
 }
 
 fn resolve_with(
@@ -133,7 +134,7 @@ fn resolve_with(
     root_path: &str,
     environment: &str,
     commit: &str,
-    binding: Option<&Environment>,
+    trusted: Option<&Root>,
 ) -> Result<DesiredState, Error> {
     let mut root = read_root(files, root_path)?.ok_or_else(|| {
         Error::Invalid(vec![Problem {
@@ -155,7 +156,15 @@ fn resolve_with(
         );
         return Err(Error::Invalid(problems));
     };
-    if let Some(trusted) = binding
+    let binding = trusted.map(|root| root.environments.iter().find(|e| e.name == environment));
+    if let Some(None) = binding {
+        Report::new(root_path, &mut problems).at(
+            env.pos,
+            format!("environment `{environment}` is not declared by the root on the default branch; declare it there first"),
+        );
+        return Err(Error::Invalid(problems));
+    }
+    if let Some(Some(trusted)) = binding
         && (trusted.branch != env.branch || trusted.cluster != env.cluster)
     {
         Report::new(root_path, &mut problems).at(
@@ -180,7 +189,24 @@ fn resolve_with(
         problems,
     };
     let mut scopes = Vec::new();
-    if let Some(policy) = root.policy.take() {
+    let own_policy = root.policy.take();
+    let policy = match trusted {
+        Some(trusted) => {
+            if own_policy.as_ref().map(Policy::rules) != trusted.policy.as_ref().map(Policy::rules)
+            {
+                let at = own_policy
+                    .as_ref()
+                    .map_or(Pos { line: 1, column: 1 }, |p| p.pos);
+                Report::new(root_path, &mut walk.problems).at(
+                    at,
+                    "this root's policy differs from the root's on the default branch, which is the one that applies; change the policy on the default branch first",
+                );
+            }
+            trusted.policy.clone()
+        }
+        None => own_policy,
+    };
+    if let Some(policy) = policy {
         walk.add_scope(&mut scopes, policy, &root.name, root_path);
     }
     let root_name = root.name.clone();

@@ -27,8 +27,10 @@ pub const DEFAULT_CREDENTIAL_NAMES: &[&str] = &[
 
 const LAUNCH_TYPES: &[&str] = &["EC2", "FARGATE", "EXTERNAL"];
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Policy {
+    /// Where `policy:` is, for problems about the policy as a whole.
+    pub pos: Pos,
     pub task_roles: Option<Rule>,
     pub execution_roles: Option<Rule>,
     pub images: Option<Rule>,
@@ -64,6 +66,30 @@ impl Scope {
     }
 }
 
+impl Policy {
+    /// The rules without positions, to compare two roots' policies.
+    pub fn rules(&self) -> Vec<(&'static str, Option<Vec<&str>>)> {
+        fn items(r: &Option<Rule>) -> Option<Vec<&str>> {
+            r.as_ref()
+                .map(|r| r.items.iter().map(|(s, _)| s.as_str()).collect())
+        }
+        let privileged = self
+            .privileged
+            .map(|(b, _)| if b { "true" } else { "false" });
+        vec![
+            ("taskRoles", items(&self.task_roles)),
+            ("executionRoles", items(&self.execution_roles)),
+            ("images", items(&self.images)),
+            ("secrets", items(&self.secrets)),
+            ("clusters", items(&self.clusters)),
+            ("launchTypes", items(&self.launch_types)),
+            ("requiredTags", items(&self.required_tags)),
+            ("credentialNames", items(&self.credential_names)),
+            ("privileged", privileged.map(|p| vec![p])),
+        ]
+    }
+}
+
 pub fn read(node: &Node, report: &mut Report<'_>) -> Option<Policy> {
     let fields = Fields::new(
         node,
@@ -90,6 +116,7 @@ pub fn read(node: &Node, report: &mut Report<'_>) -> Option<Policy> {
         })
     };
     let mut policy = Policy {
+        pos: node.pos,
         task_roles: rule("taskRoles"),
         execution_roles: rule("executionRoles"),
         images: rule("images"),

@@ -287,21 +287,49 @@ fn non_utf8_files_are_problems_not_errors() {
 
 #[test]
 fn a_branch_cannot_rebind_an_environment() {
-    let trusted = Environment {
-        name: "staging".into(),
-        branch: "staging".into(),
-        cluster: "staging-cluster".into(),
-        pos: Default::default(),
-    };
-    resolve_bound(&repo(), DEFAULT_ROOT, &trusted, "c").unwrap();
+    let trusted = read_root(&repo(), DEFAULT_ROOT).unwrap().unwrap();
+    resolve_bound(&repo(), DEFAULT_ROOT, &trusted, "staging", "c").unwrap();
     let hijack = repo().with(
         "fleetsync.yaml",
         &ROOT.replace("cluster: staging-cluster", "cluster: production"),
     );
-    let err = resolve_bound(&hijack, DEFAULT_ROOT, &trusted, "c").unwrap_err();
+    let err = resolve_bound(&hijack, DEFAULT_ROOT, &trusted, "staging", "c").unwrap_err();
     assert_eq!(
         err.to_string(),
         "fleetsync.yaml:5:3: environment `staging` is bound to branch `staging` and cluster `staging-cluster` by the root on the default branch, but this root says branch `staging` and cluster `production`; change environment bindings on the default branch first"
+    );
+}
+
+#[test]
+fn a_branch_cannot_lift_the_policy_of_the_default_branch() {
+    let governed = format!("{ROOT}policy:\n  images: [\"registry.example/*\"]\n");
+    let trusted = read_root(&repo().with(DEFAULT_ROOT, &governed), DEFAULT_ROOT)
+        .unwrap()
+        .unwrap();
+    let apps = repo()
+        .with("apps/db/app.yaml", &app("db", "registry.example/db:1"))
+        .with("apps/api/app.yaml", &app("api", "registry.example/api:1"));
+    resolve_bound(
+        &apps.clone().with(DEFAULT_ROOT, &governed),
+        DEFAULT_ROOT,
+        &trusted,
+        "staging",
+        "c",
+    )
+    .unwrap();
+    // The branch drops the policy and names an image it forbids: the default branch's policy
+    // still applies, and the disagreement is reported.
+    let lifted = apps.with("apps/api/app.yaml", &app("api", "docker.io/evil:1"));
+    let found = match resolve_bound(&lifted, DEFAULT_ROOT, &trusted, "staging", "c") {
+        Err(Error::Invalid(p)) => p.iter().map(Problem::to_string).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        found,
+        [
+            "fleetsync.yaml:1:1: this root's policy differs from the root's on the default branch, which is the one that applies; change the policy on the default branch first",
+            "apps/api/app.yaml:6:28: `docker.io/evil:1` is not allowed by policy.images of root `platform` (fleetsync.yaml:13:11); allowed: registry.example/*",
+        ]
     );
 }
 

@@ -58,16 +58,12 @@ impl Setup {
         let root = fleetsync::resolve::read_root(&main, "fleetsync.yaml")
             .unwrap()
             .unwrap();
-        let binding = root
-            .environments
-            .iter()
-            .find(|e| e.name == "staging")
-            .unwrap();
         let files = local.snapshot(commit).unwrap();
         let state = fleetsync::resolve::resolve_bound(
             &files,
             "fleetsync.yaml",
-            binding,
+            &root,
+            "staging",
             &commit.to_string(),
         )
         .unwrap();
