@@ -46,7 +46,13 @@ struct LastAnswer {
     /// The branch head and bindings commit it was resolved from.
     resolved: Option<String>,
     at: Instant,
+    /// Spec hashes by environment and app that SQS has accepted jobs for, from this answer or
+    /// the ones before it. A later head enqueues only apps whose hash differs. Lost on any
+    /// failure and absent in a fresh receiver: then every app is enqueued, which is always safe.
+    enqueued: Specs,
 }
+
+type Specs = HashMap<String, HashMap<String, String>>;
 
 /// Branches whose coalescing state is kept; feature branches come and go.
 const MAX_TRACKED_BRANCHES: usize = 10_000;
@@ -65,6 +71,8 @@ pub enum Outcome {
         branch: String,
         commit: String,
         jobs: Vec<Enqueued>,
+        /// Apps whose spec is the same as in jobs this receiver enqueued before: no job.
+        unchanged: usize,
     },
     /// At least one environment on the branch does not resolve: it gets no job at all.
     /// Environments that did resolve were enqueued (`jobs`).
@@ -162,15 +170,23 @@ impl Dispatcher {
             return Ok(last.outcome.clone());
         }
         let covered = state.arrivals.load(Ordering::SeqCst);
-        let result = self.push_now(repo, branch, delivery, last.as_ref()).await;
-        // Failures are not shared: each waiting push tries for itself.
-        *last = result.as_ref().ok().map(|(outcome, resolved)| LastAnswer {
-            covered,
-            outcome: outcome.clone(),
-            resolved: resolved.clone(),
-            at: Instant::now(),
-        });
-        result.map(|(outcome, _)| outcome)
+        match self.push_now(repo, branch, delivery, last.as_ref()).await {
+            Ok((outcome, resolved, enqueued)) => {
+                *last = Some(LastAnswer {
+                    covered,
+                    outcome: outcome.clone(),
+                    resolved,
+                    at: Instant::now(),
+                    enqueued,
+                });
+                Ok(outcome)
+            }
+            Err(e) => {
+                // Failures are not shared: each waiting push tries for itself.
+                *last = None;
+                Err(e)
+            }
+        }
     }
 
     async fn push_now(
@@ -179,7 +195,7 @@ impl Dispatcher {
         branch: &str,
         delivery: &str,
         last: Option<&LastAnswer>,
-    ) -> Result<(Outcome, Option<String>), Error> {
+    ) -> Result<(Outcome, Option<String>, Specs), Error> {
         let mirror = repo.mirror.clone();
         let config = repo.config.clone();
         let branch_owned = branch.to_owned();
@@ -189,7 +205,9 @@ impl Dispatcher {
                 .map_err(|e| Error::Internal(e.to_string()))??;
 
         let (commit, bindings, results) = match plan {
-            Plan::Ignored(reason) => return Ok((Outcome::Ignored { reason }, None)),
+            Plan::Ignored(reason) => {
+                return Ok((Outcome::Ignored { reason }, None, Specs::new()));
+            }
             Plan::Resolved {
                 commit,
                 bindings,
@@ -200,23 +218,38 @@ impl Dispatcher {
         let resolved = Some(format!("{commit} {bindings}"));
         // The same head enqueued moments ago (the rest of a burst): those jobs are durable in
         // SQS already. Past the window a redelivery enqueues again, e.g. after a queue purge.
+        let same_head = last.is_some_and(|last| last.resolved == resolved);
         if let Some(last) = last
+            && same_head
             && matches!(last.outcome, Outcome::Enqueued { .. })
-            && last.resolved == resolved
             && last.at.elapsed() < SAME_HEAD_WINDOW
         {
-            return Ok((last.outcome.clone(), resolved));
+            return Ok((last.outcome.clone(), resolved, last.enqueued.clone()));
         }
+        // A redelivery of the same head past the window means "sync again": everything is sent.
+        let known = match last {
+            Some(last) if !same_head => last.enqueued.clone(),
+            _ => Specs::new(),
+        };
+        let mut specs = known.clone();
         let mut jobs = Vec::new();
+        let mut unchanged = 0;
         let mut problems = Vec::new();
         for (environment, result) in results {
             match result {
-                Ok(state) => jobs.extend(
-                    state
-                        .apps
-                        .into_iter()
-                        .map(|app| SyncJob::new(&repo.config.name, branch, delivery, app)),
-                ),
+                Ok(state) => {
+                    let before = known.get(&state.environment);
+                    let hashes = specs.entry(state.environment.clone()).or_default();
+                    hashes.clear();
+                    for app in state.apps {
+                        hashes.insert(app.name.clone(), app.spec_hash.clone());
+                        if before.and_then(|b| b.get(&app.name)) == Some(&app.spec_hash) {
+                            unchanged += 1;
+                        } else {
+                            jobs.push(SyncJob::new(&repo.config.name, branch, delivery, app));
+                        }
+                    }
+                }
                 Err(found) => problems.push(EnvironmentProblems {
                     environment,
                     problems: found.iter().map(Problem::to_string).collect(),
@@ -224,13 +257,14 @@ impl Dispatcher {
             }
         }
         let enqueued = self.queue.send(&jobs).await?;
-        info!(message = "Jobs enqueued.", repo = %repo.config.name, %branch, %commit, jobs = enqueued.len(), invalid_environments = problems.len());
+        info!(message = "Jobs enqueued.", repo = %repo.config.name, %branch, %commit, jobs = enqueued.len(), unchanged, invalid_environments = problems.len());
         let branch = branch.to_owned();
         let outcome = if problems.is_empty() {
             Outcome::Enqueued {
                 branch,
                 commit,
                 jobs: enqueued,
+                unchanged,
             }
         } else {
             Outcome::Invalid {
@@ -240,7 +274,7 @@ impl Dispatcher {
                 jobs: enqueued,
             }
         };
-        Ok((outcome, resolved))
+        Ok((outcome, resolved, specs))
     }
 
     fn branch_state(&self, repo: &str, branch: &str) -> Arc<BranchState> {

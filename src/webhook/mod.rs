@@ -283,8 +283,9 @@ async fn handle_push(
             branch,
             commit,
             jobs,
+            unchanged,
         }) => {
-            let body = json!({"status": "enqueued", "repo": name, "branch": branch, "commit": commit, "jobs": jobs});
+            let body = json!({"status": "enqueued", "repo": name, "branch": branch, "commit": commit, "jobs": jobs, "unchanged": unchanged});
             (StatusCode::ACCEPTED, body, "enqueued")
         }
         Ok(Outcome::Invalid {
