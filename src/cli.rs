@@ -61,6 +61,9 @@ enum Command {
         /// Path of the root app in the repo.
         #[arg(long, default_value = DEFAULT_ROOT)]
         root: String,
+        /// The branch whose root binds environments and sets the top policy, as on the server.
+        #[arg(long, default_value = "main")]
+        default_branch: String,
     },
     /// Print the desired state of one environment as JSON.
     Render {
@@ -73,6 +76,8 @@ enum Command {
         git_ref: Option<String>,
         #[arg(long, default_value = DEFAULT_ROOT)]
         root: String,
+        #[arg(long, default_value = "main")]
+        default_branch: String,
     },
     /// Show what syncing one environment would change in ECS, and what would stop it (preflight).
     /// Exits 0 without changes, 2 with changes, 1 on problems or errors: usable in CI.
@@ -87,6 +92,8 @@ enum Command {
         git_ref: Option<String>,
         #[arg(long, default_value = DEFAULT_ROOT)]
         root: String,
+        #[arg(long, default_value = "main")]
+        default_branch: String,
     },
 }
 
@@ -94,13 +101,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve(&config).await,
         Command::Worker { config, grace } => worker(&config, grace).await,
-        Command::Validate { repo, env, root } => validate(&repo, env.as_deref(), &root),
+        Command::Validate {
+            repo,
+            env,
+            root,
+            default_branch,
+        } => validate(&repo, env.as_deref(), &Trusted::new(&root, &default_branch)),
         Command::Render {
             repo,
             env,
             git_ref,
             root,
-        } => render(&repo, &env, git_ref.as_deref(), &root),
+            default_branch,
+        } => render(
+            &repo,
+            &env,
+            git_ref.as_deref(),
+            &Trusted::new(&root, &default_branch),
+        ),
         // Exit code 2 means "changes" here, as in `terraform plan -detailed-exitcode`, so an
         // error must not exit 2 as it does elsewhere.
         Command::Plan {
@@ -108,12 +126,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             env,
             git_ref,
             root,
-        } => Ok(plan(&repo, &env, git_ref.as_deref(), &root)
-            .await
-            .unwrap_or_else(|e| {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            })),
+            default_branch,
+        } => Ok(plan(
+            &repo,
+            &env,
+            git_ref.as_deref(),
+            &Trusted::new(&root, &default_branch),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        })),
     }
 }
 
@@ -146,9 +170,10 @@ async fn worker(path: &str, grace: Duration) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(repo: &Path, only: Option<&str>, root_path: &str) -> anyhow::Result<ExitCode> {
+fn validate(repo: &Path, only: Option<&str>, trusted: &Trusted<'_>) -> anyhow::Result<ExitCode> {
+    let root_path = trusted.root_path;
     let local = Local::open(repo)?;
-    let root = match read_root_at_head(&local, repo, root_path)? {
+    let root = match trusted.read(&local, repo)? {
         Ok(root) => root,
         Err(problems) => return Ok(print_problems(&problems)),
     };
@@ -211,10 +236,11 @@ fn render(
     repo: &Path,
     env: &str,
     git_ref: Option<&str>,
-    root_path: &str,
+    trusted: &Trusted<'_>,
 ) -> anyhow::Result<ExitCode> {
+    let root_path = trusted.root_path;
     let local = Local::open(repo)?;
-    let root = match read_root_at_head(&local, repo, root_path)? {
+    let root = match trusted.read(&local, repo)? {
         Ok(root) => root,
         Err(problems) => return Ok(print_problems(&problems)),
     };
@@ -251,10 +277,11 @@ async fn plan(
     repo: &Path,
     env: &str,
     git_ref: Option<&str>,
-    root_path: &str,
+    trusted: &Trusted<'_>,
 ) -> anyhow::Result<ExitCode> {
+    let root_path = trusted.root_path;
     let local = Local::open(repo)?;
-    let root = match read_root_at_head(&local, repo, root_path)? {
+    let root = match trusted.read(&local, repo)? {
         Ok(root) => root,
         Err(problems) => return Ok(print_problems(&problems)),
     };
@@ -295,7 +322,7 @@ async fn plan(
     };
     let plans = plan::plan(&ecs, &preflight, &state, at_commit)
         .await
-        .with_context(|| format!("cannot read the live state of cluster `{}`", state.cluster))?;
+        .with_context(|| format!("cannot plan environment `{env}` against AWS"))?;
 
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -324,23 +351,42 @@ async fn plan(
     })
 }
 
-/// The root app at HEAD, which names the environments and their branches.
-fn read_root_at_head(
-    local: &Local,
-    repo: &Path,
-    root_path: &str,
-) -> anyhow::Result<Result<resolve::manifest::Root, Vec<Problem>>> {
-    let head = local
-        .head()
-        .with_context(|| format!("{} has no commits", repo.display()))?;
-    match resolve::read_root(&local.snapshot(head)?, root_path) {
-        Ok(Some(root)) => Ok(Ok(root)),
-        Ok(None) => bail!(
-            "{}: no {root_path} at HEAD ({head:.12}); is this a fleetsync config repo? (--root names another path)",
-            repo.display()
-        ),
-        Err(resolve::Error::Invalid(problems)) => Ok(Err(problems)),
-        Err(e) => Err(e.into()),
+/// Where the trusted root is: the root file on the default branch, which names the
+/// environments, binds them to branches and clusters, and sets the top policy.
+struct Trusted<'a> {
+    root_path: &'a str,
+    default_branch: &'a str,
+}
+
+impl<'a> Trusted<'a> {
+    fn new(root_path: &'a str, default_branch: &'a str) -> Self {
+        Trusted {
+            root_path,
+            default_branch,
+        }
+    }
+
+    fn read(
+        &self,
+        local: &Local,
+        repo: &Path,
+    ) -> anyhow::Result<Result<resolve::manifest::Root, Vec<Problem>>> {
+        let (root_path, branch) = (self.root_path, self.default_branch);
+        let head = local.branch_head(branch)?.with_context(|| {
+            format!(
+                "{}: no branch `{branch}` (nor origin/{branch}), whose {root_path} binds the environments; fetch it (git fetch origin {branch}) or name another with --default-branch",
+                repo.display()
+            )
+        })?;
+        match resolve::read_root(&local.snapshot(head)?, root_path) {
+            Ok(Some(root)) => Ok(Ok(root)),
+            Ok(None) => bail!(
+                "{}: no {root_path} on `{branch}` ({head:.12}); is this a fleetsync config repo? (--root names another path)",
+                repo.display()
+            ),
+            Err(resolve::Error::Invalid(problems)) => Ok(Err(problems)),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -355,7 +401,7 @@ fn find_environment<'r>(
         .with_context(|| {
             let declared: Vec<_> = root.environments.iter().map(|e| e.name.as_str()).collect();
             format!(
-                "environment `{name}` is not declared in {root_path} at HEAD; declared: {}",
+                "environment `{name}` is not declared in {root_path} on the default branch; declared: {}",
                 declared.join(", ")
             )
         })

@@ -4,6 +4,7 @@
 
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_ssm::types::ParameterStringFilter;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use serde_json::Value;
@@ -15,32 +16,38 @@ pub struct Error {
     pub target: String,
     pub code: String,
     pub message: String,
+    retryable: bool,
 }
 
 impl Error {
     /// Throttling, 5xx and transport failures; AccessDenied and the like are not.
     pub fn is_retryable(&self) -> bool {
-        self.code.contains("Throttl")
-            || matches!(
-                self.code.as_str(),
-                "ServiceUnavailable" | "InternalFailure" | "Transport" | "Timeout"
-            )
+        self.retryable
     }
 }
 
-fn error<E, R>(operation: &'static str, target: &str, err: SdkError<E, R>) -> Error
+fn error<E>(operation: &'static str, target: &str, err: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata,
 {
-    let (code, message) = match &err {
-        SdkError::ServiceError(e) => (
-            e.err().code().unwrap_or("Unknown").to_owned(),
-            e.err().message().unwrap_or_default().to_owned(),
-        ),
-        SdkError::TimeoutError(_) => ("Timeout".to_owned(), "the call timed out".to_owned()),
+    let (code, message, retryable) = match &err {
+        SdkError::ServiceError(e) => {
+            let code = e.err().code().unwrap_or("Unknown").to_owned();
+            // Each service names throttling and its own failures differently; the status
+            // does not vary.
+            let status = e.raw().status().as_u16();
+            let retryable = status == 429
+                || status >= 500
+                || code.contains("Throttl")
+                || code == "RequestLimitExceeded";
+            let message = e.err().message().unwrap_or_default().to_owned();
+            (code, message, retryable)
+        }
+        SdkError::TimeoutError(_) => ("Timeout".into(), "the call timed out".into(), true),
         _ => (
-            "Transport".to_owned(),
-            "the call did not reach AWS or its answer was unreadable".to_owned(),
+            "Transport".into(),
+            "the call did not reach AWS or its answer was unreadable".into(),
+            true,
         ),
     };
     Error {
@@ -48,10 +55,11 @@ where
         target: target.to_owned(),
         code,
         message,
+        retryable,
     }
 }
 
-fn code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
+fn code<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<&str> {
     match err {
         SdkError::ServiceError(e) => e.err().code(),
         _ => None,
@@ -66,6 +74,8 @@ pub struct Role {
 }
 
 pub struct Lookups {
+    /// References to other regions are not checked: these clients only see their own.
+    pub region: Option<String>,
     ec2: aws_sdk_ec2::Client,
     iam: aws_sdk_iam::Client,
     secrets: aws_sdk_secretsmanager::Client,
@@ -76,6 +86,7 @@ pub struct Lookups {
 impl Lookups {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         Lookups {
+            region: config.region().map(|r| r.to_string()),
             ec2: aws_sdk_ec2::Client::new(config),
             iam: aws_sdk_iam::Client::new(config),
             secrets: aws_sdk_secretsmanager::Client::new(config),
@@ -191,11 +202,12 @@ impl Lookups {
         }))
     }
 
-    /// Whether the secret exists. DescribeSecret returns metadata only, never the value.
-    pub async fn secret_exists(&self, id: &str) -> Result<bool, Error> {
+    /// The secret's full ARN (with the suffix Secrets Manager adds), `None` when it does not
+    /// exist. DescribeSecret returns metadata only, never the value.
+    pub async fn secret_arn(&self, id: &str) -> Result<Option<String>, Error> {
         match self.secrets.describe_secret().secret_id(id).send().await {
-            Ok(_) => Ok(true),
-            Err(e) if code(&e) == Some("ResourceNotFoundException") => Ok(false),
+            Ok(out) => Ok(Some(out.arn().unwrap_or(id).to_owned())),
+            Err(e) if code(&e) == Some("ResourceNotFoundException") => Ok(None),
             Err(e) => Err(error("secretsmanager:DescribeSecret", id, e)),
         }
     }

@@ -16,7 +16,6 @@ use serde_json::Value;
 
 use crate::ecs::{self, Ecs};
 use crate::resolve::DesiredApp;
-use crate::resolve::policy::glob_match;
 use aws::Lookups;
 pub use aws::Role;
 
@@ -239,26 +238,33 @@ impl Session<'_> {
         execution_role: Option<&Role>,
         found: &mut Findings<'_>,
     ) -> Result<(), Error> {
-        let (exists, action, described) = if let Some(id) = secrets_manager_id(reference) {
+        let region = reference.split(':').nth(3);
+        if reference.starts_with("arn:") && region != self.lookups.region.as_deref() {
+            return Ok(()); // another region's secret: these clients cannot see it
+        }
+        // What IAM evaluates: a secret's full ARN (with its random suffix), a parameter's ARN.
+        let (resource, action, described) = if let Some(id) = secrets_manager_id(reference) {
             (
-                self.lookups.secret_exists(id).await?,
+                self.lookups.secret_arn(id).await?,
                 "secretsmanager:GetSecretValue",
                 format!("secret `{id}`"),
             )
         } else {
             let name = parameter_name(reference);
+            let exists = self.lookups.parameter_exists(&name).await?;
             (
-                self.lookups.parameter_exists(&name).await?,
+                exists.then(|| reference.to_owned()),
                 "ssm:GetParameters",
                 format!("parameter `{name}`"),
             )
         };
-        if !exists {
+        let Some(resource) = resource else {
             found.add(
                 field,
                 format!("{described} does not exist; create it (fleetsync never copies or reads secret values)"),
             );
-        }
+            return Ok(());
+        };
         let Some(arn) = execution_role_arn else {
             found.add(
                 field,
@@ -267,8 +273,8 @@ impl Session<'_> {
             return Ok(());
         };
         if let Some(role) = execution_role
-            && reference.starts_with("arn:")
-            && !role.allows(action, reference)
+            && resource.starts_with("arn:")
+            && !role.allows(action, &resource)
         {
             let name = arn.rsplit('/').next().unwrap_or(arn);
             found.add(
@@ -388,7 +394,7 @@ fn trusts_ecs_tasks(trust_policy: &Value) -> bool {
     statements(trust_policy).any(|s| {
         s.get("Effect").and_then(Value::as_str) == Some("Allow")
             && strings(s.get("Action"))
-                .any(|a| glob_match(&a.to_ascii_lowercase(), "sts:assumerole"))
+                .any(|a| iam_match(&a.to_ascii_lowercase(), "sts:assumerole"))
             && strings(s.get("Principal").and_then(|p| p.get("Service")))
                 .any(|p| p == "ecs-tasks.amazonaws.com")
     })
@@ -396,20 +402,46 @@ fn trusts_ecs_tasks(trust_policy: &Value) -> bool {
 
 impl Role {
     /// Whether the role's identity policies allow `action` on `resource`: an Allow statement
-    /// matches and no Deny does. Conditions are not evaluated (a conditional Allow counts), and
-    /// permission boundaries, SCPs and resource policies are not read: this catches the common
-    /// mistake, a missing grant, not every way access can be refused.
+    /// matches and no unconditional Deny does. Preflight is there to catch a missing grant, so
+    /// it leans towards "allowed" where it cannot evaluate: a conditional Allow counts, a
+    /// conditional Deny does not, statements with NotAction or NotResource are skipped, and
+    /// permission boundaries, SCPs and resource policies are not read.
     pub fn allows(&self, action: &str, resource: &str) -> bool {
         let action = action.to_ascii_lowercase();
         let matches = |s: &Value| {
-            strings(s.get("Action")).any(|a| glob_match(&a.to_ascii_lowercase(), &action))
-                && strings(s.get("Resource")).any(|r| glob_match(r, resource))
+            s.get("NotAction").is_none()
+                && s.get("NotResource").is_none()
+                && strings(s.get("Action")).any(|a| iam_match(&a.to_ascii_lowercase(), &action))
+                && strings(s.get("Resource")).any(|r| iam_match(r, resource))
         };
         let effect = |s: &Value, e: &str| s.get("Effect").and_then(Value::as_str) == Some(e);
         let all = || self.policies.iter().flat_map(statements);
         all().any(|s| effect(s, "Allow") && matches(s))
-            && !all().any(|s| effect(s, "Deny") && matches(s))
+            && !all().any(|s| effect(s, "Deny") && s.get("Condition").is_none() && matches(s))
     }
+}
+
+/// IAM's wildcards: `*` any run of characters, `?` exactly one.
+fn iam_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if p.get(pi) == Some(&'*') {
+            backtrack = Some((pi, ti));
+            pi += 1;
+        } else if p.get(pi).is_some_and(|&c| c == '?' || c == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if let Some((star, from)) = backtrack {
+            pi = star + 1;
+            ti = from + 1;
+            backtrack = Some((star, from + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 fn statements(document: &Value) -> impl Iterator<Item = &Value> {
@@ -477,6 +509,23 @@ mod tests {
         assert!(!role.allows(
             "ssm:GetParameters",
             "arn:aws:secretsmanager:us-east-1:1:secret:staging/db"
+        ));
+    }
+
+    #[test]
+    fn the_suffixed_arn_matches_the_pattern_aws_recommends_and_conditional_denies_are_skipped() {
+        let full = "arn:aws:secretsmanager:us-east-1:1:secret:staging/db-AbCdEf";
+        let role = Role {
+            trust_policy: Value::Null,
+            policies: vec![serde_json::json!({"Statement": [
+                {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": "arn:aws:secretsmanager:us-east-1:1:secret:staging/db-??????"},
+                {"Effect": "Deny", "Action": "*", "Resource": "*", "Condition": {"StringNotEquals": {"aws:SourceVpce": "vpce-1"}}},
+            ]})],
+        };
+        assert!(role.allows("secretsmanager:GetSecretValue", full));
+        assert!(!role.allows(
+            "secretsmanager:GetSecretValue",
+            "arn:aws:secretsmanager:us-east-1:1:secret:staging/db-AbCdEfG"
         ));
     }
 

@@ -207,7 +207,12 @@ fn resolve_with(
         None => own_policy,
     };
     if let Some(policy) = policy {
-        walk.add_scope(&mut scopes, policy, &root.name, root_path);
+        let origin = if trusted.is_some() {
+            Origin::DefaultBranch
+        } else {
+            Origin::Top
+        };
+        walk.add_scope(&mut scopes, policy, &root.name, root_path, origin);
     }
     let root_name = root.name.clone();
     walk.root(root, root_path, "", &[root_path.to_owned()], &scopes)?;
@@ -253,6 +258,16 @@ fn resolve_with(
     })
 }
 
+/// Where a policy was read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The top root at the commit being resolved.
+    Top,
+    /// The top root on the default branch, which binds the environment.
+    DefaultBranch,
+    Nested,
+}
+
 /// Roots nested deeper than this are refused: it bounds what one push can make fleetsync read.
 pub const MAX_NESTING: usize = 8;
 
@@ -284,7 +299,14 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     /// Checks a root's policy against the ones above it and the environment's cluster.
-    fn add_scope(&mut self, scopes: &mut Vec<Rc<Scope>>, policy: Policy, root: &str, file: &str) {
+    fn add_scope(
+        &mut self,
+        scopes: &mut Vec<Rc<Scope>>,
+        policy: Policy,
+        root: &str,
+        file: &str,
+        origin: Origin,
+    ) {
         let before = self.problems.len();
         let mut report = Report::new(file, &mut self.problems);
         policy::check_patterns(&policy, self.vars, &mut report);
@@ -297,6 +319,8 @@ impl Walk<'_> {
             policy,
             root: root.to_owned(),
             file: file.to_owned(),
+            top: origin != Origin::Nested,
+            from_default_branch: origin == Origin::DefaultBranch,
         });
         policy::check_cluster(
             &scope,
@@ -416,7 +440,7 @@ impl Walk<'_> {
             let mut inner = scopes.to_vec();
             if let Some(policy) = nested.policy.take() {
                 let name = nested.name.clone();
-                self.add_scope(&mut inner, policy, &name, &app_file);
+                self.add_scope(&mut inner, policy, &name, &app_file, Origin::Nested);
             }
             let mut chain = chain.to_vec();
             chain.push(app_file.clone());
@@ -687,6 +711,7 @@ fn resolve_app(
             service: app.service.as_ref(),
             app_file: app_path,
         },
+        &vars,
         env_vars,
         problems,
     );

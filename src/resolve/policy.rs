@@ -55,12 +55,20 @@ pub struct Scope {
     pub policy: Policy,
     pub root: String,
     pub file: String,
+    /// The top root's policy, read from the default branch when resolving a bound environment.
+    pub top: bool,
+    pub from_default_branch: bool,
 }
 
 impl Scope {
     fn origin(&self, key: &str, pos: Pos) -> String {
+        let branch = if self.from_default_branch {
+            " on the default branch"
+        } else {
+            ""
+        };
         format!(
-            "policy.{key} of root `{}` ({}:{}:{})",
+            "policy.{key} of root `{}` ({}:{}:{}{branch})",
             self.root, self.file, pos.line, pos.column
         )
     }
@@ -174,6 +182,33 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// An image against a pattern: the registry host is matched on its own, with `*` never
+/// crossing a `.`, so `123456789012.dkr.ecr.*.amazonaws.com/*` cannot be satisfied by a host the
+/// image's author controls (`…dkr.ecr.evil.example/x.amazonaws.com/y`). The rest is a glob.
+pub fn image_match(pattern: &str, image: &str) -> bool {
+    match (pattern.split_once('/'), image.split_once('/')) {
+        (Some((p_host, p_rest)), Some((i_host, i_rest))) => {
+            host_match(p_host, i_host) && glob_match(p_rest, i_rest)
+        }
+        (Some(_), None) => false,
+        (None, _) => glob_match(pattern, image),
+    }
+}
+
+/// Each `.`-separated label of the host matched on its own.
+fn host_match(pattern: &str, host: &str) -> bool {
+    let (p, h): (Vec<_>, Vec<_>) = (pattern.split('.').collect(), host.split('.').collect());
+    p.len() == h.len() && p.iter().zip(&h).all(|(p, h)| glob_match(p, h))
+}
+
+fn matches(key: &str, pattern: &str, value: &str) -> bool {
+    if key == "images" {
+        image_match(pattern, value)
+    } else {
+        glob_match(pattern, value)
+    }
+}
+
 /// The glob-valued rules, by key, as (key, rule) pairs of one policy.
 fn glob_rules(p: &Policy) -> [(&'static str, Option<&Rule>); 5] {
     [
@@ -217,7 +252,7 @@ pub(super) fn check_narrowing(
             let allowed = patterns(bound, vars);
             for (pattern, pos) in &rule.items {
                 let pattern = vars.expand_quietly(pattern);
-                if !allowed.iter().any(|a| glob_match(a, &pattern)) {
+                if !allowed.iter().any(|a| matches(key, a, &pattern)) {
                     report.at(
                         *pos,
                         format!(
@@ -297,9 +332,12 @@ pub struct Subject<'a> {
 
 /// One app against every policy on its way up, plus the rule that holds without any policy:
 /// credentials are references, never plain values.
+/// `values` expands the app's strings exactly as its ECS inputs are expanded (so what is checked
+/// is what is sent); `patterns` expands the policy's.
 pub(super) fn check_app(
     chain: &[Rc<Scope>],
     app: &Subject<'_>,
+    values: &Vars,
     vars: &Vars,
     problems: &mut Vec<super::Problem>,
 ) {
@@ -335,6 +373,15 @@ pub(super) fn check_app(
             named.push(("secrets", n));
         }
     }
+    for v in td.get("volumes").map_or(&[][..], Node::items) {
+        if let Some(n) = v
+            .get("fsxWindowsFileServerVolumeConfiguration")
+            .and_then(|f| f.get("authorizationConfig"))
+            .and_then(|a| a.get("credentialsParameter"))
+        {
+            named.push(("secrets", n));
+        }
+    }
 
     for scope in chain {
         for (key, node) in &named {
@@ -345,11 +392,11 @@ pub(super) fn check_app(
             else {
                 continue;
             };
-            let Some(value) = node.as_str().map(|s| vars.expand_quietly(s)) else {
+            let Some(value) = node.as_str().map(|s| values.expand_quietly(s)) else {
                 continue;
             };
             let allowed = patterns(rule, vars);
-            if !allowed.iter().any(|a| glob_match(a, &value)) {
+            if !allowed.iter().any(|a| matches(key, a, &value)) {
                 td_report.at(
                     node.pos,
                     format!(
@@ -361,28 +408,65 @@ pub(super) fn check_app(
             }
         }
         if let Some((false, at)) = scope.policy.privileged {
-            for c in containers {
-                if let Some(n) = c.get("privileged")
-                    && n.to_json() == serde_json::Value::Bool(true)
-                {
-                    td_report.at(
-                        n.pos,
-                        format!(
-                            "privileged containers are not allowed by {}",
-                            scope.origin("privileged", at)
-                        ),
-                    );
-                }
+            for (node, what) in privileges(td, containers, values) {
+                td_report.at(
+                    node.pos,
+                    format!(
+                        "{what} is not allowed by {}",
+                        scope.origin("privileged", at)
+                    ),
+                );
             }
         }
     }
 
-    check_plain_credentials(chain, containers, &mut td_report);
+    check_plain_credentials(chain, containers, values, &mut td_report);
 
     let mut app_report = Report::new(app.app_file, problems);
     for scope in chain {
         check_service(scope, app.service, app.app_file, &mut app_report);
     }
+}
+
+/// What `privileged: false` refuses: privileged containers and the host namespaces and
+/// capabilities that amount to the same.
+fn privileges<'n>(td: &'n Node, containers: &'n [Node], values: &Vars) -> Vec<(&'n Node, String)> {
+    let text = |n: &Node| n.as_str().map(|s| values.expand_quietly(s));
+    let mut found = Vec::new();
+    for (key, what) in [
+        ("networkMode", "networkMode: host"),
+        ("pidMode", "pidMode: host"),
+        ("ipcMode", "ipcMode: host"),
+    ] {
+        if let Some(n) = td.get(key)
+            && text(n).as_deref() == Some("host")
+        {
+            found.push((n, what.to_owned()));
+        }
+    }
+    for c in containers {
+        if let Some(n) = c.get("privileged")
+            && n.to_json() == serde_json::Value::Bool(true)
+        {
+            found.push((n, "a privileged container".to_owned()));
+        }
+        let added = c
+            .get("linuxParameters")
+            .and_then(|l| l.get("capabilities"))
+            .and_then(|c| c.get("add"))
+            .map_or(&[][..], Node::items);
+        for n in added {
+            if let Some(cap) = text(n)
+                && matches!(
+                    cap.to_ascii_uppercase().trim_start_matches("CAP_"),
+                    "SYS_ADMIN" | "ALL"
+                )
+            {
+                found.push((n, format!("capability {cap}")));
+            }
+        }
+    }
+    found
 }
 
 fn check_service(scope: &Scope, service: Option<&Node>, _file: &str, report: &mut Report<'_>) {
@@ -409,7 +493,16 @@ fn check_service(scope: &Scope, service: Option<&Node>, _file: &str, report: &mu
     if let Some(rule) = &scope.policy.launch_types {
         let allowed: Vec<&str> = rule.items.iter().map(|(s, _)| s.as_str()).collect();
         for (launch_type, pos) in launch_types(service, at) {
-            if !allowed.contains(&launch_type.as_str()) {
+            if launch_type == "UNSET" {
+                report.at(
+                    pos,
+                    format!(
+                        "{} allows only {}, so the service must say which: set `launchType` or `capacityProviderStrategy` (the cluster's default strategy is not known from Git)",
+                        scope.origin("launchTypes", rule.pos),
+                        allowed.join(", ")
+                    ),
+                );
+            } else if !allowed.contains(&launch_type.as_str()) {
                 report.at(
                     pos,
                     format!(
@@ -424,7 +517,8 @@ fn check_service(scope: &Scope, service: Option<&Node>, _file: &str, report: &mu
 }
 
 /// The launch types a service runs on: its `launchType`, else what its capacity providers
-/// imply (Fargate's own providers, or EC2 for any other), else ECS's default, EC2.
+/// imply (Fargate's own providers, or EC2 for any other). With neither, ECS uses the cluster's
+/// default strategy, which cannot be known from Git: `UNSET`, which no rule allows.
 fn launch_types(service: Option<&Node>, at: Pos) -> Vec<(String, Pos)> {
     if let Some(n) = service.and_then(|s| s.get("launchType"))
         && let Some(s) = n.as_str()
@@ -435,7 +529,7 @@ fn launch_types(service: Option<&Node>, at: Pos) -> Vec<(String, Pos)> {
         .and_then(|s| s.get("capacityProviderStrategy"))
         .map_or(&[][..], Node::items);
     if providers.is_empty() {
-        return vec![("EC2".to_owned(), at)];
+        return vec![("UNSET".to_owned(), at)];
     }
     providers
         .iter()
@@ -453,11 +547,14 @@ fn launch_types(service: Option<&Node>, at: Pos) -> Vec<(String, Pos)> {
 
 /// Plain `environment` values whose names look like credentials. The top root's
 /// `credentialNames` replaces the default list; nested roots can only add to it.
-fn check_plain_credentials(chain: &[Rc<Scope>], containers: &[Node], report: &mut Report<'_>) {
-    let mut names: Vec<String> = match chain
-        .first()
-        .and_then(|s| s.policy.credential_names.as_ref())
-    {
+fn check_plain_credentials(
+    chain: &[Rc<Scope>],
+    containers: &[Node],
+    values: &Vars,
+    report: &mut Report<'_>,
+) {
+    let top = chain.first().filter(|s| s.top);
+    let mut names: Vec<String> = match top.and_then(|s| s.policy.credential_names.as_ref()) {
         Some(rule) => rule
             .items
             .iter()
@@ -468,14 +565,18 @@ fn check_plain_credentials(chain: &[Rc<Scope>], containers: &[Node], report: &mu
             .map(|s| (*s).to_owned())
             .collect(),
     };
-    for scope in chain.iter().skip(1) {
+    for scope in chain.iter().filter(|s| !s.top) {
         if let Some(rule) = &scope.policy.credential_names {
             names.extend(rule.items.iter().map(|(s, _)| s.to_ascii_uppercase()));
         }
     }
     for c in containers {
         for entry in c.get("environment").map_or(&[][..], Node::items) {
-            let Some(name) = entry.get("name").and_then(Node::as_str) else {
+            let Some(name) = entry
+                .get("name")
+                .and_then(Node::as_str)
+                .map(|n| values.expand_quietly(n))
+            else {
                 continue;
             };
             let upper = name.to_ascii_uppercase();

@@ -328,7 +328,7 @@ fn a_branch_cannot_lift_the_policy_of_the_default_branch() {
         found,
         [
             "fleetsync.yaml:1:1: this root's policy differs from the root's on the default branch, which is the one that applies; change the policy on the default branch first",
-            "apps/api/app.yaml:6:28: `docker.io/evil:1` is not allowed by policy.images of root `platform` (fleetsync.yaml:13:11); allowed: registry.example/*",
+            "apps/api/app.yaml:6:28: `docker.io/evil:1` is not allowed by policy.images of root `platform` (fleetsync.yaml:13:11 on the default branch); allowed: registry.example/*",
         ]
     );
 }

@@ -184,13 +184,44 @@ fn a_staging_app_naming_a_production_secret_is_refused_by_the_root_policy() {
         )
     });
     assert_eq!(run.code, 1, "{}", run.stderr);
-    let expected = "`arn:aws:secretsmanager:us-east-1:123456789012:secret:production/api/database-url` is not allowed by policy.secrets of root `platform` (fleetsync.yaml:28:5); allowed: arn:aws:secretsmanager:*:123456789012:secret:staging/*, arn:aws:ssm:*:123456789012:parameter/staging/*\n";
+    let expected = "`arn:aws:secretsmanager:us-east-1:123456789012:secret:production/api/database-url` is not allowed by policy.secrets of root `platform` (fleetsync.yaml:28:5 on the default branch); allowed: arn:aws:secretsmanager:*:123456789012:secret:staging/*, arn:aws:ssm:*:123456789012:parameter/staging/*\n";
     assert!(
         run.stdout.starts_with("apps/api/taskdef.json:") && run.stdout.ends_with(expected),
         "{}",
         run.stdout
     );
     assert!(run.stderr.contains("ok: production"), "{}", run.stderr);
+}
+
+#[test]
+fn a_branch_that_drops_the_policy_is_still_held_to_the_default_branch_policy() {
+    let repo = ConfigRepo::example_with(str::to_owned);
+    repo.commit("staging", "fleetsync.yaml", |t| {
+        let t = t.unwrap();
+        Some(t[..t.find("policy:").unwrap()].to_owned())
+    });
+    repo.commit("staging", "apps/web/taskdef.json", |t| {
+        Some(
+            t.unwrap()
+                .replace("public.ecr.aws/acme/web:", "docker.io/someone/web:"),
+        )
+    });
+    let run = validate(&repo);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with(
+            "fleetsync.yaml:1:1: this root's policy differs from the root's on the default branch"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(
+            "`docker.io/someone/web:3.8.1` is not allowed by policy.images of root `platform`"
+        ),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]

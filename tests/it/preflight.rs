@@ -156,3 +156,28 @@ async fn missing_secrets_parameters_and_log_groups_are_named_without_reading_val
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_written_as_aws_recommends_is_read_against_the_full_secret_arn() {
+    let (emulator, api) = ready().await;
+    let iam = aws_sdk_iam::Client::new(&emulator.aws);
+    // Exact grants with the `-??????` suffix pattern: they match the secrets' real ARNs, not the
+    // suffix-less references in the task definition.
+    let secret = |name: &str| {
+        format!("arn:aws:secretsmanager:us-east-1:123456789012:secret:staging/api/{name}-??????")
+    };
+    let document = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+         "Resource": [secret("database-url"), secret("stripe-api-key")]},
+        {"Effect": "Allow", "Action": "ssm:GetParameters",
+         "Resource": "arn:aws:ssm:us-east-1:123456789012:parameter/staging/api/rate-limit-per-minute"},
+    ]});
+    iam.put_role_policy()
+        .role_name(EXEC_ROLE)
+        .policy_name("read-staging-secrets")
+        .policy_document(document.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(findings(&emulator, &api).await, Vec::<String>::new());
+}

@@ -51,6 +51,14 @@ fn problems_with_app(text: &str) -> Vec<String> {
     problems(&governed().with("apps/api/app.yaml", text))
 }
 
+/// `text` as staging's api resolves under the policy.
+fn allowed(text: &str) {
+    let repo = governed().with("apps/api/app.yaml", text);
+    if let Err(e) = resolve(&repo, DEFAULT_ROOT, "staging", "c0ffee") {
+        panic!("refused: {e}");
+    }
+}
+
 #[test]
 fn apps_inside_the_policy_resolve_as_without_one() {
     let state = resolve(&governed(), DEFAULT_ROOT, "staging", "c0ffee").unwrap();
@@ -115,7 +123,7 @@ fn privileged_containers_are_refused_when_the_policy_says_so() {
     assert_eq!(
         found,
         [
-            "apps/api/app.yaml:12:19: privileged containers are not allowed by policy.privileged of root `platform` (fleetsync.yaml:20:15)"
+            "apps/api/app.yaml:12:19: a privileged container is not allowed by policy.privileged of root `platform` (fleetsync.yaml:20:15)"
         ]
     );
 }
@@ -259,6 +267,105 @@ fn a_policy_pattern_with_an_unknown_variable_is_an_error() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0].starts_with("fleetsync.yaml:13:12: undefined variable `${team}`"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn values_are_checked_as_ecs_receives_them_with_every_variable_expanded() {
+    // `${app}` is `api` here: the checked image must be the deployed one.
+    let sneaky = good_app("api", "").replace(
+        "image: 123456789012.dkr.ecr.",
+        "image: 123456789012${app}.dkr.ecr.",
+    );
+    let found = problems_with_app(&sneaky);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("`123456789012api.dkr.ecr.eu-west-1.amazonaws.com/api:1` is not allowed by policy.images"),
+        "{found:?}"
+    );
+    let fine = good_app("api", "").replace("amazonaws.com/api:1", "amazonaws.com/${app}:2");
+    allowed(&fine);
+}
+
+#[test]
+fn an_image_pattern_cannot_be_satisfied_by_another_registry_host() {
+    let escape = good_app("api", "").replace(
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/api:1",
+        "123456789012.dkr.ecr.evil.example/x.amazonaws.com/api:1",
+    );
+    let found = problems_with_app(&escape);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("is not allowed by policy.images"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn privileged_false_also_refuses_host_namespaces_and_admin_capabilities() {
+    let text = good_app(
+        "api",
+        "      linuxParameters: { capabilities: { add: [NET_BIND_SERVICE, SYS_ADMIN] } }\n",
+    )
+    .replace(
+        "  containerDefinitions:",
+        "  pidMode: host\n  containerDefinitions:",
+    );
+    let found = problems_with_app(&text);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].contains("pidMode: host is not allowed by policy.privileged"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].contains("capability SYS_ADMIN is not allowed by policy.privileged"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_launch_type_rule_needs_the_service_to_say_its_launch_type() {
+    let found = problems_with_app(&good_app("api", "").replace("  launchType: FARGATE\n", ""));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("allows only FARGATE, so the service must say which: set `launchType` or `capacityProviderStrategy`"),
+        "{found:?}"
+    );
+    let spot = good_app("api", "").replace(
+        "launchType: FARGATE",
+        "capacityProviderStrategy: [{ capacityProvider: FARGATE_SPOT, weight: 1 }]",
+    );
+    allowed(&spot);
+}
+
+#[test]
+fn a_nested_root_cannot_replace_the_default_credential_names() {
+    // The top root has no policy at all: the defaults still hold below it.
+    let root = ROOT.replace(
+        "apps:\n",
+        "apps:\n  - name: payments\n    path: teams/payments\n",
+    );
+    let leaky = app("ledger", "l:1").replace(
+        "memory: 512 }",
+        "memory: 512, environment: [{ name: DB_PASSWORD, value: x }, { name: XYZ_KEY, value: y }] }",
+    );
+    let found = problems(
+        &repo()
+            .with("fleetsync.yaml", &root)
+            .with(
+                "teams/payments/app.yaml",
+                &format!("{TEAM}policy:\n  credentialNames: [XYZ]\n"),
+            )
+            .with("teams/payments/ledger/app.yaml", &leaky),
+    );
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].contains("`DB_PASSWORD` looks like a credential (PASSWORD)"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].contains("`XYZ_KEY` looks like a credential (XYZ)"),
         "{found:?}"
     );
 }
