@@ -676,4 +676,64 @@ async fn the_worker_refuses_an_app_whose_secret_is_missing_and_writes_nothing_fo
         Vec::<String>::new(),
         "a refused app registers no task definition"
     );
+
+    // The same job applied directly: it is the preflight finding that refuses it.
+    let worker = fleetsync::sync::Worker::from_config(&s.config, &s.emulator.aws).unwrap();
+    let job =
+        fleetsync::queue::SyncJob::new("platform", "staging", "d", s.resolved_staging_api(head));
+    let err = fleetsync::sync::apply(
+        &worker.ecs,
+        &worker.preflight,
+        &worker.mirrors,
+        &job,
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap_err();
+    assert!(!err.is_retryable());
+    assert_eq!(
+        err.to_string(),
+        "preflight refused the deployment: app `api`: taskDefinition.containerDefinitions[0].secrets[1].valueFrom: secret `arn:aws:secretsmanager:us-east-1:123456789012:secret:staging/api/stripe-api-key` does not exist; create it (fleetsync never copies or reads secret values)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_enqueues_only_the_apps_it_changed_and_a_fresh_receiver_enqueues_all() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let jobs = |body: &serde_json::Value| -> Vec<String> {
+        body["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["app"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, body) = receiver
+        .push("staging", s.repo.head("staging"), "first")
+        .await;
+    assert_eq!(
+        (status, jobs(&body).len(), &body["unchanged"]),
+        (202, 4, &0.into()),
+        "{body}"
+    );
+
+    let change = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
+    });
+    let (status, body) = receiver.push("staging", change, "second").await;
+    assert_eq!(
+        (status, jobs(&body), &body["unchanged"]),
+        (202, vec!["api".to_owned()], &3.into()),
+        "{body}"
+    );
+
+    // A replica that has not enqueued anything for this branch cannot know what is durable:
+    // it sends every app, and the workers' spec-hash check makes the extra jobs no-ops.
+    let other = Receiver::start(&s.config, &s.emulator.aws).await;
+    let third = s.repo.commit("staging", "apps/web/taskdef.json", |t| {
+        Some(t.unwrap().replace("web:3.8.1", "web:3.9.0"))
+    });
+    let (status, body) = other.push("staging", third, "third").await;
+    assert_eq!((status, jobs(&body).len()), (202, 4), "{body}");
 }
