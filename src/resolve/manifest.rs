@@ -19,6 +19,8 @@ pub struct Root {
     /// Position of the `environments` key, for problems about an environment that is missing.
     pub environments_pos: Pos,
     pub policy: Option<Policy>,
+    /// `vars:`, for `${name}` in this root's apps and the roots below it.
+    pub vars: Vec<(String, String, Pos)>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +95,7 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
             "environments",
             "apps",
             "policy",
+            "vars",
         ],
         report,
     )?;
@@ -113,6 +116,9 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
     let policy = map
         .get("policy")
         .and_then(|node| super::policy::read(node, report));
+    let vars = map
+        .get("vars")
+        .map_or_else(Vec::new, |node| read_vars(node, report));
 
     let mut environments = Vec::new();
     if let Some(node) = environments_node {
@@ -206,7 +212,62 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
         apps,
         environments_pos: environments_node.map_or(node.pos, |n| n.pos),
         policy,
+        vars,
     })
+}
+
+/// Names fleetsync defines itself; a root cannot redefine them.
+pub const BUILT_IN_VARS: &[&str] = &[
+    "environment",
+    "cluster",
+    "revision",
+    "short_revision",
+    "app",
+];
+
+fn read_vars(node: &Node, report: &mut Report<'_>) -> Vec<(String, String, Pos)> {
+    let Kind::Map(entries) = &node.kind else {
+        report.at(
+            node.pos,
+            format!(
+                "`vars` must be a mapping of names to strings, found {}",
+                node.type_name()
+            ),
+        );
+        return Vec::new();
+    };
+    let mut vars = Vec::new();
+    for (key, value) in entries {
+        let name = key.as_str().unwrap_or_default();
+        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            report.at(
+                key.pos,
+                format!("variable name `{name}` must be letters, digits and `_`, not starting with a digit"),
+            );
+        } else if BUILT_IN_VARS.contains(&name) {
+            report.at(
+                key.pos,
+                format!("`{name}` is set by fleetsync; pick another variable name"),
+            );
+        } else {
+            match value.to_json() {
+                serde_json::Value::String(s) => vars.push((name.to_owned(), s, value.pos)),
+                serde_json::Value::Number(n) => {
+                    vars.push((name.to_owned(), n.to_string(), value.pos))
+                }
+                _ => report.at(
+                    value.pos,
+                    format!(
+                        "variable `{name}` must be a string or a number, found {}",
+                        value.type_name()
+                    ),
+                ),
+            }
+        }
+    }
+    vars
 }
 
 /// Reads a child app. `expected_name` is the name the root gave it.

@@ -7,6 +7,7 @@
 mod desired;
 pub mod manifest;
 pub mod policy;
+mod rules;
 pub mod yaml;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -215,7 +216,15 @@ fn resolve_with(
         walk.add_scope(&mut scopes, policy, &root.name, root_path, origin);
     }
     let root_name = root.name.clone();
-    walk.root(root, root_path, "", &[root_path.to_owned()], &scopes)?;
+    let top_vars = Rc::new(walk.declare(&vars, &root.vars, root_path));
+    walk.root(
+        root,
+        root_path,
+        "",
+        &[root_path.to_owned()],
+        &scopes,
+        &top_vars,
+    )?;
     let Walk {
         leaves,
         mut problems,
@@ -284,6 +293,8 @@ struct Leaf {
     node: Option<Node>,
     /// The policies above the app, outermost first.
     scopes: Vec<Rc<Scope>>,
+    /// The variables its strings may use: fleetsync's and those of the roots above it.
+    vars: Rc<Vars>,
 }
 
 /// The walk from the top root through nested roots down to apps, for one environment.
@@ -332,6 +343,17 @@ impl Walk<'_> {
         scopes.push(scope);
     }
 
+    /// `outer` plus a root's own `vars:`, whose values may use the variables above them.
+    fn declare(&mut self, outer: &Vars, declared: &[(String, String, Pos)], file: &str) -> Vars {
+        let mut vars = outer.clone();
+        let mut report = Report::new(file, &mut self.problems);
+        for (name, value, pos) in declared {
+            let value = outer.expand(value, *pos, &mut report);
+            vars.set(name, value);
+        }
+        vars
+    }
+
     fn root(
         &mut self,
         root: Root,
@@ -339,6 +361,7 @@ impl Walk<'_> {
         dir: &str,
         chain: &[String],
         scopes: &[Rc<Scope>],
+        vars: &Rc<Vars>,
     ) -> Result<(), Error> {
         for app_ref in root.apps {
             let dir = join(dir, &app_ref.path);
@@ -355,6 +378,7 @@ impl Walk<'_> {
                 listed_in: file.to_owned(),
                 node: None,
                 scopes: Vec::new(),
+                vars: vars.clone(),
             };
             if chain.contains(&app_file) {
                 report.at(
@@ -398,6 +422,7 @@ impl Walk<'_> {
                     listed_in: file.to_owned(),
                     node: Some(node),
                     scopes: scopes.to_vec(),
+                    vars: vars.clone(),
                 });
                 continue;
             }
@@ -444,7 +469,8 @@ impl Walk<'_> {
             }
             let mut chain = chain.to_vec();
             chain.push(app_file.clone());
-            self.root(nested, &app_file, &dir, &chain, &inner)?;
+            let inner_vars = Rc::new(self.declare(vars, &nested.vars, &app_file));
+            self.root(nested, &app_file, &dir, &chain, &inner, &inner_vars)?;
         }
         Ok(())
     }
@@ -654,7 +680,7 @@ fn resolve_app(
         return Ok(None);
     };
 
-    let vars = env_vars.with_app(&app_ref.name);
+    let vars = leaf.vars.with_app(&app_ref.name);
     let (td_file, td_node) = match &app.task_definition {
         TaskDefinitionSource::Inline(node) => (app_path.clone(), node.clone()),
         TaskDefinitionSource::File(name, pos) => {
@@ -725,6 +751,14 @@ fn resolve_app(
     let (Some(task_definition), Some(service)) = (task_definition, service) else {
         return Ok(None);
     };
+    rules::check(
+        (&td_file, &td_node, &task_definition),
+        (app_path, app.service.as_ref(), &service),
+        problems,
+    );
+    if problems.len() > before {
+        return Ok(None);
+    }
     Ok(Some(DesiredApp::new(
         &app_ref.name,
         &env.cluster,
@@ -826,26 +860,38 @@ fn check_reserved_tags(node: &Node, report: &mut Report<'_>) {
 }
 
 /// The variables `${name}` in manifests may use, in the order error messages list them.
+#[derive(Clone)]
 pub(crate) struct Vars {
-    pairs: Vec<(&'static str, String)>,
+    pairs: Vec<(String, String)>,
 }
 
 impl Vars {
     fn new(env: &Environment, commit: &str) -> Self {
         Vars {
             pairs: vec![
-                ("environment", env.name.clone()),
-                ("cluster", env.cluster.clone()),
-                ("revision", commit.to_owned()),
-                ("short_revision", commit.chars().take(7).collect()),
+                ("environment".to_owned(), env.name.clone()),
+                ("cluster".to_owned(), env.cluster.clone()),
+                ("revision".to_owned(), commit.to_owned()),
+                (
+                    "short_revision".to_owned(),
+                    commit.chars().take(7).collect(),
+                ),
             ],
         }
     }
 
     fn with_app(&self, app: &str) -> Self {
         let mut pairs = self.pairs.clone();
-        pairs.push(("app", app.to_owned()));
+        pairs.push(("app".to_owned(), app.to_owned()));
         Vars { pairs }
+    }
+
+    /// Sets a root's variable; a nested root's value replaces its parent's.
+    fn set(&mut self, name: &str, value: String) {
+        match self.pairs.iter_mut().find(|(n, _)| n == name) {
+            Some(pair) => pair.1 = value,
+            None => self.pairs.push((name.to_owned(), value)),
+        }
     }
 
     fn get(&self, name: &str) -> Option<&str> {

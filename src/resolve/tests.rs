@@ -149,7 +149,7 @@ fn unknown_fields_are_located() {
     assert_eq!(
         problems(&repo().with("fleetsync.yaml", &root)),
         [
-            "fleetsync.yaml:4:1: unknown field `prune` in the root app; expected one of: apiVersion, kind, name, environments, apps, policy"
+            "fleetsync.yaml:4:1: unknown field `prune` in the root app; expected one of: apiVersion, kind, name, environments, apps, policy, vars"
         ]
     );
     let child = app("db", "db:1").replace("service:\n", "service:\n  cluster: other\n");
@@ -335,3 +335,4 @@ fn a_branch_cannot_lift_the_policy_of_the_default_branch() {
 
 mod nesting;
 mod policy;
+mod vars_and_rules;

@@ -33,9 +33,13 @@ taskDefinition:
       image: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/{name}:1
       secrets:
         - {{ name: DB_PASSWORD, valueFrom: \"arn:aws:secretsmanager:eu-west-1:123456789012:secret:staging/db\" }}
-{extra}service:
+{extra}  networkMode: awsvpc
+  cpu: \"256\"
+  memory: \"512\"
+service:
   launchType: FARGATE
   tags: [{{ key: team, value: payments }}]
+  networkConfiguration: {{ awsvpcConfiguration: {{ subnets: [subnet-1] }} }}
 "
     )
 }

@@ -1,0 +1,176 @@
+//! `vars:` on roots, and the task definition rules ECS would refuse at deploy time.
+
+use super::*;
+
+#[test]
+fn root_vars_reach_nested_apps_and_a_nested_root_may_override_them() {
+    let root = ROOT
+        .replace("apps:\n", "vars:\n  registry: \"123.dkr.ecr/${environment}\"\n  tier: \"1\"\napps:\n  - { name: team, path: team }\n");
+    let team = "apiVersion: fleetsync/v1\nkind: Root\nname: team\nvars: { tier: \"2\" }\napps:\n  - { name: ledger, path: ledger }\n";
+    let state = resolve(
+        &repo()
+            .with("fleetsync.yaml", &root)
+            .with(
+                "apps/api/app.yaml",
+                &app("api", "${registry}/api:${short_revision}-${tier}"),
+            )
+            .with("team/app.yaml", team)
+            .with(
+                "team/ledger/app.yaml",
+                &app("ledger", "${registry}/ledger:${tier}"),
+            ),
+        DEFAULT_ROOT,
+        "staging",
+        "c0ffee1234",
+    )
+    .unwrap();
+    let image = |name: &str| {
+        let app = state.apps.iter().find(|a| a.name == name).unwrap();
+        app.register_task_definition["containerDefinitions"][0]["image"].clone()
+    };
+    assert_eq!(image("api"), "123.dkr.ecr/staging/api:c0ffee1-1");
+    assert_eq!(image("ledger"), "123.dkr.ecr/staging/ledger:2");
+}
+
+#[test]
+fn vars_cannot_redefine_fleetsyncs_own_and_undefined_ones_are_located() {
+    let root = ROOT.replace(
+        "apps:\n",
+        "vars:\n  environment: prod\n  9lives: x\napps:\n",
+    );
+    assert_eq!(
+        problems(&repo().with("fleetsync.yaml", &root)),
+        [
+            "fleetsync.yaml:7:3: `environment` is set by fleetsync; pick another variable name",
+            "fleetsync.yaml:8:3: variable name `9lives` must be letters, digits and `_`, not starting with a digit",
+        ]
+    );
+    let root = ROOT.replace("apps:\n", "vars: { tier: \"1\" }\napps:\n");
+    assert_eq!(
+        problems(
+            &repo()
+                .with("fleetsync.yaml", &root)
+                .with("apps/db/app.yaml", &app("db", "${registry}/db:1"))
+        ),
+        [
+            "apps/db/app.yaml:6:28: undefined variable `${registry}`; defined: ${environment}, ${cluster}, ${revision}, ${short_revision}, ${tier}, ${app}"
+        ]
+    );
+}
+
+/// An app whose task definition has `td` (top-level YAML lines) and whose service has `service`.
+fn sized(td: &str, service: &str) -> String {
+    format!(
+        "apiVersion: fleetsync/v1\nkind: App\nname: db\ntaskDefinition:\n{td}  containerDefinitions: [{{ name: m, image: x }}]\nservice:\n  desiredCount: 1\n{service}"
+    )
+}
+
+fn db_problems(text: &str) -> Vec<String> {
+    problems(&repo().with("apps/db/app.yaml", text))
+}
+
+const NETWORK: &str = "  networkConfiguration: { awsvpcConfiguration: { subnets: [s] } }\n";
+
+#[test]
+fn fargate_sizes_ecs_refuses_are_refused_with_the_sizes_it_takes() {
+    let fargate = "  requiresCompatibilities: [FARGATE]\n  networkMode: awsvpc\n";
+    let ok = sized(
+        &format!("{fargate}  cpu: \"1 vCPU\"\n  memory: \"3 GB\"\n"),
+        NETWORK,
+    );
+    resolve(
+        &repo().with("apps/db/app.yaml", &ok),
+        DEFAULT_ROOT,
+        "staging",
+        "c",
+    )
+    .unwrap();
+    assert_eq!(
+        db_problems(&sized(
+            &format!("{fargate}  cpu: \"256\"\n  memory: \"4096\"\n"),
+            NETWORK
+        )),
+        [
+            "apps/db/app.yaml:8:11: Fargate refuses memory \"4096\" with cpu \"256\"; with that cpu it takes 512 to 2048 MiB (512, 1024, 2048)"
+        ]
+    );
+    assert_eq!(
+        db_problems(&sized(
+            &format!("{fargate}  cpu: 300\n  memory: 512\n"),
+            NETWORK
+        )),
+        [
+            "apps/db/app.yaml:7:8: Fargate has no task size with cpu 300; use 256, 512, 1024, 2048, 4096, 8192 or 16384"
+        ]
+    );
+    assert_eq!(
+        db_problems(&sized(
+            "  requiresCompatibilities: [FARGATE]\n",
+            "  launchType: FARGATE\n"
+        )),
+        [
+            "apps/db/app.yaml:5:3: Fargate tasks need `networkMode: awsvpc` in the task definition",
+            "apps/db/app.yaml:5:3: Fargate tasks need task-level `cpu` and `memory` in the task definition",
+        ]
+    );
+}
+
+#[test]
+fn awsvpc_without_a_network_configuration_is_refused_at_the_service() {
+    assert_eq!(
+        db_problems(&sized("  networkMode: awsvpc\n", "")),
+        [
+            "apps/db/app.yaml:8:3: the task definition uses `networkMode: awsvpc`, so the service needs `networkConfiguration.awsvpcConfiguration` with its subnets and security groups"
+        ]
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tree(apps: &[(String, String, u8)], order: &[usize]) -> Repo {
+        let mut root = String::from(
+            "apiVersion: fleetsync/v1\nkind: Root\nname: p\nenvironments:\n  staging: { branch: staging, cluster: c }\napps:\n",
+        );
+        let mut repo = Repo(HashMap::new());
+        for &i in order {
+            let (name, image, count) = &apps[i];
+            root.push_str(&format!("  - {{ name: {name}, path: apps/{name} }}\n"));
+            let text = app(name, image).replace("desiredCount: 2", &format!("desiredCount: {count}"));
+            repo = repo.with(&format!("apps/{name}/app.yaml"), &text);
+        }
+        repo.with(DEFAULT_ROOT, &root)
+    }
+
+    fn apps() -> impl Strategy<Value = (Vec<(String, String, u8)>, Vec<usize>)> {
+        prop::collection::btree_map("[a-z]{1,8}", ("[a-z0-9.:/-]{1,20}", 0u8..10), 1..8)
+            .prop_flat_map(|map| {
+                let apps: Vec<_> = map.into_iter().map(|(n, (i, c))| (n, i, c)).collect();
+                let order: Vec<usize> = (0..apps.len()).collect();
+                (Just(apps), Just(order).prop_shuffle())
+            })
+    }
+
+    proptest! {
+        /// The same commit resolves to the same bytes, and the order apps are listed in the
+        /// root changes no hash: a reordering must not redeploy anything.
+        #[test]
+        fn resolving_is_deterministic_and_blind_to_listing_order((apps, order) in apps()) {
+            let listed: Vec<usize> = (0..apps.len()).collect();
+            let a = resolve(&tree(&apps, &listed), DEFAULT_ROOT, "staging", "c1").unwrap();
+            let again = resolve(&tree(&apps, &listed), DEFAULT_ROOT, "staging", "c1").unwrap();
+            prop_assert_eq!(serde_json::to_vec(&a).unwrap(), serde_json::to_vec(&again).unwrap());
+            let shuffled = resolve(&tree(&apps, &order), DEFAULT_ROOT, "staging", "c1").unwrap();
+            for app in &a.apps {
+                let same = shuffled.apps.iter().find(|s| s.name == app.name).unwrap();
+                prop_assert_eq!(&app.spec_hash, &same.spec_hash);
+                prop_assert_eq!(&app.task_definition_hash, &same.task_definition_hash);
+                prop_assert_eq!(
+                    serde_json::to_vec(app).unwrap(),
+                    serde_json::to_vec(same).unwrap()
+                );
+            }
+        }
+    }
+}
