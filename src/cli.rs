@@ -158,6 +158,9 @@ async fn serve(path: &str) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {} (`listen` in {})", config.listen, path))?;
     info!(message = "Receiver listening.", address = %listener.local_addr()?, queue = %config.queue_url);
     let shutdown = shutdown::on_signals()?;
+    if let Some(every) = config.reconcile_interval {
+        tokio::spawn(dispatcher.clone().reconcile_every(every, shutdown.clone()));
+    }
     webhook::serve(listener, webhook::router(dispatcher, &config), shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -44,6 +44,9 @@ pub struct Config {
     pub repos: Vec<RepoConfig>,
     pub worker: WorkerConfig,
     pub webhooks: WebhookConfig,
+    /// How often `serve` resolves every environment and enqueues apps that drifted from Git;
+    /// `None` disables it.
+    pub reconcile_interval: Option<Duration>,
 }
 
 /// How the receiver protects itself. Every limit answers with its own status code, never with
@@ -104,6 +107,8 @@ struct RawConfig {
     worker: RawWorker,
     #[serde(default)]
     webhooks: RawWebhooks,
+    #[serde(default, with = "humantime_serde_opt")]
+    reconcile_interval: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -276,6 +281,11 @@ impl Config {
             max_body_bytes: raw.max_body_bytes.unwrap_or(1 << 20),
             repos,
             worker,
+            reconcile_interval: match raw.reconcile_interval {
+                None => Some(Duration::from_secs(180)),
+                Some(d) if d.is_zero() => None,
+                Some(d) => Some(d),
+            },
             webhooks: WebhookConfig {
                 max_headers: raw.webhooks.max_headers.unwrap_or(64),
                 max_in_flight: raw.webhooks.max_in_flight.unwrap_or(256).max(1),

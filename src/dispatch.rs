@@ -1,7 +1,7 @@
 //! A verified push becomes durable jobs: fetch the branch, resolve every environment on it,
 //! enqueue one job per app.
 //!
-//! Shared by every trigger (webhooks now; the API and reconcile later), so that they all give the
+//! Shared by every trigger (webhooks, and reconcile on an interval), so that they all give the
 //! same answer for the same branch head.
 
 use std::collections::HashMap;
@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, RepoConfig, Secret};
+use crate::ecs::{Ecs, LiveService, task_definition_id};
 use crate::queue::{self, Enqueued, Queue, SyncJob};
 use crate::repo::{self, Mirror};
-use crate::resolve::{self, DesiredState, Problem};
+use crate::resolve::{self, DesiredApp, DesiredState, Problem, tag};
 
 /// A watched config repo, ready to receive pushes.
 pub struct WatchedRepo {
@@ -26,6 +27,8 @@ pub struct WatchedRepo {
 pub struct Dispatcher {
     pub repos: Vec<WatchedRepo>,
     pub queue: Queue,
+    /// Read only, by reconcile: which services drifted from Git.
+    pub ecs: Ecs,
     /// One lock per (repo, branch), held from fetch to enqueue. One entry per branch ever
     /// pushed: small, and bounded by the repo's branches.
     branches: std::sync::Mutex<HashMap<String, Arc<BranchState>>>,
@@ -108,6 +111,8 @@ pub enum Error {
     Read(resolve::Error),
     #[error(transparent)]
     Queue(#[from] queue::Error),
+    #[error(transparent)]
+    Ecs(#[from] crate::ecs::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -118,6 +123,7 @@ impl Error {
         match self {
             Error::Fetch(_) => "cannot fetch the config repo",
             Error::Queue(_) => "the job queue did not accept the jobs",
+            Error::Ecs(_) => "cannot read ECS",
             Error::Read(_) | Error::Internal(_) => "internal error",
         }
     }
@@ -139,6 +145,7 @@ impl Dispatcher {
         Ok(Dispatcher {
             repos,
             queue: Queue::new(aws, &config.queue_url),
+            ecs: Ecs::new(aws),
             branches: Default::default(),
         })
     }
@@ -277,6 +284,92 @@ impl Dispatcher {
         Ok((outcome, resolved, specs))
     }
 
+    /// Resolves every environment of `repo` at its branch head and enqueues the apps whose
+    /// service is missing, runs another spec, or was moved to another task definition outside
+    /// fleetsync: what a missed webhook or a change in the console leaves behind. A spec whose
+    /// rollout failed and was rolled back stays quarantined until a push changes it.
+    ///
+    /// Jobs carry the delivery id `reconcile`, so the same drift found by several receivers at
+    /// once has one deduplication id and SQS keeps one job.
+    pub async fn reconcile(&self, repo: &WatchedRepo) -> Result<Reconciled, Error> {
+        let (mirror, config) = (repo.mirror.clone(), repo.config.clone());
+        let branches = tokio::task::spawn_blocking(move || environment_branches(&mirror, &config))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        let mut report = Reconciled::default();
+        for branch in branches {
+            // Shares the branch's lock with pushes: one fetch of a branch at a time.
+            let state = self.branch_state(&repo.config.name, &branch);
+            let _turn = state.last.lock().await;
+            let (mirror, config, b) = (repo.mirror.clone(), repo.config.clone(), branch.clone());
+            let plan = tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &b))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            let Plan::Resolved { results, .. } = plan else {
+                continue;
+            };
+            let mut jobs = Vec::new();
+            for (environment, result) in results {
+                let state = match result {
+                    Ok(state) => state,
+                    Err(found) => {
+                        report.problems.push(EnvironmentProblems {
+                            environment,
+                            problems: found.iter().map(Problem::to_string).collect(),
+                        });
+                        continue;
+                    }
+                };
+                let names: Vec<&str> = state.apps.iter().map(|a| a.service_name()).collect();
+                let live = self.ecs.describe_services(&state.cluster, &names).await?;
+                for app in &state.apps {
+                    match drift(app, live.get(app.service_name())) {
+                        Drift::InSync => report.in_sync += 1,
+                        Drift::Quarantined => report.quarantined += 1,
+                        Drift::Drifted => jobs.push(SyncJob::new(
+                            &repo.config.name,
+                            &branch,
+                            RECONCILE_DELIVERY,
+                            app.clone(),
+                        )),
+                    }
+                }
+            }
+            report.enqueued.extend(self.queue.send(&jobs).await?);
+        }
+        Ok(report)
+    }
+
+    /// Reconciles every repo each `every` until `shutdown`; the first run is one interval
+    /// after start, when the receiver is serving.
+    pub async fn reconcile_every(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            for repo in &self.repos {
+                match self.reconcile(repo).await {
+                    Ok(r) => info!(
+                        message = "Reconciled.",
+                        repo = %repo.config.name,
+                        enqueued = r.enqueued.len(),
+                        in_sync = r.in_sync,
+                        quarantined = r.quarantined,
+                        invalid_environments = r.problems.len()
+                    ),
+                    Err(e) => {
+                        warn!(message = "Reconcile failed; next interval tries again.", repo = %repo.config.name, error = %e)
+                    }
+                }
+            }
+        }
+    }
+
     fn branch_state(&self, repo: &str, branch: &str) -> Arc<BranchState> {
         let mut branches = self
             .branches
@@ -291,6 +384,59 @@ impl Dispatcher {
             .or_default()
             .clone()
     }
+}
+
+/// The delivery id of reconcile's jobs: the same on every receiver.
+pub const RECONCILE_DELIVERY: &str = "reconcile";
+
+/// What one reconcile of a repo found.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    pub enqueued: Vec<Enqueued>,
+    pub in_sync: usize,
+    pub quarantined: usize,
+    pub problems: Vec<EnvironmentProblems>,
+}
+
+enum Drift {
+    InSync,
+    Drifted,
+    /// Runs another spec because this one failed and was rolled back.
+    Quarantined,
+}
+
+fn drift(app: &DesiredApp, live: Option<&LiveService>) -> Drift {
+    let Some(live) = live else {
+        return Drift::Drifted;
+    };
+    let moved = live
+        .tags
+        .get(tag::TASK_DEFINITION)
+        .is_some_and(|set| task_definition_id(set) != task_definition_id(&live.task_definition));
+    if live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash) && !moved {
+        Drift::InSync
+    } else if live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash) {
+        Drift::Quarantined
+    } else {
+        Drift::Drifted
+    }
+}
+
+/// The distinct branches the root on the default branch binds environments to.
+fn environment_branches(mirror: &Mirror, repo: &RepoConfig) -> Result<Vec<String>, Error> {
+    let head = mirror
+        .fetch_branch(&repo.default_branch)
+        .map_err(Error::Fetch)?;
+    let local = mirror.local().map_err(Error::Fetch)?;
+    let root = resolve::read_root(&local.snapshot(head).map_err(Error::Fetch)?, &repo.root);
+    let mut branches: Vec<String> = match root {
+        Ok(Some(root)) => root.environments.into_iter().map(|e| e.branch).collect(),
+        Ok(None) | Err(resolve::Error::Invalid(_)) => Vec::new(),
+        Err(e) => return Err(Error::Read(e)),
+    };
+    branches.sort();
+    branches.dedup();
+    Ok(branches)
 }
 
 enum Plan {

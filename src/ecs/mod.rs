@@ -143,48 +143,41 @@ impl Ecs {
         cluster: &str,
         service: &str,
     ) -> Result<Option<LiveService>> {
-        let target = format!("{cluster}/{service}");
-        let out = self
-            .client
-            .describe_services()
-            .cluster(cluster)
-            .services(service)
-            .include(ServiceField::Tags)
-            .send()
-            .await
-            .map_err(|e| api_error("DescribeServices", &target, e))?;
-        let Some(s) = out
-            .services()
-            .iter()
-            .find(|s| s.status() != Some("INACTIVE"))
-        else {
-            return Ok(None);
-        };
-        Ok(Some(LiveService {
-            arn: s.service_arn().unwrap_or_default().to_owned(),
-            task_definition: s.task_definition().unwrap_or_default().to_owned(),
-            desired_count: s.desired_count(),
-            running_count: s.running_count(),
-            tags: tags(s.tags()),
-            deployments: s
-                .deployments()
+        Ok(self
+            .describe_services(cluster, &[service])
+            .await?
+            .remove(service))
+    }
+
+    /// The services that exist (not INACTIVE) among `names`, by name: one call per ten, the
+    /// most DescribeServices takes.
+    pub async fn describe_services(
+        &self,
+        cluster: &str,
+        names: &[&str],
+    ) -> Result<HashMap<String, LiveService>> {
+        let mut found = HashMap::with_capacity(names.len());
+        for batch in names.chunks(10) {
+            let target = format!("{cluster}/{}", batch.join(","));
+            let out = self
+                .client
+                .describe_services()
+                .cluster(cluster)
+                .set_services(Some(batch.iter().map(|s| (*s).to_owned()).collect()))
+                .include(ServiceField::Tags)
+                .send()
+                .await
+                .map_err(|e| api_error("DescribeServices", &target, e))?;
+            for s in out
+                .services()
                 .iter()
-                .map(|d| Deployment {
-                    id: d.id().unwrap_or_default().to_owned(),
-                    status: d.status().unwrap_or_default().to_owned(),
-                    task_definition: d.task_definition().unwrap_or_default().to_owned(),
-                    rollout_state: d.rollout_state().map(|r| r.as_str().to_owned()),
-                    rollout_state_reason: d.rollout_state_reason().map(str::to_owned),
-                    desired_count: d.desired_count(),
-                    running_count: d.running_count(),
-                })
-                .collect(),
-            events: s
-                .events()
-                .iter()
-                .filter_map(|e| e.message().map(str::to_owned))
-                .collect(),
-        }))
+                .filter(|s| s.status() != Some("INACTIVE"))
+            {
+                let live = live_service(s);
+                found.insert(s.service_name().unwrap_or_default().to_owned(), live);
+            }
+        }
+        Ok(found)
     }
 
     /// The latest ACTIVE revision of a family, or `None` when the family has none.
@@ -332,6 +325,35 @@ impl Ecs {
             .await
             .map_err(|e| api_error("TagResource", arn, e))?;
         Ok(())
+    }
+}
+
+/// What `sync` needs of a DescribeServices answer.
+fn live_service(s: &aws_sdk_ecs::types::Service) -> LiveService {
+    LiveService {
+        arn: s.service_arn().unwrap_or_default().to_owned(),
+        task_definition: s.task_definition().unwrap_or_default().to_owned(),
+        desired_count: s.desired_count(),
+        running_count: s.running_count(),
+        tags: tags(s.tags()),
+        deployments: s
+            .deployments()
+            .iter()
+            .map(|d| Deployment {
+                id: d.id().unwrap_or_default().to_owned(),
+                status: d.status().unwrap_or_default().to_owned(),
+                task_definition: d.task_definition().unwrap_or_default().to_owned(),
+                rollout_state: d.rollout_state().map(|r| r.as_str().to_owned()),
+                rollout_state_reason: d.rollout_state_reason().map(str::to_owned),
+                desired_count: d.desired_count(),
+                running_count: d.running_count(),
+            })
+            .collect(),
+        events: s
+            .events()
+            .iter()
+            .filter_map(|e| e.message().map(str::to_owned))
+            .collect(),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::info;
 
@@ -77,6 +77,7 @@ pub async fn apply(
 
     if let Some(live) = &live
         && live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash)
+        && !task_definition_changed_elsewhere(live)
     {
         // A previous attempt may have died, or handed the job over at shutdown, while the
         // rollout ran: finish watching it and act as that attempt would have.
@@ -126,6 +127,9 @@ pub async fn apply(
                 "taskDefinition".into(),
                 Value::String(task_definition.clone()),
             );
+            if let Some(Value::Array(tags)) = input.get_mut("tags") {
+                tags.push(json!({"key": tag::TASK_DEFINITION, "value": task_definition}));
+            }
             ecs.create_service(&input).await?;
             Outcome::Created {
                 task_definition: task_definition.clone(),
@@ -140,7 +144,9 @@ pub async fn apply(
             ecs.update_service(&input).await?;
             // Tagged after the update: a crash in between leaves the old hash, so the retry
             // repeats the (idempotent) update instead of believing it happened.
-            ecs.tag_resource(&live.arn, &app.service_tags()).await?;
+            let mut tags = app.service_tags();
+            tags.push((tag::TASK_DEFINITION.into(), task_definition.clone()));
+            ecs.tag_resource(&live.arn, &tags).await?;
             Outcome::Updated {
                 task_definition: task_definition.clone(),
             }
@@ -151,6 +157,14 @@ pub async fn apply(
         watch_or_roll_back(ecs, job, &task_definition, rollback, poll).await?;
     }
     Ok(outcome)
+}
+
+/// Whether someone moved the service to another task definition than the one fleetsync set
+/// (say, in the console): then the spec-hash tag no longer describes what runs.
+fn task_definition_changed_elsewhere(live: &LiveService) -> bool {
+    live.tags
+        .get(tag::TASK_DEFINITION)
+        .is_some_and(|set| task_definition_id(set) != task_definition_id(&live.task_definition))
 }
 
 /// The task definition a service ran before `target`. When an earlier attempt already moved
@@ -283,7 +297,10 @@ async fn roll_back(ecs: &Ecs, job: &SyncJob, rollback: Option<Rollback>, failure
         };
     }
     // The service runs the previous spec again: its tags must say so, or the next attempt would
-    // believe the failed spec is live.
+    // believe the failed spec is live. The failed spec is marked so reconcile leaves it alone.
+    let mut tags = tags;
+    tags.push((tag::TASK_DEFINITION.into(), previous.clone()));
+    tags.push((tag::FAILED_SPEC_HASH.into(), app.spec_hash.clone()));
     if let Err(e) = ecs.tag_resource(&service_arn, &tags).await {
         return Error::RollbackFailed {
             original: Box::new(failure),

@@ -95,10 +95,26 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
         "{ecs:?} {sqs:?}"
     );
 
-    // The receiver only sends jobs (dispatch → queue::Queue::send).
+    // The receiver sends jobs (dispatch → queue::Queue::send) and, to reconcile, reads
+    // services (dispatch → ecs::Ecs::describe_services); nothing else.
     let receiver = &roles["ReceiverTaskRole"];
-    assert_eq!(receiver.iter().collect::<Vec<_>>(), ["sqs:SendMessage"]);
-    assert!(sqs.contains("sqs:SendMessage"));
+    assert_eq!(
+        receiver.iter().collect::<Vec<_>>(),
+        ["ecs:DescribeServices", "sqs:SendMessage"]
+    );
+    assert!(sqs.contains("sqs:SendMessage") && ecs.contains("ecs:DescribeServices"));
+    let dispatch =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/dispatch.rs")).unwrap();
+    let ecs_calls: Vec<_> = dispatch
+        .match_indices("self.ecs.")
+        .map(|(i, _)| &dispatch[i + 9..i + 27])
+        .collect();
+    assert!(
+        ecs_calls
+            .iter()
+            .all(|c| c.starts_with("describe_services(")),
+        "the receiver calls ECS beyond DescribeServices: {ecs_calls:?}"
+    );
 
     // The worker makes every other call: all ECS calls, and the rest of the queue's.
     let worker = &roles["WorkerTaskRole"];

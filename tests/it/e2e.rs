@@ -77,7 +77,11 @@ impl Setup {
             Some(t.unwrap().replace("rollback: true", "rollback: false"))
         });
         self.repo.commit("staging", "apps/api/taskdef.json", |t| {
-            Some(t.unwrap().replace("api:1.4.2", "api:broken"))
+            let t = t.unwrap();
+            let image = "public.ecr.aws/acme/api:";
+            let at = t.find(image).expect("the api image") + image.len();
+            let end = at + t[at..].find('"').unwrap();
+            Some(format!("{}broken{}", &t[..at], &t[end..]))
         })
     }
 }
@@ -736,4 +740,98 @@ async fn a_push_enqueues_only_the_apps_it_changed_and_a_fresh_receiver_enqueues_
     });
     let (status, body) = other.push("staging", third, "third").await;
     assert_eq!((status, jobs(&body).len()), (202, 4), "{body}");
+}
+
+/// One reconcile pass over the config repo, as `serve` runs it on its interval.
+async fn reconcile(s: &Setup) -> fleetsync::dispatch::Reconciled {
+    let dispatcher =
+        fleetsync::dispatch::Dispatcher::from_config(&s.config, &s.emulator.aws).unwrap();
+    dispatcher.reconcile(&dispatcher.repos[0]).await.unwrap()
+}
+
+fn apps(r: &fleetsync::dispatch::Reconciled) -> Vec<&str> {
+    r.enqueued.iter().map(|e| e.app.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_heals_a_missed_push_and_a_console_change_but_not_a_failed_spec() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    // Production was never pushed: reconcile deploys it.
+    let r = reconcile(&s).await;
+    assert_eq!(
+        (apps(&r), r.in_sync),
+        (APPS.to_vec(), 4),
+        "production missing, staging in sync: {r:?}"
+    );
+    assert!(r.enqueued.iter().all(|e| e.environment == "production"));
+    all_live_at(&s.emulator, "production", &s.repo.head("main").to_string()).await;
+    s.drained().await;
+    let r = reconcile(&s).await;
+    assert_eq!((apps(&r), r.in_sync), (vec![], 8), "{r:?}");
+
+    // A push whose webhook never arrived.
+    let missed = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
+    });
+    let r = reconcile(&s).await;
+    assert!(apps(&r).contains(&"api"), "{r:?}");
+    eventually(LIMIT, "staging/api at the missed commit", || async {
+        s.emulator
+            .service("staging", "api")
+            .await
+            .filter(|a| a.revision() == missed.to_string())
+    })
+    .await;
+    s.drained().await;
+
+    // Someone moves the service back to the old task definition in the console.
+    s.emulator
+        .ecs()
+        .update_service()
+        .cluster("staging")
+        .service("api")
+        .task_definition("staging-api:1")
+        .send()
+        .await
+        .unwrap();
+    let r = reconcile(&s).await;
+    assert!(apps(&r).contains(&"api"), "{r:?}");
+    eventually(
+        LIMIT,
+        "staging/api back on fleetsync's task definition",
+        || async {
+            s.emulator
+                .service("staging", "api")
+                .await
+                .filter(|a| a.task_definition.ends_with("staging-api:2"))
+        },
+    )
+    .await;
+    s.drained().await;
+
+    // A spec whose rollout failed and was rolled back is not applied again by reconcile.
+    let broken = s.commit_broken_api();
+    assert_eq!(receiver.push("staging", broken, "broken").await.0, 202);
+    s.drained().await;
+    let r = reconcile(&s).await;
+    assert!(!apps(&r).contains(&"api"), "{r:?}");
+    assert_eq!(r.quarantined, 1, "{r:?}");
+}
+
+/// Models SQS FIFO deduplication, which the emulator keeps while the first message is queued
+/// (AWS keeps it five minutes): receivers that reconcile at once send the same deduplication
+/// ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_reconciling_at_once_enqueue_each_drifted_app_once() {
+    let s = setup().await;
+    let (a, b) = tokio::join!(reconcile(&s), reconcile(&s));
+    assert_eq!((a.enqueued.len(), b.enqueued.len()), (8, 8));
+    assert_eq!(
+        s.emulator.queue_depth(&s.queue_url).await,
+        8,
+        "16 sends, one job per app and environment"
+    );
 }

@@ -137,7 +137,8 @@ mod properties {
         for &i in order {
             let (name, image, count) = &apps[i];
             root.push_str(&format!("  - {{ name: {name}, path: apps/{name} }}\n"));
-            let text = app(name, image).replace("desiredCount: 2", &format!("desiredCount: {count}"));
+            let text =
+                app(name, image).replace("desiredCount: 2", &format!("desiredCount: {count}"));
             repo = repo.with(&format!("apps/{name}/app.yaml"), &text);
         }
         repo.with(DEFAULT_ROOT, &root)
