@@ -495,8 +495,13 @@ impl<'a> Fields<'a> {
 impl Report<'_> {
     /// Records a problem, keeping the caller's code free of `Problem` construction.
     pub fn at(&mut self, pos: Pos, message: impl Into<String>) {
+        let file = if pos.overlay {
+            super::OVERLAY_FILE
+        } else {
+            self.file
+        };
         self.problems.push(Problem {
-            file: self.file.to_owned(),
+            file: file.to_owned(),
             line: pos.line,
             column: pos.column,
             message: message.into(),

@@ -6,6 +6,7 @@
 
 mod desired;
 pub mod manifest;
+mod overlay;
 pub mod policy;
 mod rules;
 pub mod yaml;
@@ -195,9 +196,7 @@ fn resolve_with(
         Some(trusted) => {
             if own_policy.as_ref().map(Policy::rules) != trusted.policy.as_ref().map(Policy::rules)
             {
-                let at = own_policy
-                    .as_ref()
-                    .map_or(Pos { line: 1, column: 1 }, |p| p.pos);
+                let at = own_policy.as_ref().map_or(Pos::at(1, 1), |p| p.pos);
                 Report::new(root_path, &mut walk.problems).at(
                     at,
                     "this root's policy differs from the root's on the default branch, which is the one that applies; change the policy on the default branch first",
@@ -392,7 +391,7 @@ impl Walk<'_> {
                 Ok(Some(Some(node))) => node,
                 Ok(Some(None)) => {
                     Report::new(&app_file, &mut self.problems)
-                        .at(Pos { line: 1, column: 1 }, "the app manifest is empty");
+                        .at(Pos::at(1, 1), "the app manifest is empty");
                     self.leaves.push(unusable(app_ref, dir, app_file));
                     continue;
                 }
@@ -662,6 +661,10 @@ const SERVICE_FIELDS: &[&str] = &[
     "availabilityZoneRebalancing",
 ];
 
+/// Where problems at an overlay's positions are filed until the overlay's path replaces it.
+const OVERLAY_FILE: &str = "\0overlay";
+
+/// One app with its environment's overlay applied, if it has one.
 fn resolve_app(
     files: &dyn Files,
     env: &Environment,
@@ -670,10 +673,65 @@ fn resolve_app(
     provenance: &Provenance,
     problems: &mut Vec<Problem>,
 ) -> Result<Option<DesiredApp>, Error> {
-    let (app_ref, dir, app_path) = (&leaf.app_ref, &leaf.dir, &leaf.app_file);
     let Some(node) = &leaf.node else {
         return Ok(None);
     };
+    let path = join(&leaf.dir, &format!("env/{}.yaml", env.name));
+    let overlay = match load(files, &path) {
+        Ok(None) => None,
+        Ok(Some(None)) => None, // an empty overlay changes nothing
+        Ok(Some(Some(mut overlay))) => {
+            let before = problems.len();
+            let mut report = Report::new(&path, problems);
+            let allowed = ["taskDefinition", "service", "rollout"];
+            manifest::Fields::new(&overlay, "an environment overlay", &allowed, &mut report);
+            if problems.len() > before {
+                return Ok(None);
+            }
+            overlay.mark_overlay();
+            Some(overlay)
+        }
+        Err(Error::Invalid(found)) => {
+            problems.extend(found);
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let before = problems.len();
+    let result = match &overlay {
+        None => resolve_app_at(files, env, leaf, node, None, env_vars, provenance, problems),
+        Some(overlay) => {
+            let mut app_patch = overlay.clone();
+            if let Kind::Map(entries) = &mut app_patch.kind {
+                entries.retain(|(k, _)| k.as_str() != Some("taskDefinition"));
+            }
+            let node = overlay::merge(node, &app_patch);
+            let td_patch = overlay.get("taskDefinition");
+            resolve_app_at(
+                files, env, leaf, &node, td_patch, env_vars, provenance, problems,
+            )
+        }
+    };
+    for p in &mut problems[before..] {
+        if p.file == OVERLAY_FILE {
+            p.file.clone_from(&path);
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resolve_app_at(
+    files: &dyn Files,
+    env: &Environment,
+    leaf: &Leaf,
+    node: &Node,
+    td_patch: Option<&Node>,
+    env_vars: &Vars,
+    provenance: &Provenance,
+    problems: &mut Vec<Problem>,
+) -> Result<Option<DesiredApp>, Error> {
+    let (app_ref, dir, app_path) = (&leaf.app_ref, &leaf.dir, &leaf.app_file);
     let before = problems.len();
     let Some(app) = manifest::read_app(node, &app_ref.name, &mut Report::new(app_path, problems))
     else {
@@ -692,10 +750,8 @@ fn resolve_app(
             match load(files, &path) {
                 Ok(Some(Some(node))) => (path, node),
                 Ok(Some(None)) => {
-                    Report::new(&path, problems).at(
-                        Pos { line: 1, column: 1 },
-                        "the task definition file is empty",
-                    );
+                    Report::new(&path, problems)
+                        .at(Pos::at(1, 1), "the task definition file is empty");
                     return Ok(None);
                 }
                 Ok(None) => {
@@ -710,6 +766,10 @@ fn resolve_app(
                 Err(e) => return Err(e),
             }
         }
+    };
+    let td_node = match td_patch {
+        Some(patch) => overlay::merge(&td_node, patch),
+        None => td_node,
     };
     let task_definition = object(
         &td_node,

@@ -470,7 +470,7 @@ fn privileges<'n>(td: &'n Node, containers: &'n [Node], values: &Vars) -> Vec<(&
 }
 
 fn check_service(scope: &Scope, service: Option<&Node>, _file: &str, report: &mut Report<'_>) {
-    let at = service.map_or(Pos { line: 1, column: 1 }, |s| s.pos);
+    let at = service.map_or(Pos::at(1, 1), |s| s.pos);
     if let Some(rule) = &scope.policy.required_tags {
         let keys: Vec<String> = service
             .and_then(|s| s.get("tags"))

@@ -113,7 +113,7 @@ pub fn check(
             .is_none()
     {
         Report::new(app_file, problems).at(
-            service_node.map_or(Pos { line: 1, column: 1 }, |n| n.pos),
+            service_node.map_or(Pos::at(1, 1), |n| n.pos),
             "the task definition uses `networkMode: awsvpc`, so the service needs `networkConfiguration.awsvpcConfiguration` with its subnets and security groups",
         );
     }

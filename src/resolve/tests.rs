@@ -334,5 +334,6 @@ fn a_branch_cannot_lift_the_policy_of_the_default_branch() {
 }
 
 mod nesting;
+mod overlays;
 mod policy;
 mod vars_and_rules;

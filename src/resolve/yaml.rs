@@ -15,14 +15,21 @@ use serde_json::Value;
 pub struct Pos {
     pub line: usize,
     pub column: usize,
+    /// In an environment overlay merged into the app, not in the file the app was read from.
+    pub overlay: bool,
 }
 
 impl Pos {
-    fn of(span: Span) -> Self {
+    pub const fn at(line: usize, column: usize) -> Self {
         Pos {
-            line: span.start.line(),
-            column: span.start.col() + 1,
+            line,
+            column,
+            overlay: false,
         }
+    }
+
+    fn of(span: Span) -> Self {
+        Pos::at(span.start.line(), span.start.col() + 1)
     }
 }
 
@@ -53,10 +60,7 @@ pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     Parser::new_from_str(text)
         .load(&mut builder, true)
         .map_err(|e| SyntaxError {
-            pos: Pos {
-                line: e.marker().line(),
-                column: e.marker().col() + 1,
-            },
+            pos: Pos::at(e.marker().line(), e.marker().col() + 1),
             message: e.info().to_owned(),
         })?;
     if let Some(message) = builder.error {
@@ -69,6 +73,19 @@ pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
 }
 
 impl Node {
+    /// Marks every position in the tree as the overlay's.
+    pub fn mark_overlay(&mut self) {
+        self.pos.overlay = true;
+        match &mut self.kind {
+            Kind::Scalar(..) => {}
+            Kind::Seq(items) => items.iter_mut().for_each(Node::mark_overlay),
+            Kind::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+                k.mark_overlay();
+                v.mark_overlay();
+            }),
+        }
+    }
+
     /// The value of `key` when this node is a mapping.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.kind {
@@ -316,11 +333,11 @@ mod tests {
         let Kind::Map(entries) = &node.kind else {
             panic!("not a map")
         };
-        assert_eq!(entries[0].0.pos, Pos { line: 1, column: 1 });
+        assert_eq!(entries[0].0.pos, Pos::at(1, 1));
         let Kind::Seq(items) = &entries[1].1.kind else {
             panic!("not a seq")
         };
-        assert_eq!(items[1].pos, Pos { line: 4, column: 5 });
+        assert_eq!(items[1].pos, Pos::at(4, 5));
         assert_eq!(
             node.to_json(),
             serde_json::json!({"a": 1, "list": ["x", "y"]})
@@ -358,7 +375,7 @@ mod tests {
         let err = parse("a: 1\nb:\n  c: 1\n  c: 2\n").unwrap_err();
         assert_eq!(
             (err.pos, err.message.as_str()),
-            (Pos { line: 4, column: 3 }, "duplicate key `c`")
+            (Pos::at(4, 3), "duplicate key `c`")
         );
         let err = parse("a: 1\n---\nb: 2\n").unwrap_err();
         assert_eq!(
