@@ -20,7 +20,7 @@ use crate::preflight::Preflight;
 use crate::repo::Local;
 use crate::resolve::{self, DEFAULT_ROOT, Problem};
 use crate::sync::{Worker, plan};
-use crate::{shutdown, webhook};
+use crate::{api, shutdown, webhook};
 
 #[derive(Parser)]
 #[command(
@@ -161,7 +161,12 @@ async fn serve(path: &str) -> anyhow::Result<ExitCode> {
     if let Some(every) = config.reconcile_interval {
         tokio::spawn(dispatcher.clone().reconcile_every(every, shutdown.clone()));
     }
-    webhook::serve(listener, webhook::router(dispatcher, &config), shutdown).await?;
+    let mut router = webhook::router(dispatcher.clone(), &config);
+    if let Some(source) = &config.api_token_hashes {
+        let tokens = api::TokenHashes::load(source).map_err(anyhow::Error::msg)?;
+        router = router.merge(api::router(dispatcher, tokens));
+    }
+    webhook::serve(listener, router, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

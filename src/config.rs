@@ -28,8 +28,9 @@ pub enum Error {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error("secret of repo `{repo}`: {message}")]
-    Secret { repo: String, message: String },
+    /// `owner` says whose secret: "secret of repo `platform`", "api.tokenHashes".
+    #[error("{owner}: {message}")]
+    Secret { owner: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -47,6 +48,8 @@ pub struct Config {
     /// How often `serve` resolves every environment and enqueues apps that drifted from Git;
     /// `None` disables it.
     pub reconcile_interval: Option<Duration>,
+    /// Where the API's token digests are (`api.tokenHashes`); no API without them.
+    pub api_token_hashes: Option<SecretRef>,
 }
 
 /// How the receiver protects itself. Every limit answers with its own status code, never with
@@ -109,6 +112,14 @@ struct RawConfig {
     webhooks: RawWebhooks,
     #[serde(default, with = "humantime_serde_opt")]
     reconcile_interval: Option<Duration>,
+    #[serde(default)]
+    api: RawApi,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawApi {
+    token_hashes: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -238,7 +249,7 @@ impl Config {
                 )));
             }
             let secret = SecretRef::parse(&r.secret).map_err(|message| Error::Secret {
-                repo: r.name.clone(),
+                owner: format!("secret of repo `{}`", r.name),
                 message,
             })?;
             repos.push(RepoConfig {
@@ -281,6 +292,16 @@ impl Config {
             max_body_bytes: raw.max_body_bytes.unwrap_or(1 << 20),
             repos,
             worker,
+            api_token_hashes: raw
+                .api
+                .token_hashes
+                .map(|text| {
+                    SecretRef::parse(&text).map_err(|message| Error::Secret {
+                        owner: "api.tokenHashes".into(),
+                        message,
+                    })
+                })
+                .transpose()?,
             reconcile_interval: match raw.reconcile_interval {
                 None => Some(Duration::from_secs(180)),
                 Some(d) if d.is_zero() => None,
@@ -333,9 +354,10 @@ impl SecretRef {
 
     /// Reads the secret. Empty secrets are an error: accepting unsigned webhooks is never a
     /// fallback.
-    pub fn load(&self, repo: &str) -> Result<Secret> {
+    /// `owner` names the secret in errors, e.g. "secret of repo `platform`".
+    pub fn load(&self, owner: &str) -> Result<Secret> {
         let err = |message: String| Error::Secret {
-            repo: repo.to_owned(),
+            owner: owner.to_owned(),
             message,
         };
         let value = match self {

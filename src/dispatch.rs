@@ -29,6 +29,8 @@ pub struct Dispatcher {
     pub queue: Queue,
     /// Read only, by reconcile: which services drifted from Git.
     pub ecs: Ecs,
+    /// API sync requests so far, for their delivery ids.
+    requests: AtomicU64,
     /// One lock per (repo, branch), held from fetch to enqueue. One entry per branch ever
     /// pushed: small, and bounded by the repo's branches.
     branches: std::sync::Mutex<HashMap<String, Arc<BranchState>>>,
@@ -137,7 +139,9 @@ impl Dispatcher {
         for repo in &config.repos {
             let mirror = Mirror::open(&config.mirror_dir, &repo.name, &repo.fetch_url)?;
             repos.push(WatchedRepo {
-                secret: repo.secret.load(&repo.name)?,
+                secret: repo
+                    .secret
+                    .load(&format!("secret of repo `{}`", repo.name))?,
                 mirror: Arc::new(mirror),
                 config: repo.clone(),
             });
@@ -146,6 +150,7 @@ impl Dispatcher {
             repos,
             queue: Queue::new(aws, &config.queue_url),
             ecs: Ecs::new(aws),
+            requests: AtomicU64::new(0),
             branches: Default::default(),
         })
     }
@@ -340,6 +345,76 @@ impl Dispatcher {
         Ok(report)
     }
 
+    /// Enqueues every app of `environment` (or just `app`) at its branch head, whatever this
+    /// receiver enqueued before: a sync asked for by a person through the API.
+    pub async fn resync(
+        &self,
+        repo_name: &str,
+        environment: &str,
+        app: Option<&str>,
+    ) -> Result<Vec<Enqueued>, ResyncError> {
+        let Some(repo) = self.repos.iter().find(|r| r.config.name == repo_name) else {
+            let known: Vec<_> = self.repos.iter().map(|r| r.config.name.as_str()).collect();
+            return Err(ResyncError::Unknown(format!(
+                "no repo `{repo_name}` in the server config; known: {}",
+                known.join(", ")
+            )));
+        };
+        let (mirror, config) = (repo.mirror.clone(), repo.config.clone());
+        let bindings = tokio::task::spawn_blocking(move || environment_bindings(&mirror, &config))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        let Some((_, branch)) = bindings.iter().find(|(name, _)| name == environment) else {
+            let known: Vec<_> = bindings.iter().map(|(name, _)| name.as_str()).collect();
+            return Err(ResyncError::Unknown(format!(
+                "no environment `{environment}` in repo `{repo_name}`; declared on its default branch: {}",
+                known.join(", ")
+            )));
+        };
+        let state = self.branch_state(&repo.config.name, branch);
+        let _turn = state.last.lock().await;
+        let (mirror, config, b) = (repo.mirror.clone(), repo.config.clone(), branch.clone());
+        let plan = tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &b))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        let Plan::Resolved { results, .. } = plan else {
+            return Err(ResyncError::Unknown(format!(
+                "branch `{branch}` of environment `{environment}` does not exist"
+            )));
+        };
+        let Some((_, result)) = results
+            .into_iter()
+            .find(|(name, _)| name.as_deref().is_none_or(|n| n == environment))
+        else {
+            return Err(ResyncError::Unknown(format!(
+                "environment `{environment}` is not bound to branch `{branch}`"
+            )));
+        };
+        let state = result.map_err(|problems| {
+            ResyncError::Invalid(problems.iter().map(Problem::to_string).collect())
+        })?;
+        let apps: Vec<_> = state
+            .apps
+            .into_iter()
+            .filter(|a| app.is_none_or(|name| a.name == name))
+            .collect();
+        if let Some(name) = app
+            && apps.is_empty()
+        {
+            return Err(ResyncError::Unknown(format!(
+                "no app `{name}` in environment `{environment}`"
+            )));
+        }
+        // Its own delivery id: an explicit request is never deduplicated into an earlier one.
+        let delivery = format!("api-{}", self.requests.fetch_add(1, Ordering::Relaxed));
+        let delivery = format!("{delivery}-{}", std::process::id());
+        let jobs: Vec<_> = apps
+            .into_iter()
+            .map(|a| SyncJob::new(&repo.config.name, branch, &delivery, a))
+            .collect();
+        Ok(self.queue.send(&jobs).await.map_err(Error::Queue)?)
+    }
+
     /// Reconciles every repo each `every` until `shutdown`; the first run is one interval
     /// after start, when the receiver is serving.
     pub async fn reconcile_every(
@@ -424,19 +499,46 @@ fn drift(app: &DesiredApp, live: Option<&LiveService>) -> Drift {
 
 /// The distinct branches the root on the default branch binds environments to.
 fn environment_branches(mirror: &Mirror, repo: &RepoConfig) -> Result<Vec<String>, Error> {
+    let mut branches: Vec<String> = environment_bindings(mirror, repo)?
+        .into_iter()
+        .map(|(_, branch)| branch)
+        .collect();
+    branches.sort();
+    branches.dedup();
+    Ok(branches)
+}
+
+/// (environment, branch) as the root on the freshly fetched default branch binds them.
+fn environment_bindings(
+    mirror: &Mirror,
+    repo: &RepoConfig,
+) -> Result<Vec<(String, String)>, Error> {
     let head = mirror
         .fetch_branch(&repo.default_branch)
         .map_err(Error::Fetch)?;
     let local = mirror.local().map_err(Error::Fetch)?;
     let root = resolve::read_root(&local.snapshot(head).map_err(Error::Fetch)?, &repo.root);
-    let mut branches: Vec<String> = match root {
-        Ok(Some(root)) => root.environments.into_iter().map(|e| e.branch).collect(),
+    Ok(match root {
+        Ok(Some(root)) => root
+            .environments
+            .into_iter()
+            .map(|e| (e.name, e.branch))
+            .collect(),
         Ok(None) | Err(resolve::Error::Invalid(_)) => Vec::new(),
         Err(e) => return Err(Error::Read(e)),
-    };
-    branches.sort();
-    branches.dedup();
-    Ok(branches)
+    })
+}
+
+/// Why an API sync enqueued nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    /// No such repo, environment or app: the message says which, and what exists.
+    #[error("{0}")]
+    Unknown(String),
+    #[error("the environment does not resolve")]
+    Invalid(Vec<String>),
+    #[error(transparent)]
+    Failed(#[from] Error),
 }
 
 enum Plan {

@@ -17,8 +17,10 @@
 //! - [`sync`]: the worker: apply a job, wait for the rollout, roll back on failure.
 //! - [`preflight`]: what an app references exists and is usable, checked before it deploys.
 //! - [`ecs`]: the thin ECS client layer.
+//! - [`api`]: `POST /api/v1/sync`, a sync asked for by a person, behind hashed bearer tokens.
 //! - [`config`], [`cli`], [`shutdown`]: the edges.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dispatch;

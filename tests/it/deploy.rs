@@ -178,7 +178,7 @@ fn to_api(value: &Value, in_options: bool) -> serde_json::Value {
                     "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleetsync:test".into()
                 }
                 "!Ref" if target == "AWS::Region" => "us-east-1".into(),
-                "!Ref" if target == "WebhookSecret" => {
+                "!Ref" if target == "WebhookSecret" || target == "ApiTokenHashes" => {
                     "arn:aws:secretsmanager:us-east-1:123456789012:secret:fleetsync-AbCdEf".into()
                 }
                 "!Sub" => target.replace("${", "<").replace('}', ">"),
@@ -212,4 +212,59 @@ async fn the_task_definitions_register_against_the_emulator() {
             "{arn}"
         );
     }
+}
+
+/// The text of an intrinsic function (`!Ref X`, `!Sub ...`).
+fn tagged(value: &Value) -> Option<&str> {
+    match value {
+        Value::Tagged(t) => t.value.as_str(),
+        _ => None,
+    }
+}
+
+/// The receiver's API reads token digests from Secrets Manager, injected at task start, and its
+/// config points the API at them; the default digest matches no token.
+#[test]
+fn the_receiver_gets_its_api_token_digests_from_secrets_manager() {
+    let template = template();
+    let definitions = resources(&template, "AWS::ECS::TaskDefinition");
+    let (_, receiver) = definitions
+        .iter()
+        .find(|(name, _)| name == "ReceiverTaskDefinition")
+        .unwrap();
+    let container = &receiver["ContainerDefinitions"][0];
+    let injected = container["Secrets"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|s| s["Name"].as_str() == Some("FLEETSYNC_API_TOKEN_HASHES"))
+        .expect("the digests are injected");
+    assert_eq!(tagged(&injected["ValueFrom"]), Some("ApiTokenHashes"));
+    let config = tagged(&container["Environment"][0]["Value"]).unwrap();
+    assert!(
+        config.contains("tokenHashes: env:FLEETSYNC_API_TOKEN_HASHES"),
+        "{config}"
+    );
+
+    let (_, secret) = resources(&template, "AWS::SecretsManager::Secret")
+        .into_iter()
+        .find(|(name, _)| name == "ApiTokenHashes")
+        .unwrap();
+    let placeholder = secret["SecretString"].as_str().unwrap();
+    assert!(
+        fleetsync::api::TokenHashes::parse(placeholder).is_ok(),
+        "the placeholder parses, so the receiver starts"
+    );
+
+    let statements = &template["Resources"]["ReceiverExecutionRole"]["Properties"]["Policies"][0]["PolicyDocument"]
+        ["Statement"];
+    let readable: Vec<_> = statements
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Action"][0].as_str() == Some("secretsmanager:GetSecretValue"))
+        .flat_map(|s| s["Resource"].as_sequence().cloned().unwrap_or_default())
+        .filter_map(|r| tagged(&r).map(str::to_owned))
+        .collect();
+    assert_eq!(readable, ["WebhookSecret", "ApiTokenHashes"]);
 }

@@ -388,7 +388,11 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let router = fleetsync::webhook::router(dispatcher, config);
+        let mut router = fleetsync::webhook::router(dispatcher.clone(), config);
+        if let Some(source) = &config.api_token_hashes {
+            let tokens = fleetsync::api::TokenHashes::load(source).unwrap();
+            router = router.merge(fleetsync::api::router(dispatcher, tokens));
+        }
         tokio::spawn(fleetsync::webhook::serve(
             listener,
             router,

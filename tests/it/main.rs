@@ -1,5 +1,6 @@
 //! Integration tests, one binary so the AWS SDK is linked once.
 
+mod api;
 mod binary;
 mod cli;
 mod deploy;
