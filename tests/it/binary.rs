@@ -37,33 +37,54 @@ impl Process {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_and_worker_deploy_a_push_and_stop_cleanly_on_sigterm() {
-    let emulator = Emulator::start().await;
-    emulator.create_clusters(&["staging", "production"]).await;
-    let queue_url = emulator.create_queue("fleetsync.fifo").await;
-    let repo = ConfigRepo::example(&emulator);
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.path().join("fleetsync.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{port}\nmirrorDir: {}\nqueueUrl: {queue_url}\nrepos:\n  - name: platform\n    url: {REPO_URL}\n    fetchUrl: {}\n    secret: env:FLEETSYNC_WEBHOOK_SECRET\nworker:\n  rolloutPollInterval: 100ms\n",
-            dir.path().join("mirrors").display(),
-            repo.file_url(),
-        ),
-    )
-    .unwrap();
-    let start = |args: &[&str]| {
+/// An emulator, the example config repo, and one config file for real `fleetsync` processes.
+struct Fleet {
+    emulator: Emulator,
+    repo: ConfigRepo,
+    queue_url: String,
+    config: std::path::PathBuf,
+    receiver: Receiver,
+    _dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    async fn new(worker: &str) -> Fleet {
+        let emulator = Emulator::start().await;
+        emulator.create_clusters(&["staging", "production"]).await;
+        let queue_url = emulator.create_queue("fleetsync.fifo").await;
+        let repo = ConfigRepo::example(&emulator);
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("fleetsync.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\nmirrorDir: {}\nqueueUrl: {queue_url}\nrepos:\n  - name: platform\n    url: {REPO_URL}\n    fetchUrl: {}\n    secret: env:FLEETSYNC_WEBHOOK_SECRET\nworker:\n{worker}",
+                dir.path().join("mirrors").display(),
+                repo.file_url(),
+            ),
+        )
+        .unwrap();
+        Fleet {
+            emulator,
+            repo,
+            queue_url,
+            config,
+            receiver: Receiver::remote(&format!("http://127.0.0.1:{port}")),
+            _dir: dir,
+        }
+    }
+
+    /// `fleetsync <args> --config <file>`, reaching AWS through AWS_ENDPOINT_URL only.
+    fn start(&self, args: &[&str]) -> Process {
         let child = Command::new(env!("CARGO_BIN_EXE_fleetsync"))
             .args(args)
-            .args(["--config", config.to_str().unwrap()])
-            .env("AWS_ENDPOINT_URL", &emulator.endpoint)
+            .args(["--config", self.config.to_str().unwrap()])
+            .env("AWS_ENDPOINT_URL", &self.emulator.endpoint)
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
@@ -73,29 +94,39 @@ async fn serve_and_worker_deploy_a_push_and_stop_cleanly_on_sigterm() {
             .spawn()
             .unwrap();
         Process(child)
-    };
-    let serve = start(&["serve"]);
-    let worker = start(&["worker", "--grace", "5s"]);
-    let receiver = Receiver::remote(&format!("http://127.0.0.1:{port}"));
-    eventually(
-        Duration::from_secs(30),
-        "the receiver to listen",
-        || async {
-            reqwest::get(format!("{}/readyz", receiver.url))
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
-        },
-    )
-    .await;
+    }
 
-    let head = repo.head("staging");
-    let (status, body) = receiver.push("staging", head, "binary").await;
+    async fn serve(&self) -> Process {
+        let serve = self.start(&["serve"]);
+        eventually(
+            Duration::from_secs(30),
+            "the receiver to listen",
+            || async {
+                reqwest::get(format!("{}/readyz", self.receiver.url))
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| ())
+            },
+        )
+        .await;
+        serve
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_worker_deploy_a_push_and_stop_cleanly_on_sigterm() {
+    let fleet = Fleet::new("  rolloutPollInterval: 100ms\n").await;
+    let serve = fleet.serve().await;
+    let worker = fleet.start(&["worker", "--grace", "5s"]);
+
+    let head = fleet.repo.head("staging");
+    let (status, body) = fleet.receiver.push("staging", head, "binary").await;
     assert_eq!(status, 202, "{body}");
     for app in APPS {
         eventually(Duration::from_secs(60), app, || async {
-            emulator
+            fleet
+                .emulator
                 .service("staging", app)
                 .await
                 .filter(|s| s.revision() == head.to_string())
@@ -105,4 +136,68 @@ async fn serve_and_worker_deploy_a_push_and_stop_cleanly_on_sigterm() {
 
     assert!(serve.terminate().await.success());
     assert!(worker.terminate().await.success());
+}
+
+/// What ECS does to a task at a scale-in or a host failure: no signal the worker can handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_rollout_leaves_its_jobs_to_another_that_finishes_them() {
+    // Slow polls keep the rollouts in progress long enough to kill the worker during them; a
+    // short visibility timeout hands its jobs over soon after it dies.
+    let fleet = Fleet::new("  rolloutPollInterval: 3s\n  visibilityTimeout: 3s\n").await;
+    let _serve = fleet.serve().await;
+    let first = fleet.start(&["worker"]);
+    let head = fleet.repo.head("staging");
+    assert_eq!(fleet.receiver.push("staging", head, "kill").await.0, 202);
+    // Watched with ListServices: the emulator's rollouts advance on DescribeServices calls.
+    eventually(Duration::from_secs(60), "api created", || async {
+        let out = fleet
+            .emulator
+            .ecs()
+            .list_services()
+            .cluster("staging")
+            .send()
+            .await
+            .unwrap();
+        out.service_arns()
+            .iter()
+            .any(|arn| arn.ends_with("/api"))
+            .then_some(())
+    })
+    .await;
+    let steady = |s: &Live| {
+        s.events
+            .iter()
+            .any(|e| e.contains("has reached a steady state"))
+    };
+    let api = fleet.emulator.service("staging", "api").await.unwrap();
+    assert!(
+        !steady(&api),
+        "killed before the rollout was watched to its end"
+    );
+    drop(first); // SIGKILL
+
+    let _second = fleet.start(&["worker"]);
+    for app in APPS {
+        eventually(
+            Duration::from_secs(90),
+            &format!("{app} completed"),
+            || async {
+                fleet
+                    .emulator
+                    .service("staging", app)
+                    .await
+                    .filter(|s| s.revision() == head.to_string() && steady(s))
+            },
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(60), "the queue to drain", || async {
+        (fleet.emulator.queue_depth(&fleet.queue_url).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        fleet.emulator.revisions("staging-api").await,
+        ["staging-api:1"],
+        "the second attempt found the first one's work instead of redoing it"
+    );
 }
