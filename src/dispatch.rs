@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::config::{Config, RepoConfig, Secret};
 use crate::ecs::{Ecs, LiveService, task_definition_id};
+use crate::queue::job::RECONCILE_DELIVERY;
 use crate::queue::{self, Enqueued, Queue, SyncJob};
 use crate::repo::{self, Mirror};
 use crate::resolve::{self, DesiredApp, DesiredState, Problem, tag};
@@ -51,9 +53,12 @@ struct LastAnswer {
     /// The branch head and bindings commit it was resolved from.
     resolved: Option<String>,
     at: Instant,
-    /// Spec hashes by environment and app that SQS has accepted jobs for, from this answer or
-    /// the ones before it. A later head enqueues only apps whose hash differs. Lost on any
-    /// failure and absent in a fresh receiver: then every app is enqueued, which is always safe.
+    /// Spec hashes by environment and app that SQS accepted jobs for, for the head in
+    /// `resolved`. A push that continues from that head (its `before`) under the same bindings
+    /// enqueues only apps whose hash differs; any other push (another receiver had the head in
+    /// between, a force-push, new bindings) enqueues every app, and so does a fresh receiver or
+    /// one whose last push failed. The memory can only make a push send less when what it
+    /// skips is exactly what this receiver made durable for the push's parent.
     enqueued: Specs,
 }
 
@@ -166,6 +171,7 @@ impl Dispatcher {
         &self,
         repo: &WatchedRepo,
         branch: &str,
+        before: &str,
         delivery: &str,
     ) -> Result<Outcome, Error> {
         if !repo::is_valid_branch(branch) {
@@ -182,7 +188,10 @@ impl Dispatcher {
             return Ok(last.outcome.clone());
         }
         let covered = state.arrivals.load(Ordering::SeqCst);
-        match self.push_now(repo, branch, delivery, last.as_ref()).await {
+        match self
+            .push_now(repo, branch, before, delivery, last.as_ref())
+            .await
+        {
             Ok((outcome, resolved, enqueued)) => {
                 *last = Some(LastAnswer {
                     covered,
@@ -205,6 +214,7 @@ impl Dispatcher {
         &self,
         repo: &WatchedRepo,
         branch: &str,
+        before: &str,
         delivery: &str,
         last: Option<&LastAnswer>,
     ) -> Result<(Outcome, Option<String>, Specs), Error> {
@@ -238,9 +248,11 @@ impl Dispatcher {
         {
             return Ok((last.outcome.clone(), resolved, last.enqueued.clone()));
         }
-        // A redelivery of the same head past the window means "sync again": everything is sent.
+        // Past the window the same head is sent again in full: "sync again".
+        let continues = last
+            .is_some_and(|last| last.resolved.as_deref() == Some(&format!("{before} {bindings}")));
         let known = match last {
-            Some(last) if !same_head => last.enqueued.clone(),
+            Some(last) if continues => last.enqueued.clone(),
             _ => Specs::new(),
         };
         let mut specs = known.clone();
@@ -294,22 +306,35 @@ impl Dispatcher {
     /// fleetsync: what a missed webhook or a change in the console leaves behind. A spec whose
     /// rollout failed and was rolled back stays quarantined until a push changes it.
     ///
-    /// Jobs carry the delivery id `reconcile`, so the same drift found by several receivers at
-    /// once has one deduplication id and SQS keeps one job.
+    /// A job's delivery id is derived from the live state reconcile saw, so the same drift found
+    /// by several receivers at once has one deduplication id and SQS keeps one job.
     pub async fn reconcile(&self, repo: &WatchedRepo) -> Result<Reconciled, Error> {
         let (mirror, config) = (repo.mirror.clone(), repo.config.clone());
         let branches = tokio::task::spawn_blocking(move || environment_branches(&mirror, &config))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
         let mut report = Reconciled::default();
+        if branches.is_empty() {
+            report.problems.push(EnvironmentProblems {
+                environment: None,
+                problems: vec![format!(
+                    "the root on the default branch `{}` declares no usable environment; nothing to reconcile",
+                    repo.config.default_branch
+                )],
+            });
+        }
         for branch in branches {
-            // Shares the branch's lock with pushes: one fetch of a branch at a time.
-            let state = self.branch_state(&repo.config.name, &branch);
-            let _turn = state.last.lock().await;
-            let (mirror, config, b) = (repo.mirror.clone(), repo.config.clone(), branch.clone());
-            let plan = tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &b))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            let plan = {
+                // The branch's lock, shared with pushes, covers the fetch only: ECS and SQS
+                // calls below must not hold webhook deliveries up.
+                let state = self.branch_state(&repo.config.name, &branch);
+                let _turn = state.last.lock().await;
+                let (mirror, config, b) =
+                    (repo.mirror.clone(), repo.config.clone(), branch.clone());
+                tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &b))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))??
+            };
             let Plan::Resolved { results, .. } = plan else {
                 continue;
             };
@@ -326,15 +351,26 @@ impl Dispatcher {
                     }
                 };
                 let names: Vec<&str> = state.apps.iter().map(|a| a.service_name()).collect();
-                let live = self.ecs.describe_services(&state.cluster, &names).await?;
+                // One environment's unreadable cluster does not stop the others.
+                let live = match self.ecs.describe_services(&state.cluster, &names).await {
+                    Ok(live) => live,
+                    Err(e) => {
+                        report.problems.push(EnvironmentProblems {
+                            environment: Some(state.environment.clone()),
+                            problems: vec![format!("cannot read its services: {e}")],
+                        });
+                        continue;
+                    }
+                };
                 for app in &state.apps {
-                    match drift(app, live.get(app.service_name())) {
+                    let live = live.get(app.service_name());
+                    match drift(app, live) {
                         Drift::InSync => report.in_sync += 1,
                         Drift::Quarantined => report.quarantined += 1,
                         Drift::Drifted => jobs.push(SyncJob::new(
                             &repo.config.name,
                             &branch,
-                            RECONCILE_DELIVERY,
+                            &reconcile_delivery(live),
                             app.clone(),
                         )),
                     }
@@ -461,9 +497,6 @@ impl Dispatcher {
     }
 }
 
-/// The delivery id of reconcile's jobs: the same on every receiver.
-pub const RECONCILE_DELIVERY: &str = "reconcile";
-
 /// What one reconcile of a repo found.
 #[derive(Debug, Default)]
 pub struct Reconciled {
@@ -488,13 +521,28 @@ fn drift(app: &DesiredApp, live: Option<&LiveService>) -> Drift {
         .tags
         .get(tag::TASK_DEFINITION)
         .is_some_and(|set| task_definition_id(set) != task_definition_id(&live.task_definition));
-    if live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash) && !moved {
-        Drift::InSync
+    if live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash) {
+        if moved { Drift::Drifted } else { Drift::InSync }
     } else if live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash) {
         Drift::Quarantined
     } else {
         Drift::Drifted
     }
+}
+
+/// The delivery id of a reconcile job: the same on every receiver that sees the same drift,
+/// and different once the service changes again, so SQS (which keeps deduplication ids for
+/// five minutes) never drops the job for a new drift as a repeat of the last.
+fn reconcile_delivery(live: Option<&LiveService>) -> String {
+    let seen = live.map_or_else(
+        || "missing".to_owned(),
+        |l| {
+            let spec = l.tags.get(tag::SPEC_HASH).map_or("", String::as_str);
+            format!("{} {spec}", task_definition_id(&l.task_definition))
+        },
+    );
+    let digest = Sha256::digest(seen.as_bytes());
+    format!("{RECONCILE_DELIVERY}:{}", hex::encode(&digest[..8]))
 }
 
 /// The distinct branches the root on the default branch binds environments to.
@@ -637,4 +685,92 @@ fn plan_branch(mirror: &Mirror, repo: &RepoConfig, branch: &str) -> Result<Plan,
         bindings: default_head.to_string(),
         results,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::resolve::tag;
+
+    fn app(spec: &str) -> DesiredApp {
+        let repo = HashMap::from([
+            (
+                "fleetsync.yaml",
+                "apiVersion: fleetsync/v1\nkind: Root\nname: p\nenvironments: { s: { branch: s, cluster: c } }\napps: [{ name: a, path: a }]\n",
+            ),
+            (
+                "a/app.yaml",
+                "apiVersion: fleetsync/v1\nkind: App\nname: a\ntaskDefinition: { containerDefinitions: [{ name: m, image: x }] }\n",
+            ),
+        ]);
+        struct Files(HashMap<&'static str, &'static str>);
+        impl resolve::Files for Files {
+            fn read(&self, path: &str) -> Result<Option<Vec<u8>>, resolve::ReadError> {
+                Ok(self.0.get(path).map(|t| t.as_bytes().to_vec()))
+            }
+        }
+        let mut app = resolve::resolve(&Files(repo), "fleetsync.yaml", "s", "c1")
+            .unwrap()
+            .apps
+            .remove(0);
+        app.spec_hash = spec.to_owned();
+        app
+    }
+
+    fn live(spec: &str, set: &str, runs: &str, failed: Option<&str>) -> LiveService {
+        let mut tags = HashMap::from([
+            (tag::SPEC_HASH.to_owned(), spec.to_owned()),
+            (tag::TASK_DEFINITION.to_owned(), set.to_owned()),
+        ]);
+        if let Some(f) = failed {
+            tags.insert(tag::FAILED_SPEC_HASH.to_owned(), f.to_owned());
+        }
+        LiveService {
+            arn: "arn".into(),
+            task_definition: format!("arn:aws:ecs:us-east-1:1:task-definition/{runs}"),
+            desired_count: 1,
+            running_count: 1,
+            tags,
+            deployments: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn drift_quarantines_only_a_failed_spec_that_is_not_running() {
+        let h = app("h");
+        assert!(matches!(drift(&h, None), Drift::Drifted));
+        assert!(matches!(
+            drift(&h, Some(&live("h", "a:2", "a:2", None))),
+            Drift::InSync
+        ));
+        assert!(matches!(
+            drift(&h, Some(&live("g", "a:1", "a:1", None))),
+            Drift::Drifted
+        ));
+        assert!(matches!(
+            drift(&h, Some(&live("g", "a:1", "a:1", Some("h")))),
+            Drift::Quarantined
+        ));
+        // It failed once, succeeded later, then was moved in the console: that is drift.
+        assert!(matches!(
+            drift(&h, Some(&live("h", "a:2", "a:1", Some("h")))),
+            Drift::Drifted
+        ));
+    }
+
+    #[test]
+    fn reconcile_delivery_ids_follow_what_was_seen() {
+        let a = live("g", "a:1", "a:1", None);
+        let b = live("g", "a:1", "a:3", None);
+        assert_eq!(
+            reconcile_delivery(Some(&a)),
+            reconcile_delivery(Some(&a.clone()))
+        );
+        assert_ne!(reconcile_delivery(Some(&a)), reconcile_delivery(Some(&b)));
+        assert_ne!(reconcile_delivery(Some(&a)), reconcile_delivery(None));
+        assert!(reconcile_delivery(None).starts_with("reconcile:"));
+    }
 }

@@ -5,6 +5,9 @@ use sha2::{Digest, Sha256};
 
 use crate::resolve::DesiredApp;
 
+/// How the delivery ids of reconcile's jobs start (`reconcile:<digest of what it saw>`).
+pub const RECONCILE_DELIVERY: &str = "reconcile";
+
 /// One app of one environment at one commit, resolved by the receiver. It carries the exact ECS
 /// inputs, so a worker never re-reads Git and every attempt applies the same thing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,10 +16,11 @@ pub mod tag {
     pub const SPEC_HASH: &str = "fleetsync:spec-hash";
     /// On task definitions: the hash of the RegisterTaskDefinition input alone.
     pub const TASK_DEFINITION_HASH: &str = "fleetsync:task-definition-hash";
-    /// On services: the task definition fleetsync set, so a change made elsewhere shows.
+    /// On services: the task definition (`family:revision`) fleetsync set, so a change made
+    /// elsewhere shows.
     pub const TASK_DEFINITION: &str = "fleetsync:task-definition";
     /// On services: a spec whose rollout failed and was rolled back. Reconcile does not apply
-    /// it again; a push (a new commit, or a redelivery) does.
+    /// it again; a push that changes the spec, or a sync through the API, does.
     pub const FAILED_SPEC_HASH: &str = "fleetsync:failed-spec-hash";
 }
 

@@ -347,8 +347,11 @@ impl Walk<'_> {
         let mut vars = outer.clone();
         let mut report = Report::new(file, &mut self.problems);
         for (name, value, pos) in declared {
+            let before = report.problems.len();
             let value = outer.expand(value, *pos, &mut report);
-            vars.set(name, value);
+            if report.problems.len() == before {
+                vars.set(name, value);
+            }
         }
         vars
     }
@@ -801,9 +804,17 @@ fn resolve_app_at(
         env_vars,
         problems,
     );
-    check_reserved_tags(&td_node, &mut Report::new(&td_file, problems));
+    check_reserved_tags(
+        &td_node,
+        USER_TAGS_ON_TASK_DEFINITIONS,
+        &mut Report::new(&td_file, problems),
+    );
     if let Some(node) = &app.service {
-        check_reserved_tags(node, &mut Report::new(app_path, problems));
+        check_reserved_tags(
+            node,
+            USER_TAGS_ON_SERVICES,
+            &mut Report::new(app_path, problems),
+        );
     }
     if problems.len() > before {
         return Ok(None);
@@ -890,7 +901,12 @@ fn check_containers(td: &Node, report: &mut Report<'_>) {
     }
 }
 
-fn check_reserved_tags(node: &Node, report: &mut Report<'_>) {
+/// ECS allows 50 tags per resource; fleetsync's own take 5 on a task definition and up to 7 on
+/// a service.
+const USER_TAGS_ON_TASK_DEFINITIONS: usize = 45;
+const USER_TAGS_ON_SERVICES: usize = 43;
+
+fn check_reserved_tags(node: &Node, max: usize, report: &mut Report<'_>) {
     let Kind::Map(entries) = &node.kind else {
         return;
     };
@@ -904,6 +920,15 @@ fn check_reserved_tags(node: &Node, report: &mut Report<'_>) {
     else {
         return;
     };
+    if tags.len() > max {
+        report.at(
+            node.get("tags").map_or(node.pos, |t| t.pos),
+            format!(
+                "{} tags, but at most {max} fit: ECS allows 50 per resource and fleetsync's provenance tags use the rest",
+                tags.len()
+            ),
+        );
+    }
     for t in tags {
         if let Some(key) = t.to_json().get("key").and_then(Value::as_str)
             && key.starts_with(tag::PREFIX)
@@ -1007,6 +1032,9 @@ fn interpolate(node: &Node, vars: &Vars, report: &mut Report<'_>) -> Value {
     }
 }
 
+/// The longest a string may become by expansion (a task definition is at most 64 KiB in all).
+const MAX_EXPANDED: usize = 64 * 1024;
+
 fn substitute(s: &str, pos: Pos, vars: &Vars, report: &mut Report<'_>) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -1025,6 +1053,14 @@ fn substitute(s: &str, pos: Pos, vars: &Vars, report: &mut Report<'_>) -> String
         };
         let name = &rest[start + 2..start + 2 + len];
         match vars.get(name) {
+            // Variables made of variables could otherwise grow a value exponentially.
+            Some(value) if out.len() + value.len() > MAX_EXPANDED => {
+                report.at(
+                    pos,
+                    format!("`{name}` makes this value longer than {MAX_EXPANDED} bytes once expanded; ECS takes nothing that large"),
+                );
+                return String::new();
+            }
             Some(value) => out.push_str(value),
             None => report.at(
                 pos,

@@ -26,17 +26,15 @@ fn units(value: &Value, per_unit: u64, suffix: &str) -> Option<u64> {
     match value {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => {
-            let s = s.trim();
-            match s
-                .strip_suffix(suffix)
-                .or_else(|| s.strip_suffix(&suffix.to_lowercase()))
-            {
+            // "1 vCPU", "1vcpu", "2 GB", "2GB": ECS reads the unit case-insensitively.
+            let lower = s.trim().to_ascii_lowercase();
+            match lower.strip_suffix(&suffix.trim().to_ascii_lowercase()) {
                 Some(n) => n
                     .trim()
                     .parse::<f64>()
                     .ok()
                     .map(|n| (n * per_unit as f64).round() as u64),
-                None => s.parse().ok(),
+                None => lower.parse().ok(),
             }
         }
         _ => None,
@@ -128,6 +126,8 @@ mod tests {
         assert_eq!(units(&"1 vCPU".into(), 1024, " vCPU"), Some(1024));
         assert_eq!(units(&"0.25 vCPU".into(), 1024, " vCPU"), Some(256));
         assert_eq!(units(&"2 GB".into(), 1024, " GB"), Some(2048));
+        assert_eq!(units(&"2GB".into(), 1024, " GB"), Some(2048));
+        assert_eq!(units(&"1vcpu".into(), 1024, " vCPU"), Some(1024));
         assert_eq!(units(&"512".into(), 1024, " GB"), Some(512));
         assert_eq!(units(&serde_json::json!(4096), 1024, " GB"), Some(4096));
         assert_eq!(fargate_memory(512), Some(vec![1024, 2048, 3072, 4096]));

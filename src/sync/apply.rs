@@ -14,6 +14,7 @@ use super::Error;
 use crate::ecs::{self, Ecs, LiveService, task_definition_id};
 use crate::preflight::Preflight;
 use crate::queue::SyncJob;
+use crate::queue::job::RECONCILE_DELIVERY;
 use crate::resolve::tag;
 
 /// What a job did.
@@ -31,6 +32,9 @@ pub enum Outcome {
     Superseded {
         by: String,
     },
+    /// A reconcile job for a spec whose rollout failed and was rolled back; nothing was
+    /// written. Only a push or the API applies it again.
+    Quarantined,
 }
 
 /// Commit ancestry, so a job for an older commit never overwrites a newer one: receivers and
@@ -73,6 +77,16 @@ pub async fn apply(
         && let Some(by) = history.superseded_by(job, live_commit).await
     {
         return Ok(Outcome::Superseded { by });
+    }
+
+    // Reconcile may have queued this spec while its rollout was failing (behind it in the
+    // FIFO group): a spec that was just rolled back must not run a second time.
+    if let Some(live) = &live
+        && job.delivery.starts_with(RECONCILE_DELIVERY)
+        && live.tags.get(tag::SPEC_HASH) != Some(&app.spec_hash)
+        && live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash)
+    {
+        return Ok(Outcome::Quarantined);
     }
 
     if let Some(live) = &live
@@ -128,7 +142,8 @@ pub async fn apply(
                 Value::String(task_definition.clone()),
             );
             if let Some(Value::Array(tags)) = input.get_mut("tags") {
-                tags.push(json!({"key": tag::TASK_DEFINITION, "value": task_definition}));
+                let id = task_definition_id(&task_definition);
+                tags.push(json!({"key": tag::TASK_DEFINITION, "value": id}));
             }
             ecs.create_service(&input).await?;
             Outcome::Created {
@@ -145,7 +160,10 @@ pub async fn apply(
             // Tagged after the update: a crash in between leaves the old hash, so the retry
             // repeats the (idempotent) update instead of believing it happened.
             let mut tags = app.service_tags();
-            tags.push((tag::TASK_DEFINITION.into(), task_definition.clone()));
+            tags.push((
+                tag::TASK_DEFINITION.into(),
+                task_definition_id(&task_definition).to_owned(),
+            ));
             ecs.tag_resource(&live.arn, &tags).await?;
             Outcome::Updated {
                 task_definition: task_definition.clone(),
@@ -299,7 +317,10 @@ async fn roll_back(ecs: &Ecs, job: &SyncJob, rollback: Option<Rollback>, failure
     // The service runs the previous spec again: its tags must say so, or the next attempt would
     // believe the failed spec is live. The failed spec is marked so reconcile leaves it alone.
     let mut tags = tags;
-    tags.push((tag::TASK_DEFINITION.into(), previous.clone()));
+    tags.push((
+        tag::TASK_DEFINITION.into(),
+        task_definition_id(&previous).to_owned(),
+    ));
     tags.push((tag::FAILED_SPEC_HASH.into(), app.spec_hash.clone()));
     if let Err(e) = ecs.tag_resource(&service_arn, &tags).await {
         return Error::RollbackFailed {

@@ -277,7 +277,7 @@ async fn handle_push(
         return ignored(format!("branch `{branch}` was deleted; nothing to deploy"));
     }
     let name = &repo.config.name;
-    match dispatcher.push(repo, branch, delivery).await {
+    match dispatcher.push(repo, branch, &push.before, delivery).await {
         Ok(Outcome::Ignored { reason }) => ignored(reason),
         Ok(Outcome::Enqueued {
             branch,

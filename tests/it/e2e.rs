@@ -702,7 +702,7 @@ async fn the_worker_refuses_an_app_whose_secret_is_missing_and_writes_nothing_fo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_enqueues_only_the_apps_it_changed_and_a_fresh_receiver_enqueues_all() {
+async fn a_push_enqueues_only_the_apps_it_changed_since_the_head_this_receiver_enqueued() {
     let s = setup().await;
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
     let jobs = |body: &serde_json::Value| -> Vec<String> {
@@ -713,39 +713,58 @@ async fn a_push_enqueues_only_the_apps_it_changed_and_a_fresh_receiver_enqueues_
             .map(|j| j["app"].as_str().unwrap().to_owned())
             .collect()
     };
-    let (status, body) = receiver
-        .push("staging", s.repo.head("staging"), "first")
-        .await;
+    let first = s.repo.head("staging");
+    let (status, body) = receiver.push("staging", first, "first").await;
     assert_eq!(
         (status, jobs(&body).len(), &body["unchanged"]),
         (202, 4, &0.into()),
         "{body}"
     );
 
-    let change = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+    let second = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
         Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
     });
-    let (status, body) = receiver.push("staging", change, "second").await;
+    let (status, body) = receiver
+        .push_from("staging", Some(first), second, "second")
+        .await;
     assert_eq!(
         (status, jobs(&body), &body["unchanged"]),
         (202, vec!["api".to_owned()], &3.into()),
         "{body}"
     );
 
-    // A replica that has not enqueued anything for this branch cannot know what is durable:
-    // it sends every app, and the workers' spec-hash check makes the extra jobs no-ops.
+    // Another receiver handled the next push, so this one's memory is not the parent of the
+    // one after: it sends every app (the workers' spec-hash check makes the extra jobs no-ops).
     let other = Receiver::start(&s.config, &s.emulator.aws).await;
     let third = s.repo.commit("staging", "apps/web/taskdef.json", |t| {
         Some(t.unwrap().replace("web:3.8.1", "web:3.9.0"))
     });
-    let (status, body) = other.push("staging", third, "third").await;
+    assert_eq!(
+        other
+            .push_from("staging", Some(second), third, "third")
+            .await
+            .0,
+        202
+    );
+    let revert = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.5.0", "api:1.4.2"))
+    });
+    let (status, body) = receiver
+        .push_from("staging", Some(third), revert, "revert")
+        .await;
     assert_eq!((status, jobs(&body).len()), (202, 4), "{body}");
 }
 
 /// One reconcile pass over the config repo, as `serve` runs it on its interval.
 async fn reconcile(s: &Setup) -> fleetsync::dispatch::Reconciled {
-    let dispatcher =
-        fleetsync::dispatch::Dispatcher::from_config(&s.config, &s.emulator.aws).unwrap();
+    reconcile_with(&s.config, &s.emulator).await
+}
+
+async fn reconcile_with(
+    config: &fleetsync::config::Config,
+    emulator: &Emulator,
+) -> fleetsync::dispatch::Reconciled {
+    let dispatcher = fleetsync::dispatch::Dispatcher::from_config(config, &emulator.aws).unwrap();
     dispatcher.reconcile(&dispatcher.repos[0]).await.unwrap()
 }
 
@@ -827,7 +846,10 @@ async fn reconcile_heals_a_missed_push_and_a_console_change_but_not_a_failed_spe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receivers_reconciling_at_once_enqueue_each_drifted_app_once() {
     let s = setup().await;
-    let (a, b) = tokio::join!(reconcile(&s), reconcile(&s));
+    // Two receivers: each has its own mirror, as on its own task.
+    let dir = tempfile::tempdir().unwrap();
+    let other = config(dir.path(), &s.repo.file_url(), &s.queue_url, "");
+    let (a, b) = tokio::join!(reconcile(&s), reconcile_with(&other, &s.emulator));
     assert_eq!((a.enqueued.len(), b.enqueued.len()), (8, 8));
     assert_eq!(
         s.emulator.queue_depth(&s.queue_url).await,

@@ -414,7 +414,18 @@ impl Receiver {
 
     /// Delivers a push for `branch` as GitHub does, signed with `secret`.
     pub async fn push(&self, branch: &str, after: Oid, delivery: &str) -> (u16, serde_json::Value) {
-        let body = push_payload(branch, after);
+        self.push_from(branch, None, after, delivery).await
+    }
+
+    /// A push whose `before` is `before`, as a Git host reports consecutive pushes.
+    pub async fn push_from(
+        &self,
+        branch: &str,
+        before: Option<Oid>,
+        after: Oid,
+        delivery: &str,
+    ) -> (u16, serde_json::Value) {
+        let body = push_payload_from(branch, before, after);
         self.deliver(&body, Some(&sign(SECRET.as_bytes(), &body)), delivery)
             .await
     }
@@ -474,6 +485,11 @@ impl Drop for Receiver {
 
 /// A real GitHub push payload (go-playground's fixture) re-pointed at our repo and commit.
 pub fn push_payload(branch: &str, after: Oid) -> Vec<u8> {
+    push_payload_from(branch, None, after)
+}
+
+/// A push from `before` (the fixture's unrelated commit when `None`) to `after`.
+pub fn push_payload_from(branch: &str, before: Option<Oid>, after: Oid) -> Vec<u8> {
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/webhooks/github/go-playground.push.json"
@@ -482,6 +498,9 @@ pub fn push_payload(branch: &str, after: Oid) -> Vec<u8> {
         serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
     payload["ref"] = format!("refs/heads/{branch}").into();
     payload["after"] = after.to_string().into();
+    if let Some(before) = before {
+        payload["before"] = before.to_string().into();
+    }
     let repository = &mut payload["repository"];
     repository["clone_url"] = format!("{REPO_URL}.git").into();
     repository["html_url"] = REPO_URL.into();

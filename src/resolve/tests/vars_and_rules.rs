@@ -175,3 +175,44 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn variables_cannot_grow_a_value_past_what_ecs_takes() {
+    let big = "x".repeat(4096);
+    let root = ROOT.replace(
+        "apps:\n",
+        &format!("vars: {{ a: \"{big}\" }}\napps:\n  - {{ name: team, path: team }}\n"),
+    );
+    let team = format!(
+        "apiVersion: fleetsync/v1\nkind: Root\nname: team\nvars: {{ a: \"{}\" }}\napps: []\n",
+        "${a}".repeat(20)
+    );
+    let found = problems(
+        &repo()
+            .with("fleetsync.yaml", &root)
+            .with("team/app.yaml", &team),
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("team/app.yaml:4:")
+            && found[0].contains("longer than 65536 bytes once expanded"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn more_tags_than_ecs_leaves_room_for_are_refused() {
+    let tags: Vec<String> = (0..44)
+        .map(|i| format!("{{ key: k{i}, value: v }}"))
+        .collect();
+    let text = app("db", "db:1").replace(
+        "desiredCount: 2\n",
+        &format!("desiredCount: 2\n  tags: [{}]\n", tags.join(", ")),
+    );
+    let found = db_problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("44 tags, but at most 43 fit"),
+        "{found:?}"
+    );
+}
