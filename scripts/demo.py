@@ -7,7 +7,9 @@
 4. deploys both environments with a signed GitHub push webhook each, and prints ECS ("before");
 5. commits a new api image to staging, shows `fleetsync plan` for it, delivers its signed push,
    waits for the rollout and prints ECS again ("after"): staging's api runs a new task
-   definition revision tagged with the new commit, production is untouched.
+   definition revision tagged with the new commit, production is untouched;
+6. commits a staging change that names a production secret: the push is refused (422) by the
+   root's policy, and nothing reaches ECS.
 Everything it starts is stopped when it ends, even on failure or Ctrl+C.
 """
 import hashlib
@@ -127,17 +129,27 @@ worker:
     print("".join(f"    {line}\n" for line in (plan.stdout + plan.stderr).splitlines()), end="")
     if plan.returncode != 2:
         raise SystemExit("the plan should show the api change")
-    deliver(receiver, secret, "staging", change)
+    deliver(receiver, secret, "staging", change, before=initial)
     wait_for(lambda: revision_tag(ecs, "staging", "api") == change, "staging/api to roll out")
     step("AFTER")
     show(ecs)
     print("\nstaging/api runs a new revision from the new commit; production and the other apps are unchanged.")
 
+    step("Guardrails: a staging commit that names a production secret is refused before anything deploys")
+    taskdef.write_text(taskdef.read_text().replace("secret:${environment}/api/database-url",
+                                                   "secret:production/api/database-url"))
+    git(repo, "commit", "--quiet", "-am", "api reads production's database on staging")
+    breach = git(repo, "rev-parse", "staging")
+    deliver(receiver, secret, "staging", breach, before=change, expect=422)
+    if revision_tag(ecs, "staging", "api") != change:
+        raise SystemExit("demo: the refused commit must not reach ECS")
+    print("  staging/api still runs the previous commit: the root's policy bounds every child app.")
 
-def deliver(receiver, secret, branch, commit):
+
+def deliver(receiver, secret, branch, commit, before="0" * 40, expect=202):
     """A push as GitHub sends it: JSON body, X-Hub-Signature-256 over the raw bytes."""
     body = json.dumps({
-        "ref": f"refs/heads/{branch}", "before": "0" * 40, "after": commit, "created": False, "deleted": False,
+        "ref": f"refs/heads/{branch}", "before": before, "after": commit, "created": False, "deleted": False,
         "forced": False, "repository": {"full_name": "acme/platform-config", "html_url": REPO_URL,
                                         "clone_url": REPO_URL + ".git"},
         "sender": {"login": "demo"},
@@ -152,9 +164,14 @@ def deliver(receiver, secret, branch, commit):
     except urllib.error.HTTPError as e:
         status, reply = e.code, json.load(e)
     jobs = ", ".join(f"{j['environment']}/{j['app']}" for j in reply.get("jobs", []))
-    print(f"  POST /webhooks/github ({branch} @ {commit[:12]}) → {status} {reply['status']}: {jobs or reply.get('reason')}")
-    if status != 202:
-        raise SystemExit(f"demo: the receiver did not accept the push: {reply}")
+    unchanged = f" ({reply['unchanged']} unchanged apps: no job)" if reply.get("unchanged") else ""
+    print(f"  POST /webhooks/github ({branch} @ {commit[:12]}) → {status} {reply['status']}: "
+          f"{jobs or reply.get('reason') or ''}{unchanged}")
+    for environment in reply.get("problems", []):
+        for problem in environment["problems"]:
+            print(f"    {problem}")
+    if status != expect:
+        raise SystemExit(f"demo: expected {expect} from the receiver, got {status}: {reply}")
 
 
 def show(ecs):

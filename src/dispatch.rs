@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, RepoConfig, Secret};
 use crate::ecs::{Ecs, LiveService, task_definition_id};
-use crate::queue::job::RECONCILE_DELIVERY;
+use crate::queue::job::{RECONCILE_DELIVERY, dependency_index};
 use crate::queue::{self, Enqueued, Queue, SyncJob};
 use crate::repo::{self, Mirror};
 use crate::resolve::{self, DesiredApp, DesiredState, Problem, tag};
@@ -265,12 +265,16 @@ impl Dispatcher {
                     let before = known.get(&state.environment);
                     let hashes = specs.entry(state.environment.clone()).or_default();
                     hashes.clear();
+                    let index = dependency_index(&state.apps);
                     for app in state.apps {
                         hashes.insert(app.name.clone(), app.spec_hash.clone());
                         if before.and_then(|b| b.get(&app.name)) == Some(&app.spec_hash) {
                             unchanged += 1;
                         } else {
-                            jobs.push(SyncJob::new(&repo.config.name, branch, delivery, app));
+                            jobs.push(
+                                SyncJob::new(&repo.config.name, branch, delivery, app)
+                                    .with_dependencies(&index),
+                            );
                         }
                     }
                 }
@@ -362,17 +366,21 @@ impl Dispatcher {
                         continue;
                     }
                 };
+                let index = dependency_index(&state.apps);
                 for app in &state.apps {
                     let live = live.get(app.service_name());
                     match drift(app, live) {
                         Drift::InSync => report.in_sync += 1,
                         Drift::Quarantined => report.quarantined += 1,
-                        Drift::Drifted => jobs.push(SyncJob::new(
-                            &repo.config.name,
-                            &branch,
-                            &reconcile_delivery(live),
-                            app.clone(),
-                        )),
+                        Drift::Drifted => jobs.push(
+                            SyncJob::new(
+                                &repo.config.name,
+                                &branch,
+                                &reconcile_delivery(live),
+                                app.clone(),
+                            )
+                            .with_dependencies(&index),
+                        ),
                     }
                 }
             }
@@ -429,6 +437,7 @@ impl Dispatcher {
         let state = result.map_err(|problems| {
             ResyncError::Invalid(problems.iter().map(Problem::to_string).collect())
         })?;
+        let index = dependency_index(&state.apps);
         let apps: Vec<_> = state
             .apps
             .into_iter()
@@ -446,7 +455,9 @@ impl Dispatcher {
         let delivery = format!("{delivery}-{}", std::process::id());
         let jobs: Vec<_> = apps
             .into_iter()
-            .map(|a| SyncJob::new(&repo.config.name, branch, &delivery, a))
+            .map(|a| {
+                SyncJob::new(&repo.config.name, branch, &delivery, a).with_dependencies(&index)
+            })
             .collect();
         Ok(self.queue.send(&jobs).await.map_err(Error::Queue)?)
     }

@@ -1,5 +1,7 @@
 //! The sync job: the only type fleetsync serialises onto the wire between processes.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -24,6 +26,30 @@ pub struct SyncJob {
     /// The Git host's delivery id of the push that made this job.
     pub delivery: String,
     pub app: DesiredApp,
+    /// The apps this one `dependsOn`, by name, and the spec each must be live at (same
+    /// environment, same commit) before this job may apply.
+    #[serde(default)]
+    pub dependencies: BTreeMap<String, Dependency>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dependency {
+    pub service: String,
+    pub spec_hash: String,
+}
+
+/// Each app's service and spec hash in one resolved environment, for jobs' dependencies.
+pub fn dependency_index(apps: &[DesiredApp]) -> BTreeMap<String, Dependency> {
+    apps.iter()
+        .map(|a| {
+            let dependency = Dependency {
+                service: a.service_name().to_owned(),
+                spec_hash: a.spec_hash.clone(),
+            };
+            (a.name.clone(), dependency)
+        })
+        .collect()
 }
 
 impl SyncJob {
@@ -36,7 +62,19 @@ impl SyncJob {
             branch: branch.to_owned(),
             delivery: delivery.to_owned(),
             app,
+            dependencies: BTreeMap::new(),
         }
+    }
+
+    /// Records the specs this app's `dependsOn` must be live at, from its environment's index.
+    pub fn with_dependencies(mut self, index: &BTreeMap<String, Dependency>) -> Self {
+        self.dependencies = self
+            .app
+            .depends_on
+            .iter()
+            .filter_map(|name| Some((name.clone(), index.get(name)?.clone())))
+            .collect();
+        self
     }
 
     /// FIFO group: one app of one environment is never synced by two workers at once.

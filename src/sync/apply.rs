@@ -110,6 +110,12 @@ pub async fn apply(
         return Ok(Outcome::Unchanged);
     }
 
+    // `dependsOn`: applied only once every dependency runs this commit's spec, settled.
+    let waiting = waiting_for(ecs, job).await?;
+    if !waiting.is_empty() {
+        return Err(Error::Waiting { on: waiting });
+    }
+
     // Only before a write: a job whose spec is live costs no preflight reads.
     let findings = preflight.session().check(app).await?;
     if !findings.is_empty() {
@@ -175,6 +181,41 @@ pub async fn apply(
         watch_or_roll_back(ecs, job, &task_definition, rollback, poll).await?;
     }
     Ok(outcome)
+}
+
+/// The dependencies of `job` that do not yet run the spec it needs, with its rollout settled.
+async fn waiting_for(ecs: &Ecs, job: &SyncJob) -> Result<Vec<String>, Error> {
+    if job.dependencies.is_empty() {
+        return Ok(Vec::new());
+    }
+    let services: Vec<&str> = job
+        .dependencies
+        .values()
+        .map(|d| d.service.as_str())
+        .collect();
+    let live = ecs.describe_services(&job.app.cluster, &services).await?;
+    Ok(job
+        .dependencies
+        .iter()
+        .filter(|(_, d)| {
+            !live
+                .get(&d.service)
+                .is_some_and(|l| l.tags.get(tag::SPEC_HASH) == Some(&d.spec_hash) && settled(l))
+        })
+        .map(|(name, _)| name.clone())
+        .collect())
+}
+
+/// The service's current deployment is done: COMPLETED, or for deployment controllers that
+/// report no rollout state, one deployment with all its tasks running.
+fn settled(live: &LiveService) -> bool {
+    let Some(primary) = live.deployments.iter().find(|d| d.status == "PRIMARY") else {
+        return false;
+    };
+    match primary.rollout_state.as_deref() {
+        Some(state) => state == "COMPLETED",
+        None => live.deployments.len() == 1 && primary.running_count == primary.desired_count,
+    }
 }
 
 /// Whether someone moved the service to another task definition than the one fleetsync set

@@ -47,6 +47,9 @@ pub enum Error {
         events: Vec<String>,
         rolled_back_to: Option<String>,
     },
+    /// A `dependsOn` app is not live at this commit's spec yet; nothing was written.
+    #[error("waiting for {} to run this commit's spec", .on.join(", "))]
+    Waiting { on: Vec<String> },
     /// The app references something that is missing or unusable; nothing was written.
     #[error("preflight refused the deployment: {}", findings_note(.0))]
     Preflight(Vec<Finding>),
@@ -86,6 +89,7 @@ impl Error {
         match self {
             Error::Ecs(e) => e.is_retryable(),
             Error::PreflightLookup(e) => e.is_retryable(),
+            Error::Waiting { .. } => true,
             Error::Preflight(_)
             | Error::RolloutFailed { .. }
             | Error::RolloutTimeout { .. }
@@ -114,6 +118,10 @@ pub struct Worker {
 
 /// Bare mirrors by repo name.
 pub struct Mirrors(HashMap<String, Arc<Mirror>>);
+
+/// How many times a job is put back to wait for its `dependsOn` before it fails: with the
+/// default 5 s poll, over an hour, well past any dependency's rollout timeout.
+const MAX_DEPENDENCY_WAITS: u32 = 20;
 
 /// Long poll length: SQS's maximum, so an idle worker costs three calls a minute.
 const LONG_POLL: Duration = Duration::from_secs(20);
@@ -239,6 +247,19 @@ impl Worker {
             Some(Ok(outcome)) => {
                 info!(message = "Job done.", outcome = ?outcome);
                 self.delete(receipt).await;
+            }
+            Some(Err(e @ Error::Waiting { .. })) => {
+                if receive_count >= MAX_DEPENDENCY_WAITS {
+                    error!(message = "Job failed: its dependencies never became live; check their own jobs (rolled back? refused?).", error = %e, attempts = receive_count);
+                    self.delete(receipt).await;
+                } else {
+                    // Sooner than failures: dependencies usually settle within a few polls.
+                    let delay = (self.config.rollout_poll_interval
+                        * 2u32.pow(receive_count.min(16)))
+                    .clamp(Duration::from_secs(1), Duration::from_secs(300));
+                    info!(message = "Job waits for its dependencies.", reason = %e, retry_in = ?delay);
+                    self.set_visibility(receipt, delay).await;
+                }
             }
             Some(Err(e)) if e.is_retryable() => {
                 let backoff = Duration::from_secs(5 * 2u64.pow(receive_count.min(8)))

@@ -669,12 +669,20 @@ async fn the_worker_refuses_an_app_whose_secret_is_missing_and_writes_nothing_fo
     let _worker = start_worker(&s.config, &s.emulator.aws);
     let head = s.repo.head("staging");
     assert_eq!(receiver.push("staging", head, "initial").await.0, 202);
-    eventually(LIMIT, "staging/web live", || async {
-        s.emulator.service("staging", "web").await
+    // Apps that do not depend on api deploy; web, which dependsOn api, keeps waiting.
+    for app in ["accounts", "fleetsync-worker"] {
+        eventually(LIMIT, &format!("staging/{app} live"), || async {
+            s.emulator.service("staging", app).await
+        })
+        .await;
+    }
+    eventually(LIMIT, "api's job to be refused", || async {
+        // accounts, fleetsync-worker and api are done; web's job is the one left.
+        (s.emulator.queue_depth(&s.queue_url).await == 1).then_some(())
     })
     .await;
-    s.drained().await;
     assert_eq!(s.emulator.service("staging", "api").await, None);
+    assert_eq!(s.emulator.service("staging", "web").await, None);
     assert_eq!(
         s.emulator.revisions("staging-api").await,
         Vec::<String>::new(),
@@ -855,5 +863,59 @@ async fn receivers_reconciling_at_once_enqueue_each_drifted_app_once() {
         s.emulator.queue_depth(&s.queue_url).await,
         8,
         "16 sends, one job per app and environment"
+    );
+}
+
+/// When `cluster/service` was created, and when it first reached a steady state, as ECS records
+/// them (here the emulator's rollout model; its timestamps have sub-second precision).
+async fn created_and_settled(emulator: &Emulator, cluster: &str, service: &str) -> (f64, f64) {
+    let out = emulator
+        .ecs()
+        .describe_services()
+        .cluster(cluster)
+        .services(service)
+        .send()
+        .await
+        .unwrap();
+    let s = &out.services()[0];
+    let settled = s
+        .events()
+        .iter()
+        .filter(|e| {
+            e.message()
+                .is_some_and(|m| m.contains("has reached a steady state"))
+        })
+        .filter_map(|e| e.created_at())
+        .map(|t| t.as_secs_f64())
+        .fold(f64::INFINITY, f64::min);
+    // The first deployment starts when the service is created (moto leaves the service's own
+    // createdAt empty).
+    let created = s
+        .deployments()
+        .iter()
+        .filter_map(|d| d.created_at())
+        .map(|t| t.as_secs_f64())
+        .fold(f64::INFINITY, f64::min);
+    assert!(created.is_finite() && settled.is_finite(), "{s:?}");
+    (created, settled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depends_on_order_holds_when_the_apps_are_pushed_at_once() {
+    // example-repo: web dependsOn api, api dependsOn accounts; all four jobs arrive together.
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    let (_, accounts_settled) = created_and_settled(&s.emulator, "staging", "accounts").await;
+    let (api_created, api_settled) = created_and_settled(&s.emulator, "staging", "api").await;
+    let (web_created, _) = created_and_settled(&s.emulator, "staging", "web").await;
+    assert!(
+        accounts_settled < api_created,
+        "api created at {api_created}, before accounts settled at {accounts_settled}"
+    );
+    assert!(
+        api_settled < web_created,
+        "web created at {web_created}, before api settled at {api_settled}"
     );
 }
