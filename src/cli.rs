@@ -248,20 +248,9 @@ fn render(
 ) -> anyhow::Result<ExitCode> {
     let root_path = trusted.root_path;
     let local = Local::open(repo)?;
-    let root = match trusted.read(&local, repo)? {
-        Ok(root) => root,
+    let (root, commit) = match environment_at(&local, repo, env, git_ref, trusted)? {
+        Ok(found) => found,
         Err(problems) => return Ok(print_problems(&problems)),
-    };
-    let environment = find_environment(&root, env, root_path)?;
-    let commit = match git_ref {
-        Some(spec) => local.rev(spec)?,
-        None => local.branch_head(&environment.branch)?.with_context(|| {
-            format!(
-                "environment `{env}`: branch `{}` does not exist in {}",
-                environment.branch,
-                repo.display()
-            )
-        })?,
     };
     match resolve::resolve_bound(
         &local.snapshot(commit)?,
@@ -289,20 +278,9 @@ async fn plan(
 ) -> anyhow::Result<ExitCode> {
     let root_path = trusted.root_path;
     let local = Local::open(repo)?;
-    let root = match trusted.read(&local, repo)? {
-        Ok(root) => root,
+    let (root, commit) = match environment_at(&local, repo, env, git_ref, trusted)? {
+        Ok(found) => found,
         Err(problems) => return Ok(print_problems(&problems)),
-    };
-    let environment = find_environment(&root, env, root_path)?;
-    let commit = match git_ref {
-        Some(spec) => local.rev(spec)?,
-        None => local.branch_head(&environment.branch)?.with_context(|| {
-            format!(
-                "environment `{env}`: branch `{}` does not exist in {}",
-                environment.branch,
-                repo.display()
-            )
-        })?,
     };
     let resolve_at = |commit: git2::Oid| {
         resolve::resolve_bound(
@@ -333,10 +311,11 @@ async fn plan(
         .with_context(|| format!("cannot plan environment `{env}` against AWS"))?;
 
     let mut out = std::io::stdout().lock();
+    let branch = &find_environment(&root, env, root_path)?.branch;
     writeln!(
         out,
-        "Plan for {} (branch {}, cluster {}) at {:.12}:",
-        state.environment, environment.branch, state.cluster, state.commit
+        "Plan for {} (branch {branch}, cluster {}) at {:.12}:",
+        state.environment, state.cluster, state.commit
     )?;
     for p in &plans {
         write!(out, "{p}")?;
@@ -357,6 +336,32 @@ async fn plan(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The trusted root, and the commit `env` is read at: `--ref`, or the head of its branch.
+fn environment_at(
+    local: &Local,
+    repo: &Path,
+    env: &str,
+    git_ref: Option<&str>,
+    trusted: &Trusted<'_>,
+) -> anyhow::Result<Result<(resolve::manifest::Root, git2::Oid), Vec<Problem>>> {
+    let root = match trusted.read(local, repo)? {
+        Ok(root) => root,
+        Err(problems) => return Ok(Err(problems)),
+    };
+    let environment = find_environment(&root, env, trusted.root_path)?;
+    let commit = match git_ref {
+        Some(spec) => local.rev(spec)?,
+        None => local.branch_head(&environment.branch)?.with_context(|| {
+            format!(
+                "environment `{env}`: branch `{}` does not exist in {}",
+                environment.branch,
+                repo.display()
+            )
+        })?,
+    };
+    Ok(Ok((root, commit)))
 }
 
 /// Where the trusted root is: the root file on the default branch, which names the

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::ecs::{self, Ecs};
 use crate::resolve::DesiredApp;
+use crate::resolve::policy::wildcard_match;
 use aws::Lookups;
 pub use aws::Role;
 
@@ -423,25 +424,7 @@ impl Role {
 
 /// IAM's wildcards: `*` any run of characters, `?` exactly one.
 fn iam_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if p.get(pi) == Some(&'*') {
-            backtrack = Some((pi, ti));
-            pi += 1;
-        } else if p.get(pi).is_some_and(|&c| c == '?' || c == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if let Some((star, from)) = backtrack {
-            pi = star + 1;
-            ti = from + 1;
-            backtrack = Some((star, from + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+    wildcard_match(pattern, text, true)
 }
 
 fn statements(document: &Value) -> impl Iterator<Item = &Value> {

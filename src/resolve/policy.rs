@@ -161,14 +161,23 @@ pub fn read(node: &Node, report: &mut Report<'_>) -> Option<Policy> {
 /// (its `*` taken literally) matches everything the child pattern matches, because a literal
 /// `*` in the text can only be consumed by a `*` of the parent.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    wildcard_match(pattern, text, false)
+}
+
+/// `*` matches any run of characters and, when `any_one`, `?` matches exactly one (IAM's
+/// wildcards); every other character matches itself.
+pub fn wildcard_match(pattern: &str, text: &str, any_one: bool) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti) = (0, 0);
     let mut backtrack: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if p.get(pi) == Some(&b'*') {
+        if p.get(pi) == Some(&'*') {
             backtrack = Some((pi, ti));
             pi += 1;
-        } else if p.get(pi) == Some(&t[ti]) {
+        } else if p
+            .get(pi)
+            .is_some_and(|&c| c == t[ti] || (any_one && c == '?'))
+        {
             pi += 1;
             ti += 1;
         } else if let Some((star, from)) = backtrack {
@@ -179,7 +188,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == b'*')
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// An image against a pattern: the registry host is matched on its own, with `*` never

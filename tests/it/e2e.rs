@@ -640,13 +640,7 @@ async fn plan_shows_what_a_sync_would_change_and_exits_2_only_with_changes() {
     );
 
     // What would stop the sync is in the plan too, and fails it.
-    aws_sdk_secretsmanager::Client::new(&s.emulator.aws)
-        .delete_secret()
-        .secret_id("staging/api/stripe-api-key")
-        .force_delete_without_recovery(true)
-        .send()
-        .await
-        .unwrap();
+    s.emulator.delete_secret("staging/api/stripe-api-key").await;
     let (code, out) = plan(&s).await;
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -658,13 +652,7 @@ async fn plan_shows_what_a_sync_would_change_and_exits_2_only_with_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_refuses_an_app_whose_secret_is_missing_and_writes_nothing_for_it() {
     let s = setup().await;
-    aws_sdk_secretsmanager::Client::new(&s.emulator.aws)
-        .delete_secret()
-        .secret_id("staging/api/stripe-api-key")
-        .force_delete_without_recovery(true)
-        .send()
-        .await
-        .unwrap();
+    s.emulator.delete_secret("staging/api/stripe-api-key").await;
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
     let _worker = start_worker(&s.config, &s.emulator.aws);
     let head = s.repo.head("staging");

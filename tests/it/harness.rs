@@ -107,6 +107,17 @@ impl Emulator {
         }
     }
 
+    /// Deletes a secret example_account.py created, as someone cleaning up by hand would.
+    pub async fn delete_secret(&self, name: &str) {
+        aws_sdk_secretsmanager::Client::new(&self.aws)
+            .delete_secret()
+            .secret_id(name)
+            .force_delete_without_recovery(true)
+            .send()
+            .await
+            .unwrap();
+    }
+
     pub async fn create_queue(&self, name: &str) -> String {
         let out = self
             .sqs()

@@ -128,13 +128,7 @@ async fn a_missing_or_untrusting_role_is_named_with_its_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_secrets_parameters_and_log_groups_are_named_without_reading_values() {
     let (emulator, api) = ready().await;
-    aws_sdk_secretsmanager::Client::new(&emulator.aws)
-        .delete_secret()
-        .secret_id("staging/api/stripe-api-key")
-        .force_delete_without_recovery(true)
-        .send()
-        .await
-        .unwrap();
+    emulator.delete_secret("staging/api/stripe-api-key").await;
     aws_sdk_ssm::Client::new(&emulator.aws)
         .delete_parameter()
         .name("/staging/api/rate-limit-per-minute")
