@@ -4,6 +4,7 @@
 //! ECS inputs resolved at that commit and at the planned one: field by field, in the user's own
 //! terms, not ECS's expanded description with its defaults.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -58,6 +59,8 @@ pub async fn plan(
 ) -> Result<Vec<AppPlan>, Error> {
     let mut session = preflight.session();
     let mut plans = Vec::with_capacity(state.apps.len());
+    // Most updated apps were synced from the same commit: resolve each such commit once.
+    let mut earlier: HashMap<String, Option<DesiredState>> = HashMap::new();
     for app in &state.apps {
         let live = ecs
             .describe_service(&app.cluster, app.service_name())
@@ -69,10 +72,17 @@ pub async fn plan(
             }
             Some(live) => {
                 let from = live.tags.get(tag::REVISION).cloned();
-                let before = from
-                    .as_deref()
-                    .and_then(&at_commit)
-                    .and_then(|s| s.apps.into_iter().find(|a| a.name == app.name));
+                let before = from.as_ref().and_then(|commit| {
+                    let state = earlier
+                        .entry(commit.clone())
+                        .or_insert_with(|| at_commit(commit));
+                    state
+                        .as_ref()?
+                        .apps
+                        .iter()
+                        .find(|a| a.name == app.name)
+                        .cloned()
+                });
                 match before {
                     Some(before) => {
                         let drifted = live.tags.get(tag::SPEC_HASH) != Some(&before.spec_hash);

@@ -70,6 +70,13 @@ impl Setup {
         state.apps.into_iter().find(|a| a.name == "api").unwrap()
     }
 
+    /// Commits api 1.5.0 (example-repo has 1.4.2) to staging: a change to one app.
+    fn commit_new_api_image(&self) -> git2::Oid {
+        self.repo.commit("staging", "apps/api/taskdef.json", |t| {
+            Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
+        })
+    }
+
     /// Commits an api image whose deployment the emulator fails, as the circuit breaker would,
     /// with ECS's own rollback off: fleetsync must roll back itself.
     fn commit_broken_api(&self) -> git2::Oid {
@@ -287,9 +294,7 @@ async fn a_config_error_enqueues_nothing_and_leaves_live_services_alone() {
     let before = s.staging_deployed(&receiver).await;
 
     // One good change and one broken app in the same commit: the environment is not synced at all.
-    s.repo.commit("staging", "apps/api/taskdef.json", |t| {
-        Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
-    });
+    s.commit_new_api_image();
     let bad = s.repo.commit("staging", "apps/web/app.yaml", |t| {
         Some(format!("{}replicas: 3\n", t.unwrap()))
     });
@@ -508,9 +513,7 @@ async fn a_late_job_for_an_older_commit_is_superseded() {
     let _worker = start_worker(&s.config, &s.emulator.aws);
     let older = s.repo.head("staging");
     s.staging_deployed(&receiver).await;
-    let newer = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
-        Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
-    });
+    let newer = s.commit_new_api_image();
     assert_eq!(receiver.push("staging", newer, "newer").await.0, 202);
     s.drained().await;
     let live = s.emulator.service("staging", "api").await.unwrap();
@@ -550,9 +553,7 @@ async fn a_force_push_back_to_an_older_commit_is_applied() {
     let _worker = start_worker(&s.config, &s.emulator.aws);
     let older = s.repo.head("staging");
     s.staging_deployed(&receiver).await;
-    let newer = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
-        Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
-    });
+    let newer = s.commit_new_api_image();
     assert_eq!(receiver.push("staging", newer, "newer").await.0, 202);
     s.drained().await;
     assert_eq!(
@@ -623,9 +624,7 @@ async fn plan_shows_what_a_sync_would_change_and_exits_2_only_with_changes() {
     assert!(out.contains("  api: no changes\n"), "{out}");
 
     let live = s.repo.head("staging");
-    let change = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
-        Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
-    });
+    let change = s.commit_new_api_image();
     let (code, out) = plan(&s).await;
     assert_eq!(code, 2, "{out}");
     let expected = format!(
@@ -717,9 +716,7 @@ async fn a_push_enqueues_only_the_apps_it_changed_since_the_head_this_receiver_e
         "{body}"
     );
 
-    let second = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
-        Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
-    });
+    let second = s.commit_new_api_image();
     let (status, body) = receiver
         .push_from("staging", Some(first), second, "second")
         .await;
@@ -788,9 +785,7 @@ async fn reconcile_heals_a_missed_push_and_a_console_change_but_not_a_failed_spe
     assert_eq!((apps(&r), r.in_sync), (vec![], 8), "{r:?}");
 
     // A push whose webhook never arrived.
-    let missed = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
-        Some(t.unwrap().replace("api:1.4.2", "api:1.5.0"))
-    });
+    let missed = s.commit_new_api_image();
     let r = reconcile(&s).await;
     assert!(apps(&r).contains(&"api"), "{r:?}");
     eventually(LIMIT, "staging/api at the missed commit", || async {
