@@ -21,7 +21,14 @@ pub struct Root {
     pub policy: Option<Policy>,
     /// `vars:`, for `${name}` in this root's apps and the roots below it.
     pub vars: Vec<(String, String, Pos)>,
+    /// How many levels of roots may nest below this one (`maxNesting`, top root only).
+    pub max_nesting: usize,
 }
+
+/// Nesting allowed when the top root does not say.
+pub const DEFAULT_MAX_NESTING: usize = 8;
+/// The most `maxNesting` may allow: it bounds what one push can make fleetsync read.
+pub const MAX_NESTING_LIMIT: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct Environment {
@@ -96,6 +103,7 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
             "apps",
             "policy",
             "vars",
+            "maxNesting",
         ],
         report,
     )?;
@@ -119,6 +127,26 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
     let vars = map
         .get("vars")
         .map_or_else(Vec::new, |node| read_vars(node, report));
+    let max_nesting = match map.get("maxNesting") {
+        None => DEFAULT_MAX_NESTING,
+        Some(node) if nested => {
+            report.at(
+                node.pos,
+                "only the top root sets `maxNesting`; remove it here",
+            );
+            DEFAULT_MAX_NESTING
+        }
+        Some(node) => match node.to_json().as_u64() {
+            Some(n) if n <= MAX_NESTING_LIMIT as u64 => n as usize,
+            _ => {
+                report.at(
+                    node.pos,
+                    format!("`maxNesting` must be a whole number from 0 (no nested roots) to {MAX_NESTING_LIMIT}"),
+                );
+                DEFAULT_MAX_NESTING
+            }
+        },
+    };
 
     let mut environments = Vec::new();
     if let Some(node) = environments_node {
@@ -213,6 +241,7 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
         environments_pos: environments_node.map_or(node.pos, |n| n.pos),
         policy,
         vars,
+        max_nesting,
     })
 }
 

@@ -19,12 +19,12 @@ use std::rc::Rc;
 
 pub use desired::{DesiredApp, DesiredState, Provenance, RolloutSpec, tag};
 pub use manifest::Environment;
+pub use manifest::{DEFAULT_MAX_NESTING, MAX_NESTING_LIMIT};
 use manifest::{Root, TaskDefinitionSource};
 use policy::Policy;
 use serde_json::{Map, Value};
 pub(crate) use vars::Vars;
 use vars::interpolate;
-pub use walk::MAX_NESTING;
 use walk::{Leaf, Origin, Walk, check_app_graph, join};
 use yaml::{Kind, Node, Pos};
 
@@ -193,6 +193,7 @@ fn resolve_with(
         env: &env,
         vars: &vars,
         commit,
+        max_nesting: root.max_nesting,
         leaves: Vec::new(),
         problems,
     };

@@ -145,11 +145,11 @@ fn no_desired_count_leaves_the_live_count_alone() {
 
 #[test]
 fn unknown_fields_are_located() {
-    let root = ROOT.replace("name: platform\n", "name: platform\nprune: yes\n");
+    let root = ROOT.replace("name: platform\n", "name: platform\nautoSync: yes\n");
     assert_eq!(
         problems(&repo().with("fleetsync.yaml", &root)),
         [
-            "fleetsync.yaml:4:1: unknown field `prune` in the root app; expected one of: apiVersion, kind, name, environments, apps, policy, vars"
+            "fleetsync.yaml:4:1: unknown field `autoSync` in the root app; expected one of: apiVersion, kind, name, environments, apps, policy, vars, maxNesting"
         ]
     );
     let child = app("db", "db:1").replace("service:\n", "service:\n  cluster: other\n");

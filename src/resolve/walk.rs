@@ -21,9 +21,6 @@ pub(super) enum Origin {
     Nested,
 }
 
-/// Roots nested deeper than this are refused: it bounds what one push can make fleetsync read.
-pub const MAX_NESTING: usize = 8;
-
 /// A child app found by walking the root and the roots nested in it.
 pub(super) struct Leaf {
     pub(super) app_ref: manifest::AppRef,
@@ -48,6 +45,8 @@ pub(super) struct Walk<'a> {
     pub(super) env: &'a Environment,
     pub(super) vars: &'a Vars,
     pub(super) commit: &'a str,
+    /// Roots nested deeper are refused (the top root's `maxNesting`).
+    pub(super) max_nesting: usize,
     pub(super) leaves: Vec<Leaf>,
     pub(super) problems: Vec<Problem>,
 }
@@ -178,11 +177,12 @@ impl Walk<'_> {
                 });
                 continue;
             }
-            if chain.len() >= MAX_NESTING {
+            if chain.len() > self.max_nesting {
                 report.at(
                     app_ref.path_pos,
                     format!(
-                        "roots nest deeper than {MAX_NESTING} levels: {} → {app_file}",
+                        "roots nest deeper than {} levels: {} → {app_file}; raise `maxNesting` on the top root if this is meant",
+                        self.max_nesting,
                         chain.join(" → ")
                     ),
                 );

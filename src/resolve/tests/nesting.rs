@@ -92,15 +92,14 @@ fn a_root_that_lists_itself_is_a_cycle_with_its_chain() {
     );
 }
 
-#[test]
-fn nesting_depth_is_bounded() {
-    // Each level lists the next one directory down, deeper than MAX_NESTING.
+/// A chain of `levels` roots, each listing the next one directory down, above `top`'s apps.
+fn chain(top: &str, levels: usize) -> Repo {
     let mut repo = repo().with(
         "fleetsync.yaml",
-        &ROOT.replace("apps:\n", "apps:\n  - name: l1\n    path: l\n"),
+        &top.replace("apps:\n", "apps:\n  - name: l1\n    path: l\n"),
     );
     let mut dir = "l".to_owned();
-    for level in 1..=MAX_NESTING + 1 {
+    for level in 1..=levels {
         let next = level + 1;
         repo = repo.with(
             &format!("{dir}/app.yaml"),
@@ -108,13 +107,56 @@ fn nesting_depth_is_bounded() {
         );
         dir.push_str("/l");
     }
-    let found = problems(&repo);
+    repo.with(
+        &format!("{dir}/app.yaml"),
+        &app(&format!("l{}", levels + 1), "leaf:1"),
+    )
+}
+
+#[test]
+fn nesting_depth_is_bounded() {
+    let found = problems(&chain(ROOT, DEFAULT_MAX_NESTING + 1));
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0].contains(&format!(
-            "roots nest deeper than {MAX_NESTING} levels: fleetsync.yaml → l/app.yaml → "
+            "roots nest deeper than {DEFAULT_MAX_NESTING} levels: fleetsync.yaml → l/app.yaml → "
         )),
         "{found:?}"
+    );
+    assert!(found[0].ends_with("raise `maxNesting` on the top root if this is meant"));
+}
+
+#[test]
+fn max_nesting_on_the_top_root_sets_the_bound() {
+    let deeper = ROOT.replace("apps:\n", "maxNesting: 12\napps:\n");
+    let state = resolve(&chain(&deeper, 12), DEFAULT_ROOT, "staging", "c0ffee").unwrap();
+    assert!(
+        state.apps.iter().any(|a| a.name == "l13"),
+        "twelve nested roots resolve under maxNesting 12"
+    );
+
+    let shallower = ROOT.replace("apps:\n", "maxNesting: 2\napps:\n");
+    let found = problems(&chain(&shallower, 3));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("roots nest deeper than 2 levels: fleetsync.yaml → l/app.yaml → l/l/app.yaml → l/l/l/app.yaml"), "{found:?}");
+}
+
+#[test]
+fn max_nesting_is_bounded_and_only_on_the_top_root() {
+    let huge = ROOT.replace("apps:\n", "maxNesting: 1000\napps:\n");
+    let found = problems(&repo().with("fleetsync.yaml", &huge));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].ends_with(&format!(
+            "`maxNesting` must be a whole number from 0 (no nested roots) to {MAX_NESTING_LIMIT}"
+        )),
+        "{found:?}"
+    );
+    let team = TEAM.replace("apps:\n", "maxNesting: 3\napps:\n");
+    let found = problems(&nested().with("teams/payments/app.yaml", &team));
+    assert_eq!(
+        found,
+        ["teams/payments/app.yaml:4:13: only the top root sets `maxNesting`; remove it here"]
     );
 }
 
