@@ -96,6 +96,10 @@ pub struct WorkerConfig {
     pub visibility_timeout: Duration,
     /// How often a rollout is polled.
     pub rollout_poll_interval: Duration,
+    /// ECS calls per second this worker makes at most, all jobs together.
+    pub ecs_calls_per_second: f64,
+    /// RegisterTaskDefinition calls per second, within the above: ECS's tightest quota.
+    pub ecs_registers_per_second: f64,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +174,8 @@ struct RawWorker {
     visibility_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     rollout_poll_interval: Option<Duration>,
+    ecs_calls_per_second: Option<f64>,
+    ecs_registers_per_second: Option<f64>,
 }
 
 /// `10s`-style durations in the config file.
@@ -271,7 +277,18 @@ impl Config {
         {
             return Err(invalid("`webhooks.ratePerSecond` must be above 0".into()));
         }
+        let rate = |value: Option<f64>, default: f64, field: &str| match value {
+            None => Ok(default),
+            Some(r) if r.is_finite() && r > 0.0 => Ok(r),
+            Some(_) => Err(invalid(format!("`worker.{field}` must be above 0"))),
+        };
         let worker = WorkerConfig {
+            ecs_calls_per_second: rate(raw.worker.ecs_calls_per_second, 20.0, "ecsCallsPerSecond")?,
+            ecs_registers_per_second: rate(
+                raw.worker.ecs_registers_per_second,
+                1.0,
+                "ecsRegistersPerSecond",
+            )?,
             concurrency: raw.worker.concurrency.unwrap_or(4).max(1),
             visibility_timeout: raw
                 .worker

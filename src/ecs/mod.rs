@@ -3,12 +3,15 @@
 //! It turns SDK shapes into the few facts `sync` needs and every SDK error into [`Error`], with
 //! the AWS error code kept, so nothing above it matches on `SdkError`.
 
+pub mod budget;
 mod raw;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::types::{ServiceField, Tag, TaskDefinitionField};
+use budget::{Budget, Spend};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
@@ -128,12 +131,20 @@ pub struct LiveTaskDefinition {
 #[derive(Clone, Debug)]
 pub struct Ecs {
     client: aws_sdk_ecs::Client,
+    /// Shared by every clone, so all jobs of a worker pace their calls together.
+    budget: Arc<Budget>,
 }
 
 impl Ecs {
+    /// A client without pacing (one-shot commands; the receiver's few reads).
     pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Ecs::with_budget(config, Budget::unlimited())
+    }
+
+    pub fn with_budget(config: &aws_config::SdkConfig, budget: Budget) -> Self {
         Ecs {
             client: aws_sdk_ecs::Client::new(config),
+            budget: Arc::new(budget),
         }
     }
 
@@ -159,6 +170,7 @@ impl Ecs {
         let mut found = HashMap::with_capacity(names.len());
         for batch in names.chunks(10) {
             let target = format!("{cluster}/{}", batch.join(","));
+            self.budget.spend(Spend::Call).await;
             let out = self
                 .client
                 .describe_services()
@@ -185,6 +197,7 @@ impl Ecs {
         &self,
         family: &str,
     ) -> Result<Option<LiveTaskDefinition>> {
+        self.budget.spend(Spend::Call).await;
         let out = self
             .client
             .describe_task_definition()
@@ -216,6 +229,7 @@ impl Ecs {
             .get("family")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        self.budget.spend(Spend::Register).await;
         let out = self
             .client
             .register_task_definition()
@@ -242,6 +256,7 @@ impl Ecs {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let target = target(input, name);
+        self.budget.spend(Spend::Call).await;
         let out = self
             .client
             .create_service()
@@ -268,6 +283,7 @@ impl Ecs {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let target = target(input, name);
+        self.budget.spend(Spend::Call).await;
         self.client
             .update_service()
             .service(name)
@@ -286,6 +302,7 @@ impl Ecs {
         service: &str,
         task_definition: &str,
     ) -> Result<()> {
+        self.budget.spend(Spend::Call).await;
         self.client
             .update_service()
             .cluster(cluster)
@@ -299,6 +316,7 @@ impl Ecs {
 
     /// The cluster's status (ACTIVE, INACTIVE, …), `None` when there is no such cluster.
     pub async fn cluster_status(&self, cluster: &str) -> Result<Option<String>> {
+        self.budget.spend(Spend::Call).await;
         let out = self
             .client
             .describe_clusters()
@@ -317,6 +335,7 @@ impl Ecs {
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
             .collect();
+        self.budget.spend(Spend::Call).await;
         self.client
             .tag_resource()
             .resource_arn(arn)

@@ -61,8 +61,13 @@ pub struct Preflight {
 
 impl Preflight {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Preflight::with_ecs(config, Ecs::new(config))
+    }
+
+    /// Reads ECS through `ecs`, so a worker's preflight spends the worker's call budget.
+    pub fn with_ecs(config: &aws_config::SdkConfig, ecs: Ecs) -> Self {
         Preflight {
-            ecs: Ecs::new(config),
+            ecs,
             lookups: Lookups::new(config),
         }
     }

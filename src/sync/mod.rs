@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
 
 use crate::config::{Config, WorkerConfig};
+use crate::ecs::budget::{Budget, Rate};
 use crate::ecs::{self, Ecs};
 use crate::preflight::{self, Finding, Preflight};
 use crate::queue::{Queue, Received, SyncJob};
@@ -141,10 +142,15 @@ impl Worker {
                 ))
             })
             .collect::<Result<_, repo::Error>>()?;
+        let budget = Budget::new(
+            Rate::per_second(config.worker.ecs_calls_per_second),
+            Rate::per_second(config.worker.ecs_registers_per_second),
+        );
+        let ecs = Ecs::with_budget(aws, budget);
         Ok(Worker {
             queue: Queue::new(aws, &config.queue_url),
-            ecs: Ecs::new(aws),
-            preflight: Preflight::new(aws),
+            preflight: Preflight::with_ecs(aws, ecs.clone()),
+            ecs,
             config: config.worker.clone(),
             mirrors: Mirrors(mirrors),
         })
