@@ -48,10 +48,15 @@ What is modelled (K = env FLEETSYNC_EMULATOR_ROLLOUT_POLLS, default 2):
   * CreateService keeps deploymentConfiguration (moto drops it; UpdateService keeps it).
 Timestamps are serialised by moto as usual (epoch seconds in the JSON protocol).
 Everything else is plain moto; POST /moto-api/reset clears this state as well.
+
+With FLEETSYNC_EMULATOR_CALL_LOG=PATH, every AWS call served is appended to PATH as one line,
+"SERVICE Action" (e.g. "ecs RegisterTaskDefinition"), in the order served: what an account's
+CloudTrail would show, so tests can count the calls fleetsync makes.
 """
 import argparse
 import os, random, signal, sys, threading, time, urllib.error, urllib.request, uuid
 
+from moto.core.responses import BaseResponse
 from moto.core.utils import utcnow
 from moto.ecs import models as ecs_models
 from moto.ecs import responses as ecs_responses
@@ -65,6 +70,8 @@ _orig_create = Backend.create_service
 _orig_update = Backend.update_service
 _orig_describe = Backend.describe_services
 _orig_create_response = Response.create_service
+_orig_call_action = BaseResponse.call_action
+CALL_LOG = os.environ.get("FLEETSYNC_EMULATOR_CALL_LOG")
 
 
 def _event(svc, message):
@@ -183,7 +190,15 @@ def create_service_response(self):
     return result
 
 
+def call_action(self):
+    with _lock, open(CALL_LOG, "a") as log:
+        log.write(f"{self.service_name} {self._get_action()}\n")
+    return _orig_call_action(self)
+
+
 def install():
+    if CALL_LOG:
+        BaseResponse.call_action = call_action
     Backend.create_service = create_service
     Backend.update_service = update_service
     Backend.describe_services = describe_services

@@ -94,8 +94,9 @@ pub async fn apply(
         && !task_definition_changed_elsewhere(live)
     {
         // A previous attempt may have died, or handed the job over at shutdown, while the
-        // rollout ran: finish watching it and act as that attempt would have.
-        if app.rollout.wait {
+        // rollout ran: finish watching it and act as that attempt would have. A settled
+        // service needs no second look: a no-op job is one read.
+        if app.rollout.wait && !settled(live) {
             let target = live.task_definition.clone();
             let tags_before = [(tag::SPEC_HASH, ""), (tag::REVISION, "")]; // unknown by now
             let rollback = Rollback {

@@ -179,6 +179,37 @@ async fn a_push_to_staging_rolls_out_a_new_revision_there_and_leaves_production_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_for_what_is_already_live_make_no_write_call_at_the_emulator() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    let before = s.emulator.ecs_calls().len();
+
+    // A receiver that remembers nothing (a new replica) sends every app of the head again.
+    let replica = Receiver::start(&s.config, &s.emulator.aws).await;
+    let (status, body) = replica
+        .push("staging", s.repo.head("staging"), "replica")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["jobs"].as_array().unwrap().len(), APPS.len(), "{body}");
+    s.drained().await;
+
+    // The emulator's log is what CloudTrail would show the account owner.
+    let calls = s.emulator.ecs_calls().split_off(before);
+    let writes: Vec<_> = calls
+        .iter()
+        .filter(|c| !c.starts_with("Describe") && !c.starts_with("List"))
+        .collect();
+    assert_eq!(writes, Vec::<&String>::new(), "all calls: {calls:?}");
+    assert_eq!(
+        calls,
+        vec!["DescribeServices"; APPS.len()],
+        "one read per job"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signatures_and_oversized_bodies_are_refused_and_enqueue_nothing() {
     let s = setup().await;
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;

@@ -28,6 +28,8 @@ pub const SECRET: &str = "It's a Secret to Everybody";
 /// AWS state, so they need no unique names and no resets.
 pub struct Emulator {
     child: Child,
+    /// Every AWS call the emulator served, one "service Action" per line.
+    call_log: tempfile::NamedTempFile,
     pub endpoint: String,
     pub subnets: Vec<String>,
     pub security_group: String,
@@ -42,7 +44,9 @@ impl Emulator {
             Path::new(&python).exists(),
             "the AWS emulator is not installed ({python} is missing): run the tests with scripts/test.sh, which installs it"
         );
+        let call_log = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(python)
+            .env("FLEETSYNC_EMULATOR_CALL_LOG", call_log.path())
             .arg(format!("{root}/scripts/emulator.py"))
             .args(["--port", "0", "--example-account"])
             .stdout(Stdio::piped())
@@ -81,11 +85,22 @@ impl Emulator {
             .await;
         Emulator {
             child,
+            call_log,
             endpoint,
             subnets,
             security_group,
             aws,
         }
+    }
+
+    /// The ECS calls served so far, as their action names, in order.
+    pub fn ecs_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.call_log.path())
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.strip_prefix("ecs "))
+            .map(str::to_owned)
+            .collect()
     }
 
     pub fn ecs(&self) -> aws_sdk_ecs::Client {
