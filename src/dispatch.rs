@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::config::{Config, RepoConfig, Secret};
 use crate::ecs::{Ecs, LiveService, task_definition_id};
 use crate::queue::job::{RECONCILE_DELIVERY, dependency_index};
-use crate::queue::{self, Enqueued, Queue, SyncJob};
+use crate::queue::{self, Enqueued, PruneJob, Queue, SyncJob};
 use crate::repo::{self, Mirror};
 use crate::resolve::{self, DesiredApp, DesiredState, Problem, tag};
 
@@ -257,11 +257,26 @@ impl Dispatcher {
         };
         let mut specs = known.clone();
         let mut jobs = Vec::new();
+        let mut prunes = Vec::new();
         let mut unchanged = 0;
         let mut problems = Vec::new();
         for (environment, result) in results {
             match result {
                 Ok(state) => {
+                    if state.prune {
+                        prunes.push(PruneJob {
+                            version: SyncJob::VERSION,
+                            kind: PruneJob::KIND.to_owned(),
+                            repo: repo.config.name.clone(),
+                            branch: branch.to_owned(),
+                            delivery: delivery.to_owned(),
+                            root: state.root.clone(),
+                            environment: state.environment.clone(),
+                            cluster: state.cluster.clone(),
+                            commit: state.commit.clone(),
+                            apps: state.apps.iter().map(|a| a.name.clone()).collect(),
+                        });
+                    }
                     let before = known.get(&state.environment);
                     let hashes = specs.entry(state.environment.clone()).or_default();
                     hashes.clear();
@@ -285,7 +300,8 @@ impl Dispatcher {
             }
         }
         let enqueued = self.queue.send(&jobs).await?;
-        info!(message = "Jobs enqueued.", repo = %repo.config.name, %branch, %commit, jobs = enqueued.len(), unchanged, invalid_environments = problems.len());
+        self.queue.send_prune(&prunes).await?;
+        info!(message = "Jobs enqueued.", repo = %repo.config.name, %branch, %commit, jobs = enqueued.len(), unchanged, prune = prunes.len(), invalid_environments = problems.len());
         let branch = branch.to_owned();
         let outcome = if problems.is_empty() {
             Outcome::Enqueued {

@@ -28,7 +28,8 @@ impl Rate {
 /// What a call spends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spend {
-    /// RegisterTaskDefinition: one from each bucket.
+    /// RegisterTaskDefinition or DeregisterTaskDefinition (one ECS quota): one from each
+    /// bucket.
     Register,
     /// Any other ECS call.
     Call,

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_ecs::types::{ServiceField, Tag, TaskDefinitionField};
+use aws_sdk_ecs::types::{ServiceField, Tag, TaskDefinitionField, TaskDefinitionStatus};
 use budget::{Budget, Spend};
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -192,7 +192,8 @@ impl Ecs {
         Ok(found)
     }
 
-    /// The latest ACTIVE revision of a family, or `None` when the family has none.
+    /// The latest ACTIVE revision of a family (or the revision `family:revision` names), or
+    /// `None` when there is none.
     pub async fn describe_task_definition(
         &self,
         family: &str,
@@ -311,6 +312,95 @@ impl Ecs {
             .send()
             .await
             .map_err(|e| api_error("UpdateService", &format!("{cluster}/{service}"), e))?;
+        Ok(())
+    }
+
+    /// The names of every service in the cluster.
+    pub async fn list_services(&self, cluster: &str) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let mut next = None;
+        loop {
+            self.budget.spend(Spend::Call).await;
+            let out = self
+                .client
+                .list_services()
+                .cluster(cluster)
+                .set_next_token(next)
+                .send()
+                .await
+                .map_err(|e| api_error("ListServices", cluster, e))?;
+            names.extend(
+                out.service_arns()
+                    .iter()
+                    .map(|arn| arn.rsplit('/').next().unwrap_or(arn).to_owned()),
+            );
+            next = out.next_token().map(str::to_owned);
+            if next.is_none() {
+                return Ok(names);
+            }
+        }
+    }
+
+    /// Scales the service to zero tasks, then deletes it.
+    pub async fn delete_service(&self, cluster: &str, service: &str) -> Result<()> {
+        let target = format!("{cluster}/{service}");
+        self.budget.spend(Spend::Call).await;
+        self.client
+            .update_service()
+            .cluster(cluster)
+            .service(service)
+            .desired_count(0)
+            .send()
+            .await
+            .map_err(|e| api_error("UpdateService", &target, e))?;
+        self.budget.spend(Spend::Call).await;
+        self.client
+            .delete_service()
+            .cluster(cluster)
+            .service(service)
+            .send()
+            .await
+            .map_err(|e| api_error("DeleteService", &target, e))?;
+        Ok(())
+    }
+
+    /// The ACTIVE revisions of a family, as `family:revision`.
+    pub async fn list_task_definitions(&self, family: &str) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        let mut next = None;
+        loop {
+            self.budget.spend(Spend::Call).await;
+            let out = self
+                .client
+                .list_task_definitions()
+                .family_prefix(family)
+                .status(TaskDefinitionStatus::Active)
+                .set_next_token(next)
+                .send()
+                .await
+                .map_err(|e| api_error("ListTaskDefinitions", family, e))?;
+            // A prefix: `api` also lists `api-worker`.
+            found.extend(
+                out.task_definition_arns()
+                    .iter()
+                    .map(|arn| task_definition_id(arn).to_owned())
+                    .filter(|id| id.rsplit_once(':').is_some_and(|(f, _)| f == family)),
+            );
+            next = out.next_token().map(str::to_owned);
+            if next.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
+    pub async fn deregister_task_definition(&self, task_definition: &str) -> Result<()> {
+        self.budget.spend(Spend::Register).await;
+        self.client
+            .deregister_task_definition()
+            .task_definition(task_definition)
+            .send()
+            .await
+            .map_err(|e| api_error("DeregisterTaskDefinition", task_definition, e))?;
         Ok(())
     }
 

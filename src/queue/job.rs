@@ -7,6 +7,73 @@ use sha2::{Digest, Sha256};
 
 use crate::resolve::DesiredApp;
 
+/// A message on the queue: sync one app, or prune what an environment no longer lists.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Job {
+    Sync(Box<SyncJob>),
+    Prune(Box<PruneJob>),
+}
+
+impl Job {
+    /// Reads a message body: a prune job says so in `kind`; anything else is a sync job.
+    pub fn parse(body: &str) -> Result<Job, String> {
+        let value: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+        let (version, job) = if value.get("kind").and_then(|k| k.as_str()) == Some(PruneJob::KIND) {
+            let job: PruneJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            (job.version, Job::Prune(Box::new(job)))
+        } else {
+            let job: SyncJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            (job.version, Job::Sync(Box::new(job)))
+        };
+        match version {
+            SyncJob::VERSION => Ok(job),
+            v => Err(format!(
+                "job version {v} is not understood by this worker (version {})",
+                SyncJob::VERSION
+            )),
+        }
+    }
+}
+
+/// Delete what one environment's root deployed and no longer lists (`prune: true`). Sent after
+/// a resolve that succeeded: the list of apps it carries is the positive signal, never a
+/// failed read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneJob {
+    pub version: u32,
+    /// Always [`PruneJob::KIND`].
+    pub kind: String,
+    pub repo: String,
+    pub branch: String,
+    pub delivery: String,
+    pub root: String,
+    pub environment: String,
+    pub cluster: String,
+    pub commit: String,
+    /// Every app the environment lists at `commit`.
+    pub apps: Vec<String>,
+}
+
+impl PruneJob {
+    pub const KIND: &str = "prune";
+
+    /// FIFO group: one per environment, apart from its apps' (`:` is in no app name).
+    pub fn group_id(&self) -> String {
+        format!("{}/{}:prune", self.root, self.environment)
+    }
+
+    pub fn deduplication_id(&self) -> String {
+        let mut hasher = Sha256::new();
+        for part in [&self.delivery, &self.environment, &self.commit] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hasher.update(b"prune");
+        hex::encode(hasher.finalize())
+    }
+}
+
 /// How the delivery ids of reconcile's jobs start (`reconcile:<digest of what it saw>`).
 pub const RECONCILE_DELIVERY: &str = "reconcile";
 
@@ -103,5 +170,41 @@ impl SyncJob {
             hasher.update([0]);
         }
         hex::encode(hasher.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prune_job() -> PruneJob {
+        PruneJob {
+            version: SyncJob::VERSION,
+            kind: PruneJob::KIND.to_owned(),
+            repo: "platform".into(),
+            branch: "staging".into(),
+            delivery: "d-1".into(),
+            root: "platform".into(),
+            environment: "staging".into(),
+            cluster: "staging".into(),
+            commit: "c0ffee".into(),
+            apps: vec!["api".into()],
+        }
+    }
+
+    #[test]
+    fn messages_read_back_as_the_job_they_were_sent_as() {
+        let prune = prune_job();
+        let body = serde_json::to_string(&prune).unwrap();
+        assert_eq!(Job::parse(&body), Ok(Job::Prune(Box::new(prune.clone()))));
+        assert_eq!(prune.group_id(), "platform/staging:prune");
+
+        let newer = body.replace("\"version\":1", "\"version\":2");
+        assert_eq!(
+            Job::parse(&newer),
+            Err("job version 2 is not understood by this worker (version 1)".into())
+        );
+        let unknown = r#"{"kind": "prune", "version": 1}"#;
+        assert!(Job::parse(unknown).unwrap_err().contains("missing field"));
     }
 }

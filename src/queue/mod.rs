@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
-pub use job::SyncJob;
+pub use job::{Job, PruneJob, SyncJob};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -81,7 +81,7 @@ pub struct Received {
     pub message_id: String,
     pub receipt: String,
     pub receive_count: u32,
-    pub job: Result<SyncJob, String>,
+    pub job: Result<Job, String>,
 }
 
 /// SQS takes at most ten entries per batch call.
@@ -102,17 +102,50 @@ impl Queue {
     /// Sends every job or fails: a partial batch failure is an error, and the caller's retry
     /// re-sends all of them, which FIFO deduplication makes safe.
     pub async fn send(&self, jobs: &[SyncJob]) -> Result<Vec<Enqueued>> {
-        let mut enqueued = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(BATCH) {
+        let ids = self
+            .send_all(jobs, |j| {
+                (serde_json::to_string(j), j.group_id(), j.deduplication_id())
+            })
+            .await?;
+        Ok(jobs
+            .iter()
+            .zip(ids)
+            .map(|(job, id)| Enqueued {
+                id,
+                environment: job.app.environment.clone(),
+                app: job.app.name.clone(),
+                spec_hash: job.app.spec_hash.clone(),
+            })
+            .collect())
+    }
+
+    /// Sends prune jobs, all or none, like [`Queue::send`].
+    pub async fn send_prune(&self, jobs: &[PruneJob]) -> Result<()> {
+        self.send_all(jobs, |j| {
+            (serde_json::to_string(j), j.group_id(), j.deduplication_id())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The message ids of `items`, in order.
+    async fn send_all<T>(
+        &self,
+        items: &[T],
+        message: impl Fn(&T) -> (serde_json::Result<String>, String, String),
+    ) -> Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(items.len());
+        for chunk in items.chunks(BATCH) {
             let entries = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, job)| {
+                .map(|(i, item)| {
+                    let (body, group, deduplication) = message(item);
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
-                        .message_body(serde_json::to_string(job).expect("jobs always serialise"))
-                        .message_group_id(job.group_id())
-                        .message_deduplication_id(job.deduplication_id())
+                        .message_body(body.expect("jobs always serialise"))
+                        .message_group_id(group)
+                        .message_deduplication_id(deduplication)
                         .build()
                         .expect("id and body are set")
                 })
@@ -133,17 +166,15 @@ impl Queue {
                     message: failed.message().unwrap_or_default().to_owned(),
                 });
             }
+            let mut sent = vec![String::new(); chunk.len()];
             for ok in out.successful() {
-                let job = &chunk[ok.id().parse::<usize>().unwrap_or_default()];
-                enqueued.push(Enqueued {
-                    id: ok.message_id().to_owned(),
-                    environment: job.app.environment.clone(),
-                    app: job.app.name.clone(),
-                    spec_hash: job.app.spec_hash.clone(),
-                });
+                if let Some(slot) = ok.id().parse::<usize>().ok().and_then(|i| sent.get_mut(i)) {
+                    *slot = ok.message_id().to_owned();
+                }
             }
+            ids.extend(sent);
         }
-        Ok(enqueued)
+        Ok(ids)
     }
 
     /// Long-polls for up to `max` jobs (1-10), hiding them from other workers for `visibility`.
@@ -174,15 +205,7 @@ impl Queue {
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(1);
-                let job = serde_json::from_str::<SyncJob>(m.body().unwrap_or_default())
-                    .map_err(|e| e.to_string())
-                    .and_then(|job| match job.version {
-                        SyncJob::VERSION => Ok(job),
-                        v => Err(format!(
-                            "job version {v} is not understood by this worker (version {})",
-                            SyncJob::VERSION
-                        )),
-                    });
+                let job = Job::parse(m.body().unwrap_or_default());
                 Some(Received {
                     message_id: m.message_id().unwrap_or_default().to_owned(),
                     receipt,

@@ -62,6 +62,8 @@ pub struct DesiredState {
     pub environment: String,
     pub cluster: String,
     pub commit: String,
+    /// Delete the services this root deployed to the environment and no longer lists.
+    pub prune: bool,
     pub apps: Vec<DesiredApp>,
 }
 

@@ -23,6 +23,9 @@ pub struct Root {
     pub vars: Vec<(String, String, Pos)>,
     /// How many levels of roots may nest below this one (`maxNesting`, top root only).
     pub max_nesting: usize,
+    /// `prune: true` (top root only): services this root deployed and no longer lists are
+    /// deleted. With where it was set, for problems about it.
+    pub prune: Option<(bool, Pos)>,
 }
 
 /// Nesting allowed when the top root does not say.
@@ -104,6 +107,7 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
             "policy",
             "vars",
             "maxNesting",
+            "prune",
         ],
         report,
     )?;
@@ -127,6 +131,23 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
     let vars = map
         .get("vars")
         .map_or_else(Vec::new, |node| read_vars(node, report));
+    let prune = match map.get("prune") {
+        None => None,
+        Some(node) if nested => {
+            report.at(node.pos, "only the top root sets `prune`; remove it here");
+            None
+        }
+        Some(node) => match node.to_json() {
+            serde_json::Value::Bool(b) => Some((b, node.pos)),
+            _ => {
+                report.at(
+                    node.pos,
+                    format!("`prune` must be true or false, found {}", node.type_name()),
+                );
+                None
+            }
+        },
+    };
     let max_nesting = match map.get("maxNesting") {
         None => DEFAULT_MAX_NESTING,
         Some(node) if nested => {
@@ -242,6 +263,7 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
         policy,
         vars,
         max_nesting,
+        prune,
     })
 }
 

@@ -198,6 +198,19 @@ fn resolve_with(
         problems,
     };
     let mut scopes = Vec::new();
+    let prune = match trusted {
+        Some(trusted) => {
+            let (own, theirs) = (root.prune.map(|p| p.0), trusted.prune.map(|p| p.0));
+            if own.unwrap_or(false) != theirs.unwrap_or(false) {
+                Report::new(root_path, &mut walk.problems).at(
+                    root.prune.map_or(Pos::at(1, 1), |p| p.1),
+                    "this root's `prune` differs from the root's on the default branch, which is the one that applies; change it on the default branch first",
+                );
+            }
+            theirs.unwrap_or(false)
+        }
+        None => root.prune.is_some_and(|p| p.0),
+    };
     let own_policy = root.policy.take();
     let policy = match trusted {
         Some(trusted) => {
@@ -269,6 +282,7 @@ fn resolve_with(
         environment: env.name.clone(),
         cluster: env.cluster.clone(),
         commit: commit.to_owned(),
+        prune,
         apps,
     })
 }

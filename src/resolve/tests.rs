@@ -149,7 +149,7 @@ fn unknown_fields_are_located() {
     assert_eq!(
         problems(&repo().with("fleetsync.yaml", &root)),
         [
-            "fleetsync.yaml:4:1: unknown field `autoSync` in the root app; expected one of: apiVersion, kind, name, environments, apps, policy, vars, maxNesting"
+            "fleetsync.yaml:4:1: unknown field `autoSync` in the root app; expected one of: apiVersion, kind, name, environments, apps, policy, vars, maxNesting, prune"
         ]
     );
     let child = app("db", "db:1").replace("service:\n", "service:\n  cluster: other\n");
@@ -337,3 +337,42 @@ mod nesting;
 mod overlays;
 mod policy;
 mod vars_and_rules;
+
+#[test]
+fn prune_comes_from_the_default_branch_and_only_from_the_top_root() {
+    let pruning = ROOT.replace("name: platform\n", "name: platform\nprune: true\n");
+    let trusted = read_root(&repo().with(DEFAULT_ROOT, &pruning), DEFAULT_ROOT)
+        .unwrap()
+        .unwrap();
+    let state = resolve_bound(
+        &repo().with(DEFAULT_ROOT, &pruning),
+        DEFAULT_ROOT,
+        &trusted,
+        "staging",
+        "c",
+    )
+    .unwrap();
+    assert!(state.prune);
+    assert!(!resolve(&repo(), DEFAULT_ROOT, "staging", "c").unwrap().prune);
+
+    // A branch cannot turn on deletion the default branch did not.
+    let plain = read_root(&repo(), DEFAULT_ROOT).unwrap().unwrap();
+    let err = resolve_bound(
+        &repo().with(DEFAULT_ROOT, &pruning),
+        DEFAULT_ROOT,
+        &plain,
+        "staging",
+        "c",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "fleetsync.yaml:4:8: this root's `prune` differs from the root's on the default branch, which is the one that applies; change it on the default branch first"
+    );
+
+    let maybe = ROOT.replace("name: platform\n", "name: platform\nprune: maybe\n");
+    assert_eq!(
+        problems(&repo().with(DEFAULT_ROOT, &maybe)),
+        ["fleetsync.yaml:4:8: `prune` must be true or false, found a string"]
+    );
+}

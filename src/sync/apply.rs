@@ -48,6 +48,16 @@ pub trait History: Sync {
         job: &SyncJob,
         live: &str,
     ) -> impl Future<Output = Option<String>> + Send;
+
+    /// Whether `commit` is on `branch` of `repo` and `live` is `commit` or one of its
+    /// ancestors; `None` when it cannot tell.
+    fn includes(
+        &self,
+        repo: &str,
+        branch: &str,
+        commit: &str,
+        live: &str,
+    ) -> impl Future<Output = Option<bool>> + Send;
 }
 
 /// Where a failed rollout returns to.

@@ -6,6 +6,7 @@
 
 mod apply;
 pub mod plan;
+mod prune;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::config::{Config, WorkerConfig};
 use crate::ecs::budget::{Budget, Rate};
 use crate::ecs::{self, Ecs};
 use crate::preflight::{self, Finding, Preflight};
-use crate::queue::{Queue, Received, SyncJob};
+use crate::queue::{Job, PruneJob, Queue, Received, SyncJob};
 use crate::repo::{self, Mirror};
 
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +222,14 @@ impl Worker {
             job,
         } = message;
         let job = match job {
-            Ok(job) => job,
+            Ok(Job::Sync(job)) => *job,
+            Ok(Job::Prune(job)) => {
+                let span = tracing::info_span!("prune", %message_id, environment = %job.environment, commit = %job.commit);
+                self.run_prune(&job, &receipt, receive_count, abort)
+                    .instrument(span)
+                    .await;
+                return;
+            }
             Err(reason) => {
                 // Left in the queue: it returns after the visibility timeout and the redrive
                 // policy moves it to the dead-letter queue, where it can be inspected.
@@ -279,6 +287,40 @@ impl Worker {
             }
             None => {
                 warn!(message = "Job interrupted; released to another worker.");
+                self.set_visibility(receipt, Duration::ZERO).await;
+            }
+        }
+    }
+
+    async fn run_prune(
+        &self,
+        job: &PruneJob,
+        receipt: &str,
+        receive_count: u32,
+        abort: CancellationToken,
+    ) {
+        let result = tokio::select! {
+            r = prune::prune(&self.ecs, &self.mirrors, job) => Some(r),
+            () = self.heartbeat(receipt) => None,
+            () = abort.cancelled() => None,
+        };
+        match result {
+            Some(Ok(pruned)) => {
+                info!(message = "Job done.", outcome = %pruned);
+                self.delete(receipt).await;
+            }
+            Some(Err(e)) if e.is_retryable() => {
+                let backoff = Duration::from_secs(5 * 2u64.pow(receive_count.min(8)))
+                    .min(Duration::from_secs(900));
+                warn!(message = "Prune failed; it will be retried.", error = %e, attempt = receive_count, retry_in = ?backoff);
+                self.set_visibility(receipt, backoff).await;
+            }
+            Some(Err(e)) => {
+                error!(message = "Prune failed.", error = %e, attempt = receive_count);
+                self.delete(receipt).await;
+            }
+            None => {
+                warn!(message = "Prune interrupted; released to another worker.");
                 self.set_visibility(receipt, Duration::ZERO).await;
             }
         }
@@ -349,6 +391,34 @@ impl History for Mirrors {
             Ok(by) => by,
             Err(error) => {
                 warn!(message = "Cannot compare commits; applying the job.", %error);
+                None
+            }
+        }
+    }
+
+    async fn includes(&self, repo: &str, branch: &str, commit: &str, live: &str) -> Option<bool> {
+        let mirror = self.0.get(repo).cloned()?;
+        let (Ok(commit), Ok(live)) = (git2::Oid::from_str(commit), git2::Oid::from_str(live))
+        else {
+            return None;
+        };
+        let branch = branch.to_owned();
+        let check = tokio::task::spawn_blocking(move || -> Result<bool, repo::Error> {
+            let head = mirror.fetch_branch(&branch)?;
+            let local = mirror.local()?;
+            Ok(local.contains(commit)
+                && local.contains(live)
+                && local.is_ancestor(commit, head)?
+                && local.is_ancestor(live, commit)?)
+        });
+        match check.await {
+            Ok(Ok(includes)) => Some(includes),
+            Ok(Err(error)) => {
+                warn!(message = "Cannot compare commits; pruning nothing of it.", %error);
+                None
+            }
+            Err(error) => {
+                warn!(message = "Cannot compare commits; pruning nothing of it.", %error);
                 None
             }
         }

@@ -209,6 +209,109 @@ async fn jobs_for_what_is_already_live_make_no_write_call_at_the_emulator() {
     );
 }
 
+/// A service made outside fleetsync, with these tags.
+async fn service_made_by_hand(emulator: &Emulator, name: &str, tags: &[(&str, &str)]) {
+    use aws_sdk_ecs::types::{ContainerDefinition, Tag};
+    let ecs = emulator.ecs();
+    let container = ContainerDefinition::builder()
+        .name(name)
+        .image("public.ecr.aws/acme/by-hand:1")
+        .memory(128)
+        .build();
+    ecs.register_task_definition()
+        .family(name)
+        .container_definitions(container)
+        .send()
+        .await
+        .unwrap();
+    let tags = tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(*k).value(*v).build());
+    ecs.create_service()
+        .cluster("staging")
+        .service_name(name)
+        .task_definition(name)
+        .desired_count(1)
+        .set_tags(Some(tags.collect()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// ACTIVE, DRAINING or INACTIVE (deleted); `None` if ECS never knew the service.
+async fn service_status(emulator: &Emulator, name: &str) -> Option<String> {
+    let out = emulator
+        .ecs()
+        .describe_services()
+        .cluster("staging")
+        .services(name)
+        .send()
+        .await
+        .unwrap();
+    out.services().first()?.status().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_only_what_this_root_deployed_and_no_longer_lists() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    let head = s.repo.head("staging").to_string();
+    service_made_by_hand(&s.emulator, "by-hand", &[]).await;
+    let foreign = [
+        ("fleetsync:root", "another-root"),
+        ("fleetsync:environment", "staging"),
+        ("fleetsync:app", "reports"),
+        ("fleetsync:revision", head.as_str()),
+    ];
+    service_made_by_hand(&s.emulator, "reports", &foreign).await;
+    let drop_web = |text: Option<&str>| {
+        Some(text.unwrap().replace(
+            "  - name: web\n    path: apps/web\n    dependsOn: [api]\n",
+            "",
+        ))
+    };
+
+    // Without `prune`, an app dropped from the root keeps running.
+    let dropped = s.repo.commit("staging", "fleetsync.yaml", drop_web);
+    assert_eq!(receiver.push("staging", dropped, "drop-web").await.0, 202);
+    s.drained().await;
+    assert_eq!(service_status(&s.emulator, "web").await.unwrap(), "ACTIVE");
+
+    // `prune: true` applies from the default branch's root; the branch's must agree.
+    let with_prune = |text: Option<&str>| {
+        Some(
+            text.unwrap()
+                .replace("name: platform\n", "name: platform\nprune: true\n"),
+        )
+    };
+    s.repo.commit("main", "fleetsync.yaml", with_prune);
+    let pruning = s.repo.commit("staging", "fleetsync.yaml", with_prune);
+    let (status, body) = receiver.push("staging", pruning, "prune").await;
+    assert_eq!(status, 202, "{body}");
+    eventually(LIMIT, "staging/web to be deleted", || async {
+        (service_status(&s.emulator, "web").await.as_deref() == Some("INACTIVE")).then_some(())
+    })
+    .await;
+    s.drained().await;
+
+    assert_eq!(
+        s.emulator.revisions("staging-web").await,
+        Vec::<String>::new(),
+        "the pruned app's task definitions are deregistered"
+    );
+    for kept in ["accounts", "api", "fleetsync-worker", "by-hand", "reports"] {
+        assert_eq!(
+            service_status(&s.emulator, kept).await.as_deref(),
+            Some("ACTIVE"),
+            "{kept} is listed, or not this root's"
+        );
+    }
+    assert_eq!(s.emulator.revisions("by-hand").await, ["by-hand:1"]);
+    assert_eq!(s.emulator.revisions("staging-api").await, ["staging-api:1"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signatures_and_oversized_bodies_are_refused_and_enqueue_nothing() {
     let s = setup().await;

@@ -1,0 +1,103 @@
+//! Prune (`prune: true` on the top root): delete the services a root deployed to an environment
+//! and no longer lists, and deregister their task definitions.
+//!
+//! Only what carries this root's and this environment's tags is touched, and only when the
+//! commit that dropped the app is at least as new as the one that deployed it: a prune job
+//! that arrives late never deletes an app that a newer commit brought back. A task definition
+//! any service of the cluster still runs is never deregistered.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use tracing::info;
+
+use super::Error;
+use super::apply::History;
+use crate::ecs::{Ecs, task_definition_id};
+use crate::queue::PruneJob;
+use crate::resolve::tag;
+
+/// What a prune job did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Services deleted.
+    pub deleted: Vec<String>,
+    /// Task definitions deregistered, as `family:revision`.
+    pub deregistered: Vec<String>,
+    /// Services no longer listed but left alone: deployed by a newer commit than the job's,
+    /// or from history the worker could not read.
+    pub kept: Vec<String>,
+}
+
+impl fmt::Display for Pruned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pruned: deleted [{}], deregistered [{}], kept [{}]",
+            self.deleted.join(", "),
+            self.deregistered.join(", "),
+            self.kept.join(", ")
+        )
+    }
+}
+
+pub async fn prune(ecs: &Ecs, history: &impl History, job: &PruneJob) -> Result<Pruned, Error> {
+    let names = ecs.list_services(&job.cluster).await?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let live = ecs.describe_services(&job.cluster, &names).await?;
+    let listed: HashSet<&str> = job.apps.iter().map(String::as_str).collect();
+    let owned = |tags: &HashMap<String, String>| {
+        tags.get(tag::ROOT) == Some(&job.root)
+            && tags.get(tag::ENVIRONMENT) == Some(&job.environment)
+    };
+
+    let mut pruned = Pruned::default();
+    let mut unlisted: Vec<_> = live
+        .iter()
+        .filter(|(_, s)| owned(&s.tags))
+        .filter(|(_, s)| {
+            s.tags
+                .get(tag::APP)
+                .is_some_and(|app| !listed.contains(app.as_str()))
+        })
+        .collect();
+    unlisted.sort_by_key(|(name, _)| name.as_str());
+    let mut families = Vec::new();
+    for (name, service) in unlisted {
+        let deployed = service.tags.get(tag::REVISION).map_or("", String::as_str);
+        if history
+            .includes(&job.repo, &job.branch, &job.commit, deployed)
+            .await
+            != Some(true)
+        {
+            pruned.kept.push(name.clone());
+            continue;
+        }
+        ecs.delete_service(&job.cluster, name).await?;
+        info!(message = "Service pruned.", service = %name, cluster = %job.cluster);
+        pruned.deleted.push(name.clone());
+        let id = task_definition_id(&service.task_definition);
+        families.push(id.rsplit_once(':').map_or(id, |(family, _)| family));
+    }
+
+    let running: HashSet<&str> = live
+        .iter()
+        .filter(|(name, _)| !pruned.deleted.contains(name))
+        .map(|(_, s)| task_definition_id(&s.task_definition))
+        .collect();
+    for family in families {
+        for revision in ecs.list_task_definitions(family).await? {
+            if running.contains(revision.as_str()) {
+                continue;
+            }
+            let Some(definition) = ecs.describe_task_definition(&revision).await? else {
+                continue;
+            };
+            if owned(&definition.tags) {
+                ecs.deregister_task_definition(&revision).await?;
+                pruned.deregistered.push(revision);
+            }
+        }
+    }
+    Ok(pruned)
+}
