@@ -279,8 +279,10 @@ impl Config {
         }
         let rate = |value: Option<f64>, default: f64, field: &str| match value {
             None => Ok(default),
-            Some(r) if r.is_finite() && r > 0.0 => Ok(r),
-            Some(_) => Err(invalid(format!("`worker.{field}` must be above 0"))),
+            Some(r) if r.is_finite() && r >= 0.01 => Ok(r),
+            Some(_) => Err(invalid(format!(
+                "`worker.{field}` must be at least 0.01 (calls per second)"
+            ))),
         };
         let worker = WorkerConfig {
             ecs_calls_per_second: rate(raw.worker.ecs_calls_per_second, 20.0, "ecsCallsPerSecond")?,

@@ -96,7 +96,9 @@ impl Bucket {
 
     /// Takes a token now and answers how long until it exists.
     fn reserve(&mut self, now: Instant) -> Duration {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        // A caller that read the clock before a later one took the lock refills nothing.
+        let now = now.max(self.at);
+        let elapsed = now.duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate.per_second).min(self.rate.burst);
         self.at = now;
         self.tokens -= 1.0;

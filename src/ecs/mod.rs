@@ -341,27 +341,39 @@ impl Ecs {
         }
     }
 
-    /// Scales the service to zero tasks, then deletes it.
+    /// Scales the service to zero tasks, then deletes it. A service already being deleted
+    /// (DRAINING) counts as deleted, so a retry goes on where the last attempt stopped.
     pub async fn delete_service(&self, cluster: &str, service: &str) -> Result<()> {
         let target = format!("{cluster}/{service}");
+        let already =
+            |e: &Error| matches!(e, Error::Api { code, .. } if code.contains("ServiceNotActive"));
         self.budget.spend(Spend::Call).await;
-        self.client
+        let scaled = self
+            .client
             .update_service()
             .cluster(cluster)
             .service(service)
             .desired_count(0)
             .send()
             .await
-            .map_err(|e| api_error("UpdateService", &target, e))?;
+            .map_err(|e| api_error("UpdateService", &target, e));
+        match scaled {
+            Err(e) if already(&e) => return Ok(()),
+            other => other?,
+        };
         self.budget.spend(Spend::Call).await;
-        self.client
+        let deleted = self
+            .client
             .delete_service()
             .cluster(cluster)
             .service(service)
             .send()
             .await
-            .map_err(|e| api_error("DeleteService", &target, e))?;
-        Ok(())
+            .map_err(|e| api_error("DeleteService", &target, e));
+        match deleted {
+            Err(e) if already(&e) => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 
     /// The ACTIVE revisions of a family, as `family:revision`.

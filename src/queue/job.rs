@@ -15,15 +15,23 @@ pub enum Job {
 }
 
 impl Job {
-    /// Reads a message body: a prune job says so in `kind`; anything else is a sync job.
+    /// Reads a message body: a prune job says so in `kind`; a sync job has none.
     pub fn parse(body: &str) -> Result<Job, String> {
         let value: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
-        let (version, job) = if value.get("kind").and_then(|k| k.as_str()) == Some(PruneJob::KIND) {
-            let job: PruneJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
-            (job.version, Job::Prune(Box::new(job)))
-        } else {
-            let job: SyncJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
-            (job.version, Job::Sync(Box::new(job)))
+        let (version, job) = match value.get("kind") {
+            None => {
+                let job: SyncJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                (job.version, Job::Sync(Box::new(job)))
+            }
+            Some(kind) if kind.as_str() == Some(PruneJob::KIND) => {
+                let job: PruneJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                (job.version, Job::Prune(Box::new(job)))
+            }
+            Some(kind) => {
+                return Err(format!(
+                    "job kind {kind} is not understood by this worker; upgrade workers before receivers"
+                ));
+            }
         };
         match version {
             SyncJob::VERSION => Ok(job),
@@ -204,7 +212,18 @@ mod tests {
             Job::parse(&newer),
             Err("job version 2 is not understood by this worker (version 1)".into())
         );
-        let unknown = r#"{"kind": "prune", "version": 1}"#;
-        assert!(Job::parse(unknown).unwrap_err().contains("missing field"));
+        let incomplete = r#"{"kind": "prune", "version": 1}"#;
+        assert!(
+            Job::parse(incomplete)
+                .unwrap_err()
+                .contains("missing field")
+        );
+        assert_eq!(
+            Job::parse(r#"{"kind": "scale", "version": 1}"#),
+            Err(
+                "job kind \"scale\" is not understood by this worker; upgrade workers before receivers"
+                    .into()
+            )
+        );
     }
 }

@@ -353,7 +353,11 @@ fn prune_comes_from_the_default_branch_and_only_from_the_top_root() {
     )
     .unwrap();
     assert!(state.prune);
-    assert!(!resolve(&repo(), DEFAULT_ROOT, "staging", "c").unwrap().prune);
+    assert!(
+        !resolve(&repo(), DEFAULT_ROOT, "staging", "c")
+            .unwrap()
+            .prune
+    );
 
     // A branch cannot turn on deletion the default branch did not.
     let plain = read_root(&repo(), DEFAULT_ROOT).unwrap().unwrap();

@@ -49,9 +49,10 @@ pub trait History: Sync {
         live: &str,
     ) -> impl Future<Output = Option<String>> + Send;
 
-    /// Whether `commit` is on `branch` of `repo` and `live` is `commit` or one of its
-    /// ancestors; `None` when it cannot tell.
-    fn includes(
+    /// Whether `commit` is the head of `branch` of `repo` and `live` is `commit` or one of its
+    /// ancestors; `None` when it cannot tell. Prune acts only as of the head: a newer push
+    /// sends its own prune job, and may list again what an older one dropped.
+    fn head_includes(
         &self,
         repo: &str,
         branch: &str,
@@ -133,8 +134,14 @@ pub async fn apply(
         return Err(Error::Preflight(findings));
     }
 
+    // Reused only within its root and environment, so a revision runs only in the cluster its
+    // tags name and prune can see every service that runs it.
     let task_definition = match ecs.describe_task_definition(app.family()).await? {
-        Some(td) if td.tags.get(tag::TASK_DEFINITION_HASH) == Some(&app.task_definition_hash) => {
+        Some(td)
+            if td.tags.get(tag::TASK_DEFINITION_HASH) == Some(&app.task_definition_hash)
+                && td.tags.get(tag::ROOT) == Some(&app.root)
+                && td.tags.get(tag::ENVIRONMENT) == Some(&app.environment) =>
+        {
             td.arn
         }
         _ => {

@@ -396,7 +396,13 @@ impl History for Mirrors {
         }
     }
 
-    async fn includes(&self, repo: &str, branch: &str, commit: &str, live: &str) -> Option<bool> {
+    async fn head_includes(
+        &self,
+        repo: &str,
+        branch: &str,
+        commit: &str,
+        live: &str,
+    ) -> Option<bool> {
         let mirror = self.0.get(repo).cloned()?;
         let (Ok(commit), Ok(live)) = (git2::Oid::from_str(commit), git2::Oid::from_str(live))
         else {
@@ -406,10 +412,7 @@ impl History for Mirrors {
         let check = tokio::task::spawn_blocking(move || -> Result<bool, repo::Error> {
             let head = mirror.fetch_branch(&branch)?;
             let local = mirror.local()?;
-            Ok(local.contains(commit)
-                && local.contains(live)
-                && local.is_ancestor(commit, head)?
-                && local.is_ancestor(live, commit)?)
+            Ok(head == commit && local.contains(live) && local.is_ancestor(live, commit)?)
         });
         match check.await {
             Ok(Ok(includes)) => Some(includes),

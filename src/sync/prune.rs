@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Error;
 use super::apply::History;
@@ -62,42 +62,65 @@ pub async fn prune(ecs: &Ecs, history: &impl History, job: &PruneJob) -> Result<
         })
         .collect();
     unlisted.sort_by_key(|(name, _)| name.as_str());
-    let mut families = Vec::new();
+    let mut doomed = Vec::new();
     for (name, service) in unlisted {
         let deployed = service.tags.get(tag::REVISION).map_or("", String::as_str);
-        if history
-            .includes(&job.repo, &job.branch, &job.commit, deployed)
+        match history
+            .head_includes(&job.repo, &job.branch, &job.commit, deployed)
             .await
-            != Some(true)
         {
-            pruned.kept.push(name.clone());
-            continue;
+            Some(true) => doomed.push((name, service)),
+            _ => pruned.kept.push(name.clone()),
         }
-        ecs.delete_service(&job.cluster, name).await?;
-        info!(message = "Service pruned.", service = %name, cluster = %job.cluster);
-        pruned.deleted.push(name.clone());
-        let id = task_definition_id(&service.task_definition);
-        families.push(id.rsplit_once(':').map_or(id, |(family, _)| family));
     }
-
+    // Every revision a remaining service runs or is deploying, so none is deregistered.
     let running: HashSet<&str> = live
         .iter()
-        .filter(|(name, _)| !pruned.deleted.contains(name))
-        .map(|(_, s)| task_definition_id(&s.task_definition))
+        .filter(|(name, _)| !doomed.iter().any(|(d, _)| d == name))
+        .flat_map(|(_, s)| {
+            std::iter::once(&s.task_definition)
+                .chain(s.deployments.iter().map(|d| &d.task_definition))
+                .map(|td| task_definition_id(td))
+        })
         .collect();
-    for family in families {
-        for revision in ecs.list_task_definitions(family).await? {
-            if running.contains(revision.as_str()) {
-                continue;
+
+    // One service's failure does not stop the others; the job fails afterwards and its retry
+    // finds what is left.
+    let mut first_error = None;
+    for (name, service) in doomed {
+        let removed = async {
+            ecs.delete_service(&job.cluster, name).await?;
+            info!(message = "Service pruned.", service = %name, cluster = %job.cluster);
+            let id = task_definition_id(&service.task_definition);
+            let family = id.rsplit_once(':').map_or(id, |(family, _)| family);
+            let mut deregistered = Vec::new();
+            for revision in ecs.list_task_definitions(family).await? {
+                if running.contains(revision.as_str()) {
+                    continue;
+                }
+                let Some(definition) = ecs.describe_task_definition(&revision).await? else {
+                    continue;
+                };
+                if owned(&definition.tags) {
+                    ecs.deregister_task_definition(&revision).await?;
+                    deregistered.push(revision);
+                }
             }
-            let Some(definition) = ecs.describe_task_definition(&revision).await? else {
-                continue;
-            };
-            if owned(&definition.tags) {
-                ecs.deregister_task_definition(&revision).await?;
-                pruned.deregistered.push(revision);
+            Ok::<_, Error>(deregistered)
+        };
+        match removed.await {
+            Ok(deregistered) => {
+                pruned.deleted.push(name.clone());
+                pruned.deregistered.extend(deregistered);
+            }
+            Err(e) => {
+                warn!(message = "Cannot prune a service; the others go on.", service = %name, error = %e);
+                first_error.get_or_insert(e);
             }
         }
     }
-    Ok(pruned)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(pruned),
+    }
 }

@@ -313,6 +313,47 @@ async fn prune_deletes_only_what_this_root_deployed_and_no_longer_lists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_prune_job_leaves_alone_an_app_a_newer_push_lists_again() {
+    let s = setup().await;
+    let with_prune = |text: Option<&str>| {
+        Some(
+            text.unwrap()
+                .replace("name: platform\n", "name: platform\nprune: true\n"),
+        )
+    };
+    s.repo.commit("main", "fleetsync.yaml", with_prune);
+    s.repo.commit("staging", "fleetsync.yaml", with_prune);
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    worker.cancel();
+
+    // While no worker runs, `web` is dropped and then listed again, unchanged.
+    let listing = std::sync::Mutex::new(String::new());
+    let dropped = s.repo.commit("staging", "fleetsync.yaml", |text| {
+        *listing.lock().unwrap() = text.unwrap().to_owned();
+        Some(text.unwrap().replace(
+            "  - name: web\n    path: apps/web\n    dependsOn: [api]\n",
+            "",
+        ))
+    });
+    assert_eq!(receiver.push("staging", dropped, "drop").await.0, 202);
+    let restored = s.repo.commit("staging", "fleetsync.yaml", |_| {
+        Some(listing.lock().unwrap().clone())
+    });
+    assert_eq!(receiver.push("staging", restored, "restore").await.0, 202);
+
+    // The first push's prune job runs after the second push: its commit is no longer the head.
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.drained().await;
+    assert_eq!(
+        service_status(&s.emulator, "web").await.as_deref(),
+        Some("ACTIVE")
+    );
+    assert_eq!(s.emulator.revisions("staging-web").await, ["staging-web:1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signatures_and_oversized_bodies_are_refused_and_enqueue_nothing() {
     let s = setup().await;
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
