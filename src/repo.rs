@@ -4,6 +4,8 @@
 //!
 //! git2 is blocking: async callers run these functions under `spawn_blocking`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -225,6 +227,7 @@ impl Local {
         Ok(Snapshot {
             repo: &self.repo,
             tree,
+            dirs: RefCell::default(),
         })
     }
 
@@ -244,16 +247,58 @@ impl Local {
 pub struct Snapshot<'r> {
     repo: &'r Repository,
     tree: git2::Tree<'r>,
+    /// Directory trees already read, by path (`None`: no such directory). A config repo lists
+    /// thousands of apps in one directory: looking each file up from the root would inflate and
+    /// hash that directory's tree again for every file, quadratic in the number of apps.
+    dirs: RefCell<HashMap<String, Option<git2::Tree<'r>>>>,
+}
+
+impl<'r> Snapshot<'r> {
+    /// The tree at `dir` ("" is the root).
+    fn dir(&self, dir: &str) -> Result<Option<git2::Tree<'r>>, git2::Error> {
+        if dir.is_empty() {
+            return Ok(Some(self.tree.clone()));
+        }
+        if let Some(known) = self.dirs.borrow().get(dir) {
+            return Ok(known.clone());
+        }
+        let (parent, name) = dir.rsplit_once('/').unwrap_or(("", dir));
+        let tree = match self.dir(parent)? {
+            Some(parent) => match parent.get_name(name) {
+                Some(entry) if entry.kind() == Some(git2::ObjectType::Tree) => {
+                    Some(self.repo.find_tree(entry.id())?)
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        self.dirs.borrow_mut().insert(dir.to_owned(), tree.clone());
+        Ok(tree)
+    }
 }
 
 impl resolve::Files for Snapshot<'_> {
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>, resolve::ReadError> {
-        let entry = match self.tree.get_path(Path::new(path)) {
-            Ok(entry) => entry,
-            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let plain = !path
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..");
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let id = if plain {
+            match self
+                .dir(dir)?
+                .and_then(|tree| tree.get_name(name).map(|e| e.id()))
+            {
+                Some(id) => id,
+                None => return Ok(None),
+            }
+        } else {
+            match self.tree.get_path(Path::new(path)) {
+                Ok(entry) => entry.id(),
+                Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
         };
-        let object = entry.to_object(self.repo)?;
+        let object = self.repo.find_object(id, None)?;
         let Some(blob) = object.as_blob() else {
             return Ok(None);
         };
@@ -358,5 +403,49 @@ mod tests {
             redact_url("https://github.com/a/b@c"),
             "https://github.com/a/b@c"
         );
+    }
+
+    #[test]
+    fn a_snapshot_reads_nested_files_through_its_directory_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let commit = {
+            let tree_of = |entries: &[(&str, Oid, i32)]| {
+                let mut builder = repo.treebuilder(None).unwrap();
+                for (name, id, mode) in entries {
+                    builder.insert(name, *id, *mode).unwrap();
+                }
+                builder.write().unwrap()
+            };
+            let blob = |text: &str| repo.blob(text.as_bytes()).unwrap();
+            let a = tree_of(&[("app.yaml", blob("a"), 0o100644)]);
+            let b = tree_of(&[("app.yaml", blob("b"), 0o100644)]);
+            let apps = tree_of(&[("a", a, 0o040000), ("b", b, 0o040000)]);
+            let root = tree_of(&[
+                ("apps", apps, 0o040000),
+                ("top.yaml", blob("top"), 0o100644),
+            ]);
+            let who = git2::Signature::now("t", "t@example.invalid").unwrap();
+            let root = repo.find_tree(root).unwrap();
+            repo.commit(None, &who, &who, "c", &root, &[]).unwrap()
+        };
+        let local = Local {
+            repo,
+            path: dir.path().to_owned(),
+        };
+        let snapshot = local.snapshot(commit).unwrap();
+
+        let read = |path: &str| {
+            snapshot
+                .read(path)
+                .unwrap()
+                .map(|b| String::from_utf8(b).unwrap())
+        };
+        assert_eq!(read("apps/a/app.yaml").as_deref(), Some("a"));
+        assert_eq!(read("apps/b/app.yaml").as_deref(), Some("b"));
+        assert_eq!(read("top.yaml").as_deref(), Some("top"));
+        assert_eq!(read("apps/c/app.yaml"), None, "no such directory");
+        assert_eq!(read("top.yaml/app.yaml"), None, "a file is not a directory");
+        assert_eq!(read("apps"), None, "a directory is not a file");
     }
 }
