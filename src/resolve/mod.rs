@@ -245,7 +245,7 @@ fn resolve_with(
         &top_vars,
     )?;
     let Walk {
-        leaves,
+        mut leaves,
         mut problems,
         ..
     } = walk;
@@ -258,8 +258,12 @@ fn resolve_with(
     };
     let mut apps = Vec::with_capacity(leaves.len());
     let mut services = HashMap::new();
-    for leaf in &leaves {
-        let Some(app) = resolve_app(files, &env, leaf, &vars, &provenance, &mut problems)? else {
+    for leaf in &mut leaves {
+        let resolved = resolve_app(files, &env, leaf, &vars, &provenance, &mut problems)?;
+        // The manifest's tree is done with: with 10,000 apps, keeping every one until the end
+        // would double the peak.
+        leaf.node = None;
+        let Some(app) = resolved else {
             continue;
         };
         let service = app.service_name().to_owned();
