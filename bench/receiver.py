@@ -4,6 +4,7 @@
 Run with scripts/bench-receiver.sh (it builds the release binaries and installs wrk). It measures,
 in one run on this machine, with the server pinned to core 0 and wrk (1 thread) to core 1:
   bare       examples/bare_receiver: reads the body, answers 200 (the stack's floor)
+  verify     the same, checking X-Hub-Signature-256 first (the floor of any verifying receiver)
   unwatched  fleetsync serve, a tag push: verify + parse + answer, no fetch
   watched    fleetsync serve, pushes to the staging branch: fetch coalesced, same head, no re-enqueue
 and prints a Markdown table: req/s, p50, p99, and the server's peak RSS (VmHWM).
@@ -79,6 +80,16 @@ def run(work, children):
     rows.append(("bare axum handler", *wrk(work, port, push_body("refs/tags/v1", head)), peak_rss(bare.pid)))
     bare.terminate()
     bare.wait()
+
+    port = free_port()
+    verify = subprocess.Popen(["taskset", "-c", "0", str(ROOT / "target/release/examples/bare_receiver"),
+                               f"127.0.0.1:{port}", SECRET])
+    children.append(verify)
+    wait_listening(port)
+    rows.append(("bare handler + HMAC-SHA256 check only", *wrk(work, port, push_body("refs/tags/v1", head)),
+                 peak_rss(verify.pid)))
+    verify.terminate()
+    verify.wait()
 
     port = free_port()
     config = work / "fleetsync.yaml"

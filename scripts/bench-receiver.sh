@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Receiver benchmark (see BENCHMARKS.md): builds release binaries, installs wrk if missing, runs
-# bench/receiver.py. Bounded: three wrk runs of BENCH_DURATION (default 10s) each.
+# bench/receiver.py. Bounded: four wrk runs of BENCH_DURATION (default 10s) each.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-venv.sh

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# App-of-Apps scale benchmark (see BENCHMARKS.md): builds the release binary, then runs
+# bench/app_scale.py (100, 1,000 and 10,000 apps in 3 environments).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup-venv.sh
+cargo build --release --locked --bin fleetsync --example bare_receiver
+exec .venv/bin/python bench/app_scale.py
