@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-venv.sh
+# The same targets as bench-receiver.sh: another set would unify dependency features differently
+# and rebuild the AWS SDK crates.
 cargo build --release --locked --bin fleetsync --example bare_receiver
 exec .venv/bin/python bench/app_scale.py

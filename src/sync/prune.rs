@@ -1,10 +1,11 @@
 //! Prune (`prune: true` on the top root): delete the services a root deployed to an environment
 //! and no longer lists, and deregister their task definitions.
 //!
-//! Only what carries this root's and this environment's tags is touched, and only when the
-//! commit that dropped the app is at least as new as the one that deployed it: a prune job
-//! that arrives late never deletes an app that a newer commit brought back. A task definition
-//! any service of the cluster still runs is never deregistered.
+//! Only what carries this root's and this environment's tags is touched, and only while the
+//! job's commit is still the branch head (checked again right before each deletion) and
+//! contains the commit that deployed the service: a late prune job leaves alone what a newer
+//! push lists again, and that push sends its own. A task definition a service of the cluster
+//! still runs or deploys, including one whose deletion failed, is never deregistered.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -24,8 +25,8 @@ pub struct Pruned {
     pub deleted: Vec<String>,
     /// Task definitions deregistered, as `family:revision`.
     pub deregistered: Vec<String>,
-    /// Services no longer listed but left alone: deployed by a newer commit than the job's,
-    /// or from history the worker could not read.
+    /// Services no longer listed but left alone: the job's commit is no longer the branch
+    /// head or does not contain the one that deployed them, or the worker could not tell.
     pub kept: Vec<String>,
 }
 
@@ -62,37 +63,46 @@ pub async fn prune(ecs: &Ecs, history: &impl History, job: &PruneJob) -> Result<
         })
         .collect();
     unlisted.sort_by_key(|(name, _)| name.as_str());
-    let mut doomed = Vec::new();
+    // The head is checked right before each deletion, so a push landing meanwhile is seen.
+    let mut first_error = None;
+    let mut families = Vec::new();
     for (name, service) in unlisted {
         let deployed = service.tags.get(tag::REVISION).map_or("", String::as_str);
-        match history
+        let included = history
             .head_includes(&job.repo, &job.branch, &job.commit, deployed)
-            .await
-        {
-            Some(true) => doomed.push((name, service)),
-            _ => pruned.kept.push(name.clone()),
+            .await;
+        if included != Some(true) {
+            pruned.kept.push(name.clone());
+            continue;
+        }
+        // One service's failure does not stop the others; the job fails afterwards and its
+        // retry finds what is left.
+        match ecs.delete_service(&job.cluster, name).await {
+            Ok(()) => {
+                info!(message = "Service pruned.", service = %name, cluster = %job.cluster);
+                pruned.deleted.push(name.clone());
+                let id = task_definition_id(&service.task_definition);
+                families.push(id.rsplit_once(':').map_or(id, |(family, _)| family));
+            }
+            Err(e) => {
+                warn!(message = "Cannot prune a service; the others go on.", service = %name, error = %e);
+                first_error.get_or_insert(Error::from(e));
+            }
         }
     }
-    // Every revision a remaining service runs or is deploying, so none is deregistered.
+
+    // Every revision a remaining service runs or is deploying, kept or failed ones included.
     let running: HashSet<&str> = live
         .iter()
-        .filter(|(name, _)| !doomed.iter().any(|(d, _)| d == name))
+        .filter(|(name, _)| !pruned.deleted.contains(name))
         .flat_map(|(_, s)| {
             std::iter::once(&s.task_definition)
                 .chain(s.deployments.iter().map(|d| &d.task_definition))
                 .map(|td| task_definition_id(td))
         })
         .collect();
-
-    // One service's failure does not stop the others; the job fails afterwards and its retry
-    // finds what is left.
-    let mut first_error = None;
-    for (name, service) in doomed {
-        let removed = async {
-            ecs.delete_service(&job.cluster, name).await?;
-            info!(message = "Service pruned.", service = %name, cluster = %job.cluster);
-            let id = task_definition_id(&service.task_definition);
-            let family = id.rsplit_once(':').map_or(id, |(family, _)| family);
+    for family in families {
+        let deregistered = async {
             let mut deregistered = Vec::new();
             for revision in ecs.list_task_definitions(family).await? {
                 if running.contains(revision.as_str()) {
@@ -108,13 +118,10 @@ pub async fn prune(ecs: &Ecs, history: &impl History, job: &PruneJob) -> Result<
             }
             Ok::<_, Error>(deregistered)
         };
-        match removed.await {
-            Ok(deregistered) => {
-                pruned.deleted.push(name.clone());
-                pruned.deregistered.extend(deregistered);
-            }
+        match deregistered.await {
+            Ok(revisions) => pruned.deregistered.extend(revisions),
             Err(e) => {
-                warn!(message = "Cannot prune a service; the others go on.", service = %name, error = %e);
+                warn!(message = "Cannot deregister a pruned app's task definitions.", %family, error = %e);
                 first_error.get_or_insert(e);
             }
         }
