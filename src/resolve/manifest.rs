@@ -131,33 +131,30 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
     let vars = map
         .get("vars")
         .map_or_else(Vec::new, |node| read_vars(node, report));
-    let prune = match map.get("prune") {
-        None => None,
-        Some(node) if nested => {
-            report.at(node.pos, "only the top root sets `prune`; remove it here");
-            None
-        }
-        Some(node) => match node.to_json() {
-            serde_json::Value::Bool(b) => Some((b, node.pos)),
-            _ => {
-                report.at(
-                    node.pos,
-                    format!("`prune` must be true or false, found {}", node.type_name()),
-                );
-                None
-            }
-        },
-    };
-    let max_nesting = match map.get("maxNesting") {
-        None => DEFAULT_MAX_NESTING,
-        Some(node) if nested => {
+    // Settings of the whole tree: a nested root that sets one is told so, and it is ignored.
+    let top_only = |key: &str, report: &mut Report<'_>| {
+        let node = map.get(key)?;
+        if nested {
             report.at(
                 node.pos,
-                "only the top root sets `maxNesting`; remove it here",
+                format!("only the top root sets `{key}`; remove it here"),
             );
-            DEFAULT_MAX_NESTING
+            return None;
         }
-        Some(node) => match node.to_json().as_u64() {
+        Some(node)
+    };
+    let prune = top_only("prune", report).and_then(|node| match node.to_json() {
+        serde_json::Value::Bool(b) => Some((b, node.pos)),
+        _ => {
+            report.at(
+                node.pos,
+                format!("`prune` must be true or false, found {}", node.type_name()),
+            );
+            None
+        }
+    });
+    let max_nesting = top_only("maxNesting", report).map_or(DEFAULT_MAX_NESTING, |node| {
+        match node.to_json().as_u64() {
             Some(n) if n <= MAX_NESTING_LIMIT as u64 => n as usize,
             _ => {
                 report.at(
@@ -166,8 +163,8 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
                 );
                 DEFAULT_MAX_NESTING
             }
-        },
-    };
+        }
+    });
 
     let mut environments = Vec::new();
     if let Some(node) = environments_node {

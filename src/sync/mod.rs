@@ -22,7 +22,7 @@ use crate::config::{Config, WorkerConfig};
 use crate::ecs::budget::{Budget, Rate};
 use crate::ecs::{self, Ecs};
 use crate::preflight::{self, Finding, Preflight};
-use crate::queue::{Job, PruneJob, Queue, Received, SyncJob};
+use crate::queue::{Job, Queue, Received, SyncJob};
 use crate::repo::{self, Mirror};
 
 #[derive(Debug, thiserror::Error)]
@@ -221,40 +221,48 @@ impl Worker {
             receive_count,
             job,
         } = message;
-        let job = match job {
-            Ok(Job::Sync(job)) => *job,
-            Ok(Job::Prune(job)) => {
-                let span = tracing::info_span!("prune", %message_id, environment = %job.environment, commit = %job.commit);
-                self.run_prune(&job, &receipt, receive_count, abort)
+        match job {
+            Ok(Job::Sync(job)) => {
+                let app = &job.app;
+                let span = tracing::info_span!("job", %message_id, environment = %app.environment, app = %app.name, commit = %app.commit);
+                let work = apply(
+                    &self.ecs,
+                    &self.preflight,
+                    &self.mirrors,
+                    &job,
+                    self.config.rollout_poll_interval,
+                );
+                self.run_job(work, &receipt, receive_count, abort)
                     .instrument(span)
                     .await;
-                return;
+            }
+            Ok(Job::Prune(job)) => {
+                let span = tracing::info_span!("prune", %message_id, environment = %job.environment, commit = %job.commit);
+                let work = prune::prune(&self.ecs, &self.mirrors, &job);
+                self.run_job(work, &receipt, receive_count, abort)
+                    .instrument(span)
+                    .await;
             }
             Err(reason) => {
                 // Left in the queue: it returns after the visibility timeout and the redrive
                 // policy moves it to the dead-letter queue, where it can be inspected.
                 error!(message = "Unreadable job left for the dead-letter queue.", %message_id, %reason);
-                return;
             }
-        };
-        let app = &job.app;
-        let span = tracing::info_span!("job", %message_id, environment = %app.environment, app = %app.name, commit = %app.commit);
-        self.run_job(&job, &receipt, receive_count, abort)
-            .instrument(span)
-            .await;
+        }
     }
 
-    async fn run_job(
+    /// Runs one job's work while heartbeating its message, then deletes the message, hides it
+    /// for a retry, or releases it, by how the work ended.
+    async fn run_job<T: std::fmt::Debug>(
         &self,
-        job: &SyncJob,
+        work: impl Future<Output = Result<T, Error>>,
         receipt: &str,
         receive_count: u32,
         abort: CancellationToken,
     ) {
-        let heartbeat = self.heartbeat(receipt);
         let result = tokio::select! {
-            r = apply(&self.ecs, &self.preflight, &self.mirrors, job, self.config.rollout_poll_interval) => Some(r),
-            () = heartbeat => None,
+            r = work => Some(r),
+            () = self.heartbeat(receipt) => None,
             () = abort.cancelled() => None,
         };
         match result {
@@ -287,40 +295,6 @@ impl Worker {
             }
             None => {
                 warn!(message = "Job interrupted; released to another worker.");
-                self.set_visibility(receipt, Duration::ZERO).await;
-            }
-        }
-    }
-
-    async fn run_prune(
-        &self,
-        job: &PruneJob,
-        receipt: &str,
-        receive_count: u32,
-        abort: CancellationToken,
-    ) {
-        let result = tokio::select! {
-            r = prune::prune(&self.ecs, &self.mirrors, job) => Some(r),
-            () = self.heartbeat(receipt) => None,
-            () = abort.cancelled() => None,
-        };
-        match result {
-            Some(Ok(pruned)) => {
-                info!(message = "Job done.", outcome = %pruned);
-                self.delete(receipt).await;
-            }
-            Some(Err(e)) if e.is_retryable() => {
-                let backoff = Duration::from_secs(5 * 2u64.pow(receive_count.min(8)))
-                    .min(Duration::from_secs(900));
-                warn!(message = "Prune failed; it will be retried.", error = %e, attempt = receive_count, retry_in = ?backoff);
-                self.set_visibility(receipt, backoff).await;
-            }
-            Some(Err(e)) => {
-                error!(message = "Prune failed.", error = %e, attempt = receive_count);
-                self.delete(receipt).await;
-            }
-            None => {
-                warn!(message = "Prune interrupted; released to another worker.");
                 self.set_visibility(receipt, Duration::ZERO).await;
             }
         }
@@ -414,12 +388,12 @@ impl History for Mirrors {
             let local = mirror.local()?;
             Ok(head == commit && local.contains(live) && local.is_ancestor(live, commit)?)
         });
-        match check.await {
-            Ok(Ok(includes)) => Some(includes),
-            Ok(Err(error)) => {
-                warn!(message = "Cannot compare commits; pruning nothing of it.", %error);
-                None
-            }
+        match check
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(includes) => Some(includes),
             Err(error) => {
                 warn!(message = "Cannot compare commits; pruning nothing of it.", %error);
                 None

@@ -8,7 +8,6 @@
 //! still runs or deploys, including one whose deletion failed, is never deregistered.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 
 use tracing::{info, warn};
 
@@ -28,18 +27,6 @@ pub struct Pruned {
     /// Services no longer listed but left alone: the job's commit is no longer the branch
     /// head or does not contain the one that deployed them, or the worker could not tell.
     pub kept: Vec<String>,
-}
-
-impl fmt::Display for Pruned {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "pruned: deleted [{}], deregistered [{}], kept [{}]",
-            self.deleted.join(", "),
-            self.deregistered.join(", "),
-            self.kept.join(", ")
-        )
-    }
 }
 
 pub async fn prune(ecs: &Ecs, history: &impl History, job: &PruneJob) -> Result<Pruned, Error> {
