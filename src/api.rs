@@ -1,5 +1,7 @@
 //! The HTTP API, for what a push cannot say: `POST /api/v1/sync` syncs an environment (or one
-//! app of it) at its branch head now, e.g. after a failed deployment was fixed outside Git.
+//! app of it) at its branch head now, e.g. after a failed deployment was fixed outside Git;
+//! `GET /api/v1/status?repo=…&environment=…` shows each app's sync status and health in ECS,
+//! with the service events that explain a failure, and the jobs in the dead-letter queue.
 //!
 //! Callers present `Authorization: Bearer <token>`. fleetsync holds only SHA-256 digests of the
 //! tokens (`api.tokenHashes`), so a leaked config or environment reveals no token; a presented
@@ -9,10 +11,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -80,7 +83,25 @@ struct Api {
 pub fn router(dispatcher: Arc<Dispatcher>, tokens: TokenHashes) -> Router {
     Router::new()
         .route("/api/v1/sync", post(sync))
+        .route("/api/v1/status", get(status))
         .with_state(Arc::new(Api { dispatcher, tokens }))
+}
+
+impl Api {
+    /// `Err` with the answer to send when the request carries no accepted token.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if token.is_some_and(|t| self.tokens.accepts(t)) {
+            return Ok(());
+        }
+        warn!(message = "API request refused: missing or unknown token.");
+        Err(Box::new(answer(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "send a valid API token as `Authorization: Bearer <token>`"}),
+        )))
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -92,15 +113,8 @@ struct SyncRequest {
 }
 
 async fn sync(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    if !token.is_some_and(|t| api.tokens.accepts(t)) {
-        warn!(message = "API request refused: missing or unknown token.");
-        return answer(
-            StatusCode::UNAUTHORIZED,
-            json!({"error": "send a valid API token as `Authorization: Bearer <token>`"}),
-        );
+    if let Err(refused) = api.authorize(&headers) {
+        return *refused;
     }
     let request: SyncRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -124,13 +138,49 @@ async fn sync(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> R
                 json!({"status": "enqueued", "jobs": jobs}),
             )
         }
-        Err(ResyncError::Unknown(what)) => answer(StatusCode::NOT_FOUND, json!({"error": what})),
-        Err(ResyncError::Invalid(problems)) => answer(
+        Err(e) => refusal(e, "nothing was enqueued"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    repo: String,
+    environment: String,
+}
+
+async fn status(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> Response {
+    if let Err(refused) = api.authorize(&headers) {
+        return *refused;
+    }
+    let Query(query) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("ask for `/api/v1/status?repo=…&environment=…`: {}", e.body_text())}),
+            );
+        }
+    };
+    match api.dispatcher.status(&query.repo, &query.environment).await {
+        Ok(status) => answer(StatusCode::OK, json!(status)),
+        Err(e) => refusal(e, "its status cannot be shown"),
+    }
+}
+
+fn refusal(e: ResyncError, consequence: &str) -> Response {
+    match e {
+        ResyncError::Unknown(what) => answer(StatusCode::NOT_FOUND, json!({"error": what})),
+        ResyncError::Invalid(problems) => answer(
             StatusCode::UNPROCESSABLE_ENTITY,
-            json!({"error": "the environment does not resolve; nothing was enqueued", "problems": problems}),
+            json!({"error": format!("the environment does not resolve; {consequence}"), "problems": problems}),
         ),
-        Err(ResyncError::Failed(e)) => {
-            warn!(message = "API sync failed.", error = %e);
+        ResyncError::Failed(e) => {
+            warn!(message = "API request failed.", error = %e);
             answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": e.public_reason(), "retry": true}),

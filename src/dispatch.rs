@@ -18,6 +18,7 @@ use crate::queue::job::{RECONCILE_DELIVERY, dependency_index};
 use crate::queue::{self, Enqueued, PruneJob, Queue, SyncJob};
 use crate::repo::{self, Mirror};
 use crate::resolve::{self, DesiredApp, DesiredState, Problem, tag};
+use crate::sync::status;
 
 /// A watched config repo, ready to receive pushes.
 pub struct WatchedRepo {
@@ -36,6 +37,8 @@ pub struct Dispatcher {
     /// One lock per (repo, branch), held from fetch to enqueue. One entry per branch ever
     /// pushed: small, and bounded by the repo's branches.
     branches: std::sync::Mutex<HashMap<String, Arc<BranchState>>>,
+    /// The last count of the dead-letter queue and when it was read.
+    dead_letters: tokio::sync::Mutex<Option<(Instant, Option<u64>)>>,
 }
 
 /// Per (repo, branch): pushes seen so far, and the last answer with the arrival count its
@@ -63,6 +66,9 @@ struct LastAnswer {
 }
 
 type Specs = HashMap<String, HashMap<String, String>>;
+
+/// How long a count of the dead-letter queue is shown before SQS is asked again.
+const DEAD_LETTERS_TTL: Duration = Duration::from_secs(15);
 
 /// Branches whose coalescing state is kept; feature branches come and go.
 const MAX_TRACKED_BRANCHES: usize = 10_000;
@@ -157,6 +163,7 @@ impl Dispatcher {
             ecs: Ecs::new(aws),
             requests: AtomicU64::new(0),
             branches: Default::default(),
+            dead_letters: Default::default(),
         })
     }
 
@@ -263,20 +270,7 @@ impl Dispatcher {
         for (environment, result) in results {
             match result {
                 Ok(state) => {
-                    if state.prune {
-                        prunes.push(PruneJob {
-                            version: SyncJob::VERSION,
-                            kind: PruneJob::KIND.to_owned(),
-                            repo: repo.config.name.clone(),
-                            branch: branch.to_owned(),
-                            delivery: delivery.to_owned(),
-                            root: state.root.clone(),
-                            environment: state.environment.clone(),
-                            cluster: state.cluster.clone(),
-                            commit: state.commit.clone(),
-                            apps: state.apps.iter().map(|a| a.name.clone()).collect(),
-                        });
-                    }
+                    prunes.extend(prune_job(&repo.config.name, branch, delivery, &state));
                     let before = known.get(&state.environment);
                     let hashes = specs.entry(state.environment.clone()).or_default();
                     hashes.clear();
@@ -359,6 +353,7 @@ impl Dispatcher {
                 continue;
             };
             let mut jobs = Vec::new();
+            let mut prunes = Vec::new();
             for (environment, result) in results {
                 let state = match result {
                     Ok(state) => state,
@@ -370,6 +365,14 @@ impl Dispatcher {
                         continue;
                     }
                 };
+                // One id per commit: receivers reconciling together send one job, and SQS
+                // takes it again once its deduplication window (5 minutes) has passed.
+                prunes.extend(prune_job(
+                    &repo.config.name,
+                    &branch,
+                    RECONCILE_DELIVERY,
+                    &state,
+                ));
                 let names: Vec<&str> = state.apps.iter().map(|a| a.service_name()).collect();
                 // One environment's unreadable cluster does not stop the others.
                 let live = match self.ecs.describe_services(&state.cluster, &names).await {
@@ -401,18 +404,109 @@ impl Dispatcher {
                 }
             }
             report.enqueued.extend(self.queue.send(&jobs).await?);
+            self.queue.send_prune(&prunes).await?;
+            report.prune += prunes.len();
         }
         Ok(report)
     }
 
     /// Enqueues every app of `environment` (or just `app`) at its branch head, whatever this
-    /// receiver enqueued before: a sync asked for by a person through the API.
+    /// receiver enqueued before: a sync asked for by a person through the API. A whole
+    /// environment of a pruning root is pruned too.
     pub async fn resync(
         &self,
         repo_name: &str,
         environment: &str,
         app: Option<&str>,
     ) -> Result<Vec<Enqueued>, ResyncError> {
+        let (repo, branch, state) = self.environment(repo_name, environment).await?;
+        let index = dependency_index(&state.apps);
+        // Its own delivery id: an explicit request is never deduplicated into an earlier one.
+        let delivery = format!("api-{}", self.requests.fetch_add(1, Ordering::Relaxed));
+        let delivery = format!("{delivery}-{}", std::process::id());
+        let prune = app
+            .is_none()
+            .then(|| prune_job(&repo.config.name, &branch, &delivery, &state))
+            .flatten();
+        let jobs: Vec<_> = state
+            .apps
+            .into_iter()
+            .filter(|a| app.is_none_or(|name| a.name == name))
+            .map(|a| {
+                SyncJob::new(&repo.config.name, &branch, &delivery, a).with_dependencies(&index)
+            })
+            .collect();
+        if let Some(name) = app
+            && jobs.is_empty()
+        {
+            return Err(ResyncError::Unknown(format!(
+                "no app `{name}` in environment `{environment}`"
+            )));
+        }
+        let enqueued = self.queue.send(&jobs).await.map_err(Error::Queue)?;
+        self.queue
+            .send_prune(Vec::from_iter(prune).as_slice())
+            .await
+            .map_err(Error::Queue)?;
+        Ok(enqueued)
+    }
+
+    /// Each app of `environment` at its branch head next to its service in ECS, and the jobs
+    /// waiting in the dead-letter queue.
+    pub async fn status(
+        &self,
+        repo_name: &str,
+        environment: &str,
+    ) -> Result<EnvironmentStatus, ResyncError> {
+        let (_, branch, state) = self.environment(repo_name, environment).await?;
+        let names: Vec<&str> = state.apps.iter().map(|a| a.service_name()).collect();
+        let live = self
+            .ecs
+            .describe_services(&state.cluster, &names)
+            .await
+            .map_err(Error::Ecs)?;
+        let apps = state
+            .apps
+            .iter()
+            .map(|app| status::app_status(app, live.get(app.service_name())))
+            .collect();
+        Ok(EnvironmentStatus {
+            environment: state.environment,
+            branch,
+            commit: state.commit,
+            cluster: state.cluster,
+            apps,
+            dead_letters: self.dead_letters().await,
+        })
+    }
+
+    /// Jobs in the dead-letter queue, read at most every [`DEAD_LETTERS_TTL`] however often
+    /// metrics are scraped; `None` when there is no dead-letter queue or it cannot be read.
+    pub async fn dead_letters(&self) -> Option<u64> {
+        let mut cached = self.dead_letters.lock().await;
+        if let Some((at, count)) = *cached
+            && at.elapsed() < DEAD_LETTERS_TTL
+        {
+            return count;
+        }
+        let count = match self.queue.dead_letters().await {
+            Ok(count) => count,
+            Err(e) => {
+                warn!(message = "Cannot count the dead-letter queue.", error = %e);
+                None
+            }
+        };
+        *cached = Some((Instant::now(), count));
+        count
+    }
+
+    /// `environment` of `repo_name` resolved at its branch head, as of the bindings on the
+    /// default branch.
+    async fn environment(
+        &self,
+        repo_name: &str,
+        environment: &str,
+    ) -> Result<(&WatchedRepo, String, DesiredState), ResyncError> {
         let Some(repo) = self.repos.iter().find(|r| r.config.name == repo_name) else {
             let known: Vec<_> = self.repos.iter().map(|r| r.config.name.as_str()).collect();
             return Err(ResyncError::Unknown(format!(
@@ -424,14 +518,18 @@ impl Dispatcher {
         let bindings = tokio::task::spawn_blocking(move || environment_bindings(&mirror, &config))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
-        let Some((_, branch)) = bindings.iter().find(|(name, _)| name == environment) else {
+        let Some(branch) = bindings
+            .iter()
+            .find(|(name, _)| name == environment)
+            .map(|(_, branch)| branch.clone())
+        else {
             let known: Vec<_> = bindings.iter().map(|(name, _)| name.as_str()).collect();
             return Err(ResyncError::Unknown(format!(
                 "no environment `{environment}` in repo `{repo_name}`; declared on its default branch: {}",
                 known.join(", ")
             )));
         };
-        let state = self.branch_state(&repo.config.name, branch);
+        let state = self.branch_state(&repo.config.name, &branch);
         let _turn = state.last.lock().await;
         let (mirror, config, b) = (repo.mirror.clone(), repo.config.clone(), branch.clone());
         let plan = tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &b))
@@ -453,29 +551,7 @@ impl Dispatcher {
         let state = result.map_err(|problems| {
             ResyncError::Invalid(problems.iter().map(Problem::to_string).collect())
         })?;
-        let index = dependency_index(&state.apps);
-        let apps: Vec<_> = state
-            .apps
-            .into_iter()
-            .filter(|a| app.is_none_or(|name| a.name == name))
-            .collect();
-        if let Some(name) = app
-            && apps.is_empty()
-        {
-            return Err(ResyncError::Unknown(format!(
-                "no app `{name}` in environment `{environment}`"
-            )));
-        }
-        // Its own delivery id: an explicit request is never deduplicated into an earlier one.
-        let delivery = format!("api-{}", self.requests.fetch_add(1, Ordering::Relaxed));
-        let delivery = format!("{delivery}-{}", std::process::id());
-        let jobs: Vec<_> = apps
-            .into_iter()
-            .map(|a| {
-                SyncJob::new(&repo.config.name, branch, &delivery, a).with_dependencies(&index)
-            })
-            .collect();
-        Ok(self.queue.send(&jobs).await.map_err(Error::Queue)?)
+        Ok((repo, branch, state))
     }
 
     /// Reconciles every repo each `every` until `shutdown`; the first run is one interval
@@ -498,6 +574,7 @@ impl Dispatcher {
                         enqueued = r.enqueued.len(),
                         in_sync = r.in_sync,
                         quarantined = r.quarantined,
+                        prune = r.prune,
                         invalid_environments = r.problems.len()
                     ),
                     Err(e) => {
@@ -524,12 +601,44 @@ impl Dispatcher {
     }
 }
 
+/// The prune job for a resolved environment of a root with `prune: true`.
+fn prune_job(repo: &str, branch: &str, delivery: &str, state: &DesiredState) -> Option<PruneJob> {
+    state.prune.then(|| PruneJob {
+        version: SyncJob::VERSION,
+        kind: PruneJob::KIND.to_owned(),
+        repo: repo.to_owned(),
+        branch: branch.to_owned(),
+        delivery: delivery.to_owned(),
+        root: state.root.clone(),
+        environment: state.environment.clone(),
+        cluster: state.cluster.clone(),
+        commit: state.commit.clone(),
+        apps: state.apps.iter().map(|a| a.name.clone()).collect(),
+    })
+}
+
+/// What `GET /api/v1/status` shows for an environment.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentStatus {
+    pub environment: String,
+    pub branch: String,
+    pub commit: String,
+    pub cluster: String,
+    pub apps: Vec<status::AppStatus>,
+    /// Jobs of any environment in the dead-letter queue; absent when it cannot be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<u64>,
+}
+
 /// What one reconcile of a repo found.
 #[derive(Debug, Default)]
 pub struct Reconciled {
     pub enqueued: Vec<Enqueued>,
     pub in_sync: usize,
     pub quarantined: usize,
+    /// Prune jobs sent, one per environment of a root with `prune: true`.
+    pub prune: usize,
     pub problems: Vec<EnvironmentProblems>,
 }
 
@@ -722,26 +831,7 @@ mod tests {
     use crate::resolve::tag;
 
     fn app(spec: &str) -> DesiredApp {
-        let repo = HashMap::from([
-            (
-                "fleetsync.yaml",
-                "apiVersion: fleetsync/v1\nkind: Root\nname: p\nenvironments: { s: { branch: s, cluster: c } }\napps: [{ name: a, path: a }]\n",
-            ),
-            (
-                "a/app.yaml",
-                "apiVersion: fleetsync/v1\nkind: App\nname: a\ntaskDefinition: { containerDefinitions: [{ name: m, image: x }] }\n",
-            ),
-        ]);
-        struct Files(HashMap<&'static str, &'static str>);
-        impl resolve::Files for Files {
-            fn read(&self, path: &str) -> Result<Option<Vec<u8>>, resolve::ReadError> {
-                Ok(self.0.get(path).map(|t| t.as_bytes().to_vec()))
-            }
-        }
-        let mut app = resolve::resolve(&Files(repo), "fleetsync.yaml", "s", "c1")
-            .unwrap()
-            .apps
-            .remove(0);
+        let mut app = resolve::example_app();
         app.spec_hash = spec.to_owned();
         app
     }

@@ -36,6 +36,14 @@ impl Error {
             Error::Aws(e) => e.is_retryable(),
         }
     }
+
+    /// The AWS error code.
+    pub fn code(&self) -> &str {
+        match self {
+            Error::Ecs(e) => e.code(),
+            Error::Aws(e) => &e.code,
+        }
+    }
 }
 
 /// One reason an app would fail to deploy.

@@ -6,10 +6,13 @@
 
 pub mod job;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+};
 pub use job::{Job, PruneJob, SyncJob};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,8 @@ where
 pub struct Queue {
     client: aws_sdk_sqs::Client,
     url: String,
+    /// The dead-letter queue's URL, once the redrive policy named one.
+    dead_letter_url: Arc<OnceLock<String>>,
 }
 
 /// A job as accepted by SQS.
@@ -92,6 +97,7 @@ impl Queue {
         Queue {
             client: aws_sdk_sqs::Client::new(config),
             url: url.to_owned(),
+            dead_letter_url: Arc::default(),
         }
     }
 
@@ -239,6 +245,84 @@ impl Queue {
             .await
             .map_err(|e| api_error("ChangeMessageVisibility", &self.url, e))?;
         Ok(())
+    }
+}
+
+impl Queue {
+    /// How many jobs wait in the dead-letter queue that the queue's redrive policy names: jobs
+    /// that failed `maxReceiveCount` times or could not be read. `None` when there is no
+    /// redrive policy.
+    pub async fn dead_letters(&self) -> Result<Option<u64>> {
+        let Some(url) = self.dead_letter_url().await? else {
+            return Ok(None);
+        };
+        let attributes = [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ];
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .set_attribute_names(Some(attributes.to_vec()))
+            .send()
+            .await
+            .map_err(|e| api_error("GetQueueAttributes", url, e))?;
+        let values = out.attributes();
+        Ok(Some(
+            attributes
+                .iter()
+                .filter_map(|a| values?.get(a)?.parse::<u64>().ok())
+                .sum(),
+        ))
+    }
+
+    async fn dead_letter_url(&self) -> Result<Option<&str>> {
+        if let Some(url) = self.dead_letter_url.get() {
+            return Ok(Some(url));
+        }
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| api_error("GetQueueAttributes", &self.url, e))?;
+        let Some(policy) = out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+        else {
+            return Ok(None);
+        };
+        let unreadable = |what: &str| Error::Api {
+            operation: "GetQueueAttributes",
+            queue: self.url.clone(),
+            code: "UnreadableRedrivePolicy".into(),
+            message: format!("the redrive policy has no {what}"),
+        };
+        let arn: serde_json::Value =
+            serde_json::from_str(policy).map_err(|_| unreadable("JSON"))?;
+        // arn:aws:sqs:<region>:<account>:<name>
+        let mut parts = arn
+            .get("deadLetterTargetArn")
+            .and_then(|a| a.as_str())
+            .ok_or_else(|| unreadable("deadLetterTargetArn"))?
+            .rsplitn(3, ':');
+        let (Some(name), Some(account)) = (parts.next(), parts.next()) else {
+            return Err(unreadable("queue ARN"));
+        };
+        let out = self
+            .client
+            .get_queue_url()
+            .queue_name(name)
+            .queue_owner_aws_account_id(account)
+            .send()
+            .await
+            .map_err(|e| api_error("GetQueueUrl", name, e))?;
+        let url = out.queue_url().ok_or_else(|| unreadable("queue URL"))?;
+        Ok(Some(self.dead_letter_url.get_or_init(|| url.to_owned())))
     }
 }
 

@@ -22,6 +22,10 @@ pub mod tag {
     /// On services: a spec whose rollout failed and was rolled back. Reconcile does not apply
     /// it again; a push that changes the spec, or a sync through the API, does.
     pub const FAILED_SPEC_HASH: &str = "fleetsync:failed-spec-hash";
+    /// On services, beside `failed-spec-hash`: the commit of the failed spec, and why it failed
+    /// (`RolloutFailed`, `RolloutTimeout`, `PreflightRefused`, or the AWS error code).
+    pub const FAILED_REVISION: &str = "fleetsync:failed-revision";
+    pub const FAILURE: &str = "fleetsync:failure";
 }
 
 /// Fields of a CreateService input that UpdateService also takes; the rest (launchType,

@@ -649,5 +649,31 @@ fn check_reserved_tags(node: &Node, max: usize, report: &mut Report<'_>) {
     }
 }
 
+/// App `a` of a one-app repo, resolved at commit `c1`: for tests of what comes after resolve.
+#[cfg(test)]
+pub(crate) fn example_app() -> DesiredApp {
+    use std::collections::HashMap;
+    struct Example(HashMap<&'static str, &'static str>);
+    impl Files for Example {
+        fn read(&self, path: &str) -> Result<Option<Vec<u8>>, ReadError> {
+            Ok(self.0.get(path).map(|t| t.as_bytes().to_vec()))
+        }
+    }
+    let repo = Example(HashMap::from([
+        (
+            "fleetsync.yaml",
+            "apiVersion: fleetsync/v1\nkind: Root\nname: p\nenvironments: { s: { branch: s, cluster: c } }\napps: [{ name: a, path: a }]\n",
+        ),
+        (
+            "a/app.yaml",
+            "apiVersion: fleetsync/v1\nkind: App\nname: a\ntaskDefinition: { containerDefinitions: [{ name: m, image: x }] }\n",
+        ),
+    ]));
+    resolve(&repo, "fleetsync.yaml", "s", "c1")
+        .expect("the example resolves")
+        .apps
+        .remove(0)
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Error;
 use crate::ecs::{self, Ecs, LiveService, task_definition_id};
@@ -71,6 +71,53 @@ struct Rollback {
 }
 
 pub async fn apply(
+    ecs: &Ecs,
+    preflight: &Preflight,
+    history: &impl History,
+    job: &SyncJob,
+    poll: Duration,
+) -> Result<Outcome, Error> {
+    let result = attempt(ecs, preflight, history, job, poll).await;
+    if let Err(e) = &result
+        && !e.is_retryable()
+        && !e.rolled_back()
+    {
+        record_failure(ecs, job, e).await;
+    }
+    result
+}
+
+/// Marks a spec that failed for good on its service, when there is one: the status API shows
+/// it, and reconcile does not send it again until a push or the API does. A rollback marks its
+/// own, with the tags it restores.
+async fn record_failure(ecs: &Ecs, job: &SyncJob, failure: &Error) {
+    let app = &job.app;
+    let marked = async {
+        if let Some(live) = ecs
+            .describe_service(&app.cluster, app.service_name())
+            .await?
+        {
+            ecs.tag_resource(&live.arn, &failure_tags(job, failure))
+                .await?;
+        }
+        Ok::<_, ecs::Error>(())
+    };
+    if let Err(e) = marked.await {
+        warn!(message = "Cannot mark the failed spec on its service.", error = %e);
+    }
+}
+
+fn failure_tags(job: &SyncJob, failure: &Error) -> Vec<(String, String)> {
+    [
+        (tag::FAILED_SPEC_HASH, job.app.spec_hash.as_str()),
+        (tag::FAILED_REVISION, job.app.commit.as_str()),
+        (tag::FAILURE, failure.code()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .to_vec()
+}
+
+async fn attempt(
     ecs: &Ecs,
     preflight: &Preflight,
     history: &impl History,
@@ -188,6 +235,13 @@ pub async fn apply(
                 tag::TASK_DEFINITION.into(),
                 task_definition_id(&task_definition).to_owned(),
             ));
+            // A spec applied again after it failed (through the API, say) is no longer failed;
+            // if this rollout fails too, the rollback marks it again.
+            if live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash) {
+                for key in [tag::FAILED_SPEC_HASH, tag::FAILED_REVISION, tag::FAILURE] {
+                    tags.push((key.into(), String::new()));
+                }
+            }
             ecs.tag_resource(&live.arn, &tags).await?;
             Outcome::Updated {
                 task_definition: task_definition.clone(),
@@ -226,7 +280,7 @@ async fn waiting_for(ecs: &Ecs, job: &SyncJob) -> Result<Vec<String>, Error> {
 
 /// The service's current deployment is done: COMPLETED, or for deployment controllers that
 /// report no rollout state, one deployment with all its tasks running.
-fn settled(live: &LiveService) -> bool {
+pub(super) fn settled(live: &LiveService) -> bool {
     let Some(primary) = live.deployments.iter().find(|d| d.status == "PRIMARY") else {
         return false;
     };
@@ -238,7 +292,7 @@ fn settled(live: &LiveService) -> bool {
 
 /// Whether someone moved the service to another task definition than the one fleetsync set
 /// (say, in the console): then the spec-hash tag no longer describes what runs.
-fn task_definition_changed_elsewhere(live: &LiveService) -> bool {
+pub(super) fn task_definition_changed_elsewhere(live: &LiveService) -> bool {
     live.tags
         .get(tag::TASK_DEFINITION)
         .is_some_and(|set| task_definition_id(set) != task_definition_id(&live.task_definition))
@@ -380,7 +434,7 @@ async fn roll_back(ecs: &Ecs, job: &SyncJob, rollback: Option<Rollback>, failure
         tag::TASK_DEFINITION.into(),
         task_definition_id(&previous).to_owned(),
     ));
-    tags.push((tag::FAILED_SPEC_HASH.into(), app.spec_hash.clone()));
+    tags.extend(failure_tags(job, &failure));
     if let Err(e) = ecs.tag_resource(&service_arn, &tags).await {
         return Error::RollbackFailed {
             original: Box::new(failure),

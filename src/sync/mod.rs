@@ -7,6 +7,7 @@
 mod apply;
 pub mod plan;
 mod prune;
+pub mod status;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -97,6 +98,33 @@ impl Error {
             | Error::RolloutTimeout { .. }
             | Error::RollbackFailed { .. } => false,
         }
+    }
+
+    /// What failed, in a word that fits an ECS tag value: the AWS error code when AWS refused.
+    pub fn code(&self) -> &str {
+        match self {
+            Error::Ecs(e) => e.code(),
+            Error::PreflightLookup(e) => e.code(),
+            Error::RolloutFailed { .. } => "RolloutFailed",
+            Error::RolloutTimeout { .. } => "RolloutTimeout",
+            Error::Waiting { .. } => "WaitingForDependencies",
+            Error::Preflight(_) => "PreflightRefused",
+            Error::RollbackFailed { original, .. } => original.code(),
+        }
+    }
+
+    /// A failed rollout that was rolled back (and the failure marked by the rollback).
+    fn rolled_back(&self) -> bool {
+        matches!(
+            self,
+            Error::RolloutFailed {
+                rolled_back_to: Some(_),
+                ..
+            } | Error::RolloutTimeout {
+                rolled_back_to: Some(_),
+                ..
+            }
+        )
     }
 
     fn rolled_back_to(mut self, task_definition: &str) -> Self {

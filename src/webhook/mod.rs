@@ -82,7 +82,7 @@ pub async fn serve(
 }
 
 async fn render_metrics(State(rx): State<Arc<Receiver>>) -> String {
-    let fetches: Vec<_> = rx
+    let fetches: Vec<(String, u64)> = rx
         .dispatcher
         .repos
         .iter()
@@ -93,7 +93,11 @@ async fn render_metrics(State(rx): State<Arc<Receiver>>) -> String {
             )
         })
         .collect();
-    rx.metrics.render(&fetches)
+    let mut extra = fetches;
+    if let Some(count) = rx.dispatcher.dead_letters().await {
+        extra.push(("fleetsync_dead_letter_jobs".to_owned(), count));
+    }
+    rx.metrics.render(&extra)
 }
 
 async fn deliver(

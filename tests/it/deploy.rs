@@ -95,14 +95,23 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
         "{ecs:?} {sqs:?}"
     );
 
-    // The receiver sends jobs (dispatch → queue::Queue::send) and, to reconcile, reads
-    // services (dispatch → ecs::Ecs::describe_services); nothing else.
+    // The receiver sends jobs (dispatch → queue::Queue::send), counts the dead-letter queue
+    // (queue::Queue::dead_letters) and, to reconcile and show status, reads services
+    // (dispatch → ecs::Ecs::describe_services); nothing else.
+    let receiver_sqs = [
+        "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl",
+        "sqs:SendMessage",
+    ];
     let receiver = &roles["ReceiverTaskRole"];
     assert_eq!(
         receiver.iter().collect::<Vec<_>>(),
-        ["ecs:DescribeServices", "sqs:SendMessage"]
+        [&["ecs:DescribeServices"][..], &receiver_sqs].concat()
     );
-    assert!(sqs.contains("sqs:SendMessage") && ecs.contains("ecs:DescribeServices"));
+    assert!(
+        receiver_sqs.iter().all(|a| sqs.contains(*a)) && ecs.contains("ecs:DescribeServices"),
+        "{sqs:?}"
+    );
     let dispatch =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/dispatch.rs")).unwrap();
     let ecs_calls: Vec<_> = dispatch
@@ -121,7 +130,7 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
     let mut needed: BTreeSet<_> = ecs
         .iter()
         .chain(&sqs)
-        .filter(|a| *a != "sqs:SendMessage")
+        .filter(|a| !receiver_sqs.contains(&a.as_str()))
         .cloned()
         .collect();
     needed.insert("iam:PassRole".into()); // RegisterTaskDefinition names task and execution roles

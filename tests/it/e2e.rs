@@ -9,6 +9,7 @@ use crate::harness::*;
 
 const CLUSTERS: &[&str] = &["staging", "production"];
 const LIMIT: Duration = Duration::from_secs(60);
+const TOKEN: &str = "fs_test_e2e_51c0";
 
 struct Setup {
     emulator: Emulator,
@@ -20,11 +21,20 @@ struct Setup {
 
 async fn setup() -> Setup {
     let emulator = Emulator::start().await;
-    emulator.create_clusters(CLUSTERS).await;
     let queue_url = emulator.create_queue("fleetsync.fifo").await;
+    setup_on(emulator, queue_url).await
+}
+
+async fn setup_on(emulator: Emulator, queue_url: String) -> Setup {
+    emulator.create_clusters(CLUSTERS).await;
     let repo = ConfigRepo::example(&emulator);
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), &repo.file_url(), &queue_url, "");
+    // The API accepts TOKEN.
+    let digests = dir.path().join("api-token-hashes");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(TOKEN));
+    std::fs::write(&digests, digest).unwrap();
+    let api = format!("api:\n  tokenHashes: file:{}\n", digests.display());
+    let config = config(dir.path(), &repo.file_url(), &queue_url, &api);
     Setup {
         emulator,
         repo,
@@ -581,6 +591,212 @@ async fn a_failed_rollout_is_rolled_back_and_reported_not_synced() {
         s.emulator.revisions("staging-api").await,
         ["staging-api:1", "staging-api:2"]
     );
+}
+
+/// `GET /api/v1/status` for `environment` of the example repo.
+async fn status(receiver: &Receiver, environment: &str) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/status?repo=platform&environment={environment}",
+            receiver.url
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    serde_json::from_str(&response.text().await.unwrap()).unwrap()
+}
+
+/// Each app's name, sync status and health, in the root's order.
+fn health(status: &serde_json::Value) -> Vec<(String, String, String)> {
+    status["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let field = |k: &str| a[k].as_str().unwrap().to_owned();
+            (field("app"), field("sync"), field("health"))
+        })
+        .collect()
+}
+
+fn all(sync: &str, health: &str) -> Vec<(String, String, String)> {
+    let mut apps = APPS.to_vec();
+    apps.sort();
+    apps.iter()
+        .map(|a| ((*a).to_owned(), sync.to_owned(), health.to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_api_shows_a_rolled_back_app_degraded_with_the_ecs_events_that_explain_it() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let mut before = health(&status(&receiver, "staging").await);
+    before.sort();
+    assert_eq!(before, all("OutOfSync", "Missing"), "nothing deployed yet");
+    s.staging_deployed(&receiver).await;
+    let deployed = s.repo.head("staging").to_string();
+    let mut after = health(&status(&receiver, "staging").await);
+    after.sort();
+    assert_eq!(after, all("Synced", "Healthy"));
+
+    let broken = s.commit_broken_api().to_string();
+    assert_eq!(
+        receiver
+            .push("staging", broken.parse().unwrap(), "broken")
+            .await
+            .0,
+        202
+    );
+    s.drained().await;
+    let staging = status(&receiver, "staging").await;
+    assert_eq!(staging["commit"], broken);
+    let api = staging["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["app"] == "api")
+        .unwrap();
+    assert_eq!(
+        (&api["sync"], &api["health"], &api["failure"]),
+        (
+            &"OutOfSync".into(),
+            &"Degraded".into(),
+            &"RolloutFailed".into()
+        ),
+        "{api}"
+    );
+    assert_eq!(
+        (&api["revision"], &api["liveRevision"]),
+        (&broken.clone().into(), &deployed.into())
+    );
+    assert_eq!(api["taskDefinition"], "staging-api:1", "rolled back: {api}");
+    assert!(
+        api["events"].as_array().unwrap().iter().any(|e| e
+            .as_str()
+            .unwrap()
+            .contains("deployment failed: tasks failed to start")),
+        "ECS's events say why: {api}"
+    );
+    for other in staging["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["app"] != "api")
+    {
+        assert_eq!(
+            (&other["sync"], &other["health"]),
+            (&"Synced".into(), &"Healthy".into()),
+            "{other}"
+        );
+        assert!(other.get("events").is_none(), "{other}");
+    }
+}
+
+/// Models SQS's redrive policy (the emulator moves a message to the dead-letter queue once it
+/// was received more than `maxReceiveCount` times, as AWS does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_lands_in_the_dead_letter_queue_shows_in_metrics_and_the_status_api() {
+    let emulator = Emulator::start().await;
+    let (queue_url, dead_letter_url) = emulator
+        .create_queue_with_dead_letters("fleetsync.fifo", "fleetsync-dead-letter.fifo", 1)
+        .await;
+    let mut s = setup_on(emulator, queue_url).await;
+    s.config.worker.visibility_timeout = Duration::from_secs(2);
+    // A job no worker can read, say from a newer receiver: left for the redrive policy.
+    s.emulator
+        .sqs()
+        .send_message()
+        .queue_url(&s.queue_url)
+        .message_body(r#"{"version": 99, "kind": "teleport"}"#)
+        .message_group_id("platform/staging/api")
+        .message_deduplication_id("unreadable")
+        .send()
+        .await
+        .unwrap();
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    eventually(LIMIT, "the job to reach the dead-letter queue", || async {
+        (s.emulator.queue_depth(&dead_letter_url).await == 1).then_some(())
+    })
+    .await;
+
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    assert_eq!(status(&receiver, "staging").await["deadLetters"], 1);
+    let metrics = receiver.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l == "fleetsync_dead_letter_jobs 1"),
+        "{metrics}"
+    );
+}
+
+async fn sync_through_the_api(receiver: &Receiver, environment: &str) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/sync", receiver.url))
+        .bearer_auth(TOKEN)
+        .body(serde_json::json!({"repo": "platform", "environment": environment}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    serde_json::from_str(&response.text().await.unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_and_an_api_sync_prune_what_no_push_pruned() {
+    let s = setup().await;
+    let with_prune = |text: Option<&str>| {
+        Some(
+            text.unwrap()
+                .replace("name: platform\n", "name: platform\nprune: true\n"),
+        )
+    };
+    s.repo.commit("main", "fleetsync.yaml", with_prune);
+    s.repo.commit("staging", "fleetsync.yaml", with_prune);
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    let drop =
+        |listing: &'static str| move |text: Option<&str>| Some(text.unwrap().replace(listing, ""));
+
+    // A push whose webhook never arrived drops web: reconcile prunes it.
+    s.repo.commit(
+        "staging",
+        "fleetsync.yaml",
+        drop("  - name: web\n    path: apps/web\n    dependsOn: [api]\n"),
+    );
+    let r = reconcile(&s).await;
+    assert_eq!(r.prune, 2, "one prune job per environment: {r:?}");
+    eventually(LIMIT, "staging/web to be pruned", || async {
+        (service_status(&s.emulator, "web").await.as_deref() == Some("INACTIVE")).then_some(())
+    })
+    .await;
+
+    // An environment synced through the API is pruned too.
+    s.repo.commit(
+        "staging",
+        "fleetsync.yaml",
+        drop("  - name: fleetsync-worker\n    path: apps/fleetsync-worker\n"),
+    );
+    sync_through_the_api(&receiver, "staging").await;
+    eventually(LIMIT, "staging/fleetsync-worker to be pruned", || async {
+        (service_status(&s.emulator, "fleetsync-worker")
+            .await
+            .as_deref()
+            == Some("INACTIVE"))
+        .then_some(())
+    })
+    .await;
+    s.drained().await;
+    for kept in ["accounts", "api"] {
+        assert_eq!(
+            service_status(&s.emulator, kept).await.as_deref(),
+            Some("ACTIVE"),
+            "{kept}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

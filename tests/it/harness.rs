@@ -145,6 +145,32 @@ impl Emulator {
         out.queue_url().unwrap().to_owned()
     }
 
+    /// A FIFO queue whose redrive policy moves a job to `dead_letters` (created too) after
+    /// `max_receives` receives, as deploy/cloudformation.yaml sets it up.
+    pub async fn create_queue_with_dead_letters(
+        &self,
+        name: &str,
+        dead_letters: &str,
+        max_receives: u32,
+    ) -> (String, String) {
+        use aws_sdk_sqs::types::QueueAttributeName::{FifoQueue, RedrivePolicy};
+        let dead_letter_url = self.create_queue(dead_letters).await;
+        let policy = serde_json::json!({
+            "deadLetterTargetArn": format!("arn:aws:sqs:us-east-1:123456789012:{dead_letters}"),
+            "maxReceiveCount": max_receives,
+        });
+        let out = self
+            .sqs()
+            .create_queue()
+            .queue_name(name)
+            .attributes(FifoQueue, "true")
+            .attributes(RedrivePolicy, policy.to_string())
+            .send()
+            .await
+            .unwrap();
+        (out.queue_url().unwrap().to_owned(), dead_letter_url)
+    }
+
     /// The URL SQS would give a queue of this name, whether or not it exists.
     pub fn queue_url(&self, name: &str) -> String {
         format!("{}/123456789012/{name}", self.endpoint)
