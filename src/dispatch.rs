@@ -46,7 +46,7 @@ pub struct Dispatcher {
 #[derive(Default)]
 struct BranchState {
     arrivals: AtomicU64,
-    last: tokio::sync::Mutex<Option<LastAnswer>>,
+    last: Arc<tokio::sync::Mutex<Option<LastAnswer>>>,
 }
 
 struct LastAnswer {
@@ -419,7 +419,13 @@ impl Dispatcher {
         environment: &str,
         app: Option<&str>,
     ) -> Result<Vec<Enqueued>, ResyncError> {
-        let (repo, branch, state) = self.environment(repo_name, environment).await?;
+        // The branch's turn is held until the jobs are enqueued, as for a push.
+        let Resolved {
+            repo,
+            branch,
+            state,
+            _turn,
+        } = self.environment(repo_name, environment).await?;
         let index = dependency_index(&state.apps);
         // Its own delivery id: an explicit request is never deduplicated into an earlier one.
         let delivery = format!("api-{}", self.requests.fetch_add(1, Ordering::Relaxed));
@@ -458,7 +464,7 @@ impl Dispatcher {
         repo_name: &str,
         environment: &str,
     ) -> Result<EnvironmentStatus, ResyncError> {
-        let (_, branch, state) = self.environment(repo_name, environment).await?;
+        let Resolved { branch, state, .. } = self.environment(repo_name, environment).await?;
         let names: Vec<&str> = state.apps.iter().map(|a| a.service_name()).collect();
         let live = self
             .ecs
@@ -489,10 +495,17 @@ impl Dispatcher {
         {
             return count;
         }
-        let count = match self.queue.dead_letters().await {
-            Ok(count) => count,
-            Err(e) => {
+        // Bounded: scrapes and status requests wait behind this one.
+        let count = match tokio::time::timeout(DEAD_LETTERS_TTL / 5, self.queue.dead_letters())
+            .await
+        {
+            Ok(Ok(count)) => count,
+            Ok(Err(e)) => {
                 warn!(message = "Cannot count the dead-letter queue.", error = %e);
+                None
+            }
+            Err(_) => {
+                warn!(message = "Cannot count the dead-letter queue: SQS did not answer in time.");
                 None
             }
         };
@@ -501,12 +514,12 @@ impl Dispatcher {
     }
 
     /// `environment` of `repo_name` resolved at its branch head, as of the bindings on the
-    /// default branch.
+    /// default branch, with its branch's turn: pushes to the branch wait until it is dropped.
     async fn environment(
         &self,
         repo_name: &str,
         environment: &str,
-    ) -> Result<(&WatchedRepo, String, DesiredState), ResyncError> {
+    ) -> Result<Resolved<'_>, ResyncError> {
         let Some(repo) = self.repos.iter().find(|r| r.config.name == repo_name) else {
             let known: Vec<_> = self.repos.iter().map(|r| r.config.name.as_str()).collect();
             return Err(ResyncError::Unknown(format!(
@@ -529,8 +542,12 @@ impl Dispatcher {
                 known.join(", ")
             )));
         };
-        let state = self.branch_state(&repo.config.name, &branch);
-        let _turn = state.last.lock().await;
+        let turn = self
+            .branch_state(&repo.config.name, &branch)
+            .last
+            .clone()
+            .lock_owned()
+            .await;
         let (mirror, config, b) = (repo.mirror.clone(), repo.config.clone(), branch.clone());
         let plan = tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &b))
             .await
@@ -551,7 +568,12 @@ impl Dispatcher {
         let state = result.map_err(|problems| {
             ResyncError::Invalid(problems.iter().map(Problem::to_string).collect())
         })?;
-        Ok((repo, branch, state))
+        Ok(Resolved {
+            repo,
+            branch,
+            state,
+            _turn: turn,
+        })
     }
 
     /// Reconciles every repo each `every` until `shutdown`; the first run is one interval
@@ -599,6 +621,14 @@ impl Dispatcher {
             .or_default()
             .clone()
     }
+}
+
+/// An environment resolved at its branch head, and the branch's turn.
+struct Resolved<'a> {
+    repo: &'a WatchedRepo,
+    branch: String,
+    state: DesiredState,
+    _turn: tokio::sync::OwnedMutexGuard<Option<LastAnswer>>,
 }
 
 /// The prune job for a resolved environment of a root with `prune: true`.
@@ -659,7 +689,7 @@ fn drift(app: &DesiredApp, live: Option<&LiveService>) -> Drift {
         .is_some_and(|set| task_definition_id(set) != task_definition_id(&live.task_definition));
     if live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash) {
         if moved { Drift::Drifted } else { Drift::InSync }
-    } else if live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash) {
+    } else if status::quarantined(live, &app.spec_hash) {
         Drift::Quarantined
     } else {
         Drift::Drifted
@@ -871,6 +901,12 @@ mod tests {
             drift(&h, Some(&live("g", "a:1", "a:1", Some("h")))),
             Drift::Quarantined
         ));
+        // Refused before any write (say, a secret was missing): sent again, it may pass now.
+        let mut refused = live("g", "a:1", "a:1", Some("h"));
+        refused
+            .tags
+            .insert(tag::FAILURE.to_owned(), "PreflightRefused c1".to_owned());
+        assert!(matches!(drift(&h, Some(&refused)), Drift::Drifted));
         // It failed once, succeeded later, then was moved in the console: that is drift.
         assert!(matches!(
             drift(&h, Some(&live("h", "a:2", "a:1", Some("h")))),

@@ -100,6 +100,13 @@ pub struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// What the caller already knows: `cluster` exists and is ACTIVE (a service was found in
+    /// it), so checking the app costs no DescribeClusters.
+    pub fn cluster_is_active(&mut self, cluster: &str) {
+        self.clusters
+            .insert(cluster.to_owned(), Some("ACTIVE".to_owned()));
+    }
+
     /// Every finding for `app`; `Err` only when AWS could not be asked (then nothing is known).
     pub async fn check(&mut self, app: &DesiredApp) -> Result<Vec<Finding>, Error> {
         let mut found = Findings {

@@ -19,12 +19,12 @@ pub mod tag {
     /// On services: the task definition (`family:revision`) fleetsync set, so a change made
     /// elsewhere shows.
     pub const TASK_DEFINITION: &str = "fleetsync:task-definition";
-    /// On services: a spec whose rollout failed and was rolled back. Reconcile does not apply
-    /// it again; a push that changes the spec, or a sync through the API, does.
+    /// On services: a spec that failed for good. When its rollout failed, reconcile does not
+    /// apply it again; a push that changes the spec, or a sync through the API, does.
     pub const FAILED_SPEC_HASH: &str = "fleetsync:failed-spec-hash";
-    /// On services, beside `failed-spec-hash`: the commit of the failed spec, and why it failed
-    /// (`RolloutFailed`, `RolloutTimeout`, `PreflightRefused`, or the AWS error code).
-    pub const FAILED_REVISION: &str = "fleetsync:failed-revision";
+    /// On services, beside `failed-spec-hash`: why it failed (`RolloutFailed`, `RolloutTimeout`,
+    /// `PreflightRefused`, `DependenciesNotLive` or the AWS error code), a space, and the
+    /// commit. One tag for both: ECS allows 50 per resource.
     pub const FAILURE: &str = "fleetsync:failure";
 }
 
@@ -135,10 +135,14 @@ impl DesiredApp {
             (tag::TASK_DEFINITION_HASH, &task_definition_hash),
         );
         append_tags(&mut task_definition, &td_tags);
-        append_tags(
-            &mut create_service,
-            &provenance_tags(name, provenance, (tag::SPEC_HASH, &spec_hash)),
-        );
+        // The service also names its task definition's hash, so a change to the service
+        // alone reuses the revision it runs without reading it.
+        let mut service_tags = provenance_tags(name, provenance, (tag::SPEC_HASH, &spec_hash));
+        service_tags.push((
+            tag::TASK_DEFINITION_HASH.to_owned(),
+            task_definition_hash.clone(),
+        ));
+        append_tags(&mut create_service, &service_tags);
 
         let mut update_service = Map::new();
         update_service.insert("cluster".into(), json!(cluster));

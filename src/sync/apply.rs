@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::Error;
+use super::{Error, status};
 use crate::ecs::{self, Ecs, LiveService, task_definition_id};
 use crate::preflight::Preflight;
 use crate::queue::SyncJob;
@@ -66,18 +66,28 @@ struct Rollback {
     service_arn: String,
     /// The task definition the service ran before; `None` when there is nothing to go back to.
     task_definition: Option<String>,
-    /// The service's `spec-hash` and `revision` tags for that task definition.
+    /// The service's `spec-hash`, `task-definition-hash` and `revision` tags for that task
+    /// definition.
     tags: Vec<(String, String)>,
 }
 
+/// The service tags a rollback restores.
+const ROLLBACK_TAGS: [&str; 3] = [tag::SPEC_HASH, tag::TASK_DEFINITION_HASH, tag::REVISION];
+
+/// How many times a job is put back to wait for its `dependsOn` before it fails: with the
+/// default 5 s poll, over an hour, well past any dependency's rollout timeout.
+pub const MAX_DEPENDENCY_WAITS: u32 = 20;
+
+/// Applies `job`; `attempt` counts from 1 (SQS's receive count).
 pub async fn apply(
     ecs: &Ecs,
     preflight: &Preflight,
     history: &impl History,
     job: &SyncJob,
+    attempt: u32,
     poll: Duration,
 ) -> Result<Outcome, Error> {
-    let result = attempt(ecs, preflight, history, job, poll).await;
+    let result = apply_once(ecs, preflight, history, job, attempt, poll).await;
     if let Err(e) = &result
         && !e.is_retryable()
         && !e.rolled_back()
@@ -87,9 +97,9 @@ pub async fn apply(
     result
 }
 
-/// Marks a spec that failed for good on its service, when there is one: the status API shows
-/// it, and reconcile does not send it again until a push or the API does. A rollback marks its
-/// own, with the tags it restores.
+/// Marks a spec that failed for good on its service, when there is one, for the status API and
+/// reconcile's quarantine (`status::quarantined`). A rollback marks its own, with the tags it
+/// restores.
 async fn record_failure(ecs: &Ecs, job: &SyncJob, failure: &Error) {
     let app = &job.app;
     let marked = async {
@@ -108,20 +118,21 @@ async fn record_failure(ecs: &Ecs, job: &SyncJob, failure: &Error) {
 }
 
 fn failure_tags(job: &SyncJob, failure: &Error) -> Vec<(String, String)> {
-    [
-        (tag::FAILED_SPEC_HASH, job.app.spec_hash.as_str()),
-        (tag::FAILED_REVISION, job.app.commit.as_str()),
-        (tag::FAILURE, failure.code()),
+    vec![
+        (tag::FAILED_SPEC_HASH.to_owned(), job.app.spec_hash.clone()),
+        (
+            tag::FAILURE.to_owned(),
+            format!("{} {}", failure.code(), job.app.commit),
+        ),
     ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .to_vec()
 }
 
-async fn attempt(
+async fn apply_once(
     ecs: &Ecs,
     preflight: &Preflight,
     history: &impl History,
     job: &SyncJob,
+    attempt: u32,
     poll: Duration,
 ) -> Result<Outcome, Error> {
     let app = &job.app;
@@ -142,7 +153,7 @@ async fn attempt(
     if let Some(live) = &live
         && job.delivery.starts_with(RECONCILE_DELIVERY)
         && live.tags.get(tag::SPEC_HASH) != Some(&app.spec_hash)
-        && live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash)
+        && status::quarantined(live, &app.spec_hash)
     {
         return Ok(Outcome::Quarantined);
     }
@@ -156,12 +167,12 @@ async fn attempt(
         // service needs no second look: a no-op job is one read.
         if app.rollout.wait && !settled(live) {
             let target = live.task_definition.clone();
-            let tags_before = [(tag::SPEC_HASH, ""), (tag::REVISION, "")]; // unknown by now
             let rollback = Rollback {
                 service_arn: live.arn.clone(),
                 task_definition: previous_task_definition(live, &target),
-                tags: tags_before
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                // Unknown by now.
+                tags: ROLLBACK_TAGS
+                    .map(|k| (k.to_owned(), String::new()))
                     .to_vec(),
             };
             watch_or_roll_back(ecs, job, &target, Some(rollback), poll).await?;
@@ -172,26 +183,26 @@ async fn attempt(
     // `dependsOn`: applied only once every dependency runs this commit's spec, settled.
     let waiting = waiting_for(ecs, job).await?;
     if !waiting.is_empty() {
-        return Err(Error::Waiting { on: waiting });
+        return Err(if attempt >= MAX_DEPENDENCY_WAITS {
+            Error::DependenciesNotLive { on: waiting }
+        } else {
+            Error::Waiting { on: waiting }
+        });
     }
 
     // Only before a write: a job whose spec is live costs no preflight reads.
-    let findings = preflight.session().check(app).await?;
+    let mut session = preflight.session();
+    if live.is_some() {
+        session.cluster_is_active(&app.cluster); // DescribeServices found the service in it
+    }
+    let findings = session.check(app).await?;
     if !findings.is_empty() {
         return Err(Error::Preflight(findings));
     }
 
-    // Reused only within its root and environment, so a revision runs only in the cluster its
-    // tags name and prune can see every service that runs it.
-    let task_definition = match ecs.describe_task_definition(app.family()).await? {
-        Some(td)
-            if td.tags.get(tag::TASK_DEFINITION_HASH) == Some(&app.task_definition_hash)
-                && td.tags.get(tag::ROOT) == Some(&app.root)
-                && td.tags.get(tag::ENVIRONMENT) == Some(&app.environment) =>
-        {
-            td.arn
-        }
-        _ => {
+    let task_definition = match reusable_task_definition(ecs, job, live.as_ref(), attempt).await? {
+        Some(arn) => arn,
+        None => {
             ecs.register_task_definition(&app.register_task_definition)
                 .await?
         }
@@ -201,7 +212,7 @@ async fn attempt(
     let rollback = live.as_ref().map(|live| Rollback {
         service_arn: live.arn.clone(),
         task_definition: previous_task_definition(live, &task_definition),
-        tags: [tag::SPEC_HASH, tag::REVISION]
+        tags: ROLLBACK_TAGS
             .map(|k| (k.to_owned(), live.tags.get(k).cloned().unwrap_or_default()))
             .to_vec(),
     });
@@ -238,7 +249,7 @@ async fn attempt(
             // A spec applied again after it failed (through the API, say) is no longer failed;
             // if this rollout fails too, the rollback marks it again.
             if live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash) {
-                for key in [tag::FAILED_SPEC_HASH, tag::FAILED_REVISION, tag::FAILURE] {
+                for key in [tag::FAILED_SPEC_HASH, tag::FAILURE] {
                     tags.push((key.into(), String::new()));
                 }
             }
@@ -253,6 +264,41 @@ async fn attempt(
         watch_or_roll_back(ecs, job, &task_definition, rollback, poll).await?;
     }
     Ok(outcome)
+}
+
+/// A registered revision of this task definition, so none is registered twice: the one the
+/// service runs when its tags say it has this hash (a change to the service alone), else the
+/// family's latest when it has this hash, looked up only when one may exist: on a retry (the
+/// first attempt may have registered and died) or when the service runs another revision than
+/// its tags say (a crash between update and tag, or a change in the console). Reused only
+/// within its root and environment, so a revision runs only in the cluster its tags name and
+/// prune can see every service that runs it.
+async fn reusable_task_definition(
+    ecs: &Ecs,
+    job: &SyncJob,
+    live: Option<&LiveService>,
+    attempt: u32,
+) -> Result<Option<String>, Error> {
+    let app = &job.app;
+    if let Some(live) = live
+        && live.tags.get(tag::TASK_DEFINITION_HASH) == Some(&app.task_definition_hash)
+        && live.tags.contains_key(tag::TASK_DEFINITION)
+        && !task_definition_changed_elsewhere(live)
+    {
+        return Ok(Some(live.task_definition.clone()));
+    }
+    if attempt <= 1 && !live.is_some_and(task_definition_changed_elsewhere) {
+        return Ok(None);
+    }
+    Ok(ecs
+        .describe_task_definition(app.family())
+        .await?
+        .filter(|td| {
+            td.tags.get(tag::TASK_DEFINITION_HASH) == Some(&app.task_definition_hash)
+                && td.tags.get(tag::ROOT) == Some(&app.root)
+                && td.tags.get(tag::ENVIRONMENT) == Some(&app.environment)
+        })
+        .map(|td| td.arn))
 }
 
 /// The dependencies of `job` that do not yet run the spec it needs, with its rollout settled.

@@ -53,6 +53,9 @@ pub enum Error {
     /// A `dependsOn` app is not live at this commit's spec yet; nothing was written.
     #[error("waiting for {} to run this commit's spec", .on.join(", "))]
     Waiting { on: Vec<String> },
+    /// Still waiting after [`apply::MAX_DEPENDENCY_WAITS`] attempts.
+    #[error("{} never ran this commit's spec; check their own jobs (rolled back? refused?)", .on.join(", "))]
+    DependenciesNotLive { on: Vec<String> },
     /// The app references something that is missing or unusable; nothing was written.
     #[error("preflight refused the deployment: {}", findings_note(.0))]
     Preflight(Vec<Finding>),
@@ -94,6 +97,7 @@ impl Error {
             Error::PreflightLookup(e) => e.is_retryable(),
             Error::Waiting { .. } => true,
             Error::Preflight(_)
+            | Error::DependenciesNotLive { .. }
             | Error::RolloutFailed { .. }
             | Error::RolloutTimeout { .. }
             | Error::RollbackFailed { .. } => false,
@@ -108,6 +112,7 @@ impl Error {
             Error::RolloutFailed { .. } => "RolloutFailed",
             Error::RolloutTimeout { .. } => "RolloutTimeout",
             Error::Waiting { .. } => "WaitingForDependencies",
+            Error::DependenciesNotLive { .. } => "DependenciesNotLive",
             Error::Preflight(_) => "PreflightRefused",
             Error::RollbackFailed { original, .. } => original.code(),
         }
@@ -149,12 +154,9 @@ pub struct Worker {
 /// Bare mirrors by repo name.
 pub struct Mirrors(HashMap<String, Arc<Mirror>>);
 
-/// How many times a job is put back to wait for its `dependsOn` before it fails: with the
-/// default 5 s poll, over an hour, well past any dependency's rollout timeout.
-const MAX_DEPENDENCY_WAITS: u32 = 20;
-
-/// Long poll length: SQS's maximum, so an idle worker costs three calls a minute.
-const LONG_POLL: Duration = Duration::from_secs(20);
+/// Long poll length. A poll cannot be called off: at shutdown the worker waits for the one under
+/// way, so this bounds how long stopping takes. An idle worker costs six calls a minute.
+const LONG_POLL: Duration = Duration::from_secs(10);
 
 impl Worker {
     pub fn from_config(config: &Config, aws: &aws_config::SdkConfig) -> Result<Self, repo::Error> {
@@ -203,9 +205,22 @@ impl Worker {
             {
                 held.push(p);
             }
+            let receive = self
+                .queue
+                .receive(held.len(), LONG_POLL, self.config.visibility_timeout);
+            tokio::pin!(receive);
             let received = tokio::select! {
-                r = self.queue.receive(held.len(), LONG_POLL, self.config.visibility_timeout) => r,
-                () = shutdown.cancelled() => break,
+                r = &mut receive => r,
+                () = shutdown.cancelled() => {
+                    // SQS still hands messages to a poll whose caller went away, hidden for the
+                    // visibility timeout: take them and give them back at once instead.
+                    if let Ok(Ok(messages)) = tokio::time::timeout(LONG_POLL, receive).await {
+                        for message in messages {
+                            self.set_visibility(&message.receipt, Duration::ZERO).await;
+                        }
+                    }
+                    break;
+                }
             };
             let messages = match received {
                 Ok(messages) => {
@@ -258,6 +273,7 @@ impl Worker {
                     &self.preflight,
                     &self.mirrors,
                     &job,
+                    receive_count,
                     self.config.rollout_poll_interval,
                 );
                 self.run_job(work, &receipt, receive_count, abort)
@@ -299,17 +315,11 @@ impl Worker {
                 self.delete(receipt).await;
             }
             Some(Err(e @ Error::Waiting { .. })) => {
-                if receive_count >= MAX_DEPENDENCY_WAITS {
-                    error!(message = "Job failed: its dependencies never became live; check their own jobs (rolled back? refused?).", error = %e, attempts = receive_count);
-                    self.delete(receipt).await;
-                } else {
-                    // Sooner than failures: dependencies usually settle within a few polls.
-                    let delay = (self.config.rollout_poll_interval
-                        * 2u32.pow(receive_count.min(16)))
+                // Sooner than failures: dependencies usually settle within a few polls.
+                let delay = (self.config.rollout_poll_interval * 2u32.pow(receive_count.min(16)))
                     .clamp(Duration::from_secs(1), Duration::from_secs(300));
-                    info!(message = "Job waits for its dependencies.", reason = %e, retry_in = ?delay);
-                    self.set_visibility(receipt, delay).await;
-                }
+                info!(message = "Job waits for its dependencies.", reason = %e, retry_in = ?delay);
+                self.set_visibility(receipt, delay).await;
             }
             Some(Err(e)) if e.is_retryable() => {
                 let backoff = Duration::from_secs(5 * 2u64.pow(receive_count.min(8)))

@@ -48,10 +48,13 @@ pub struct AppStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_definition: Option<String>,
     /// Why the spec Git resolves to is not running: the failure fleetsync marked on the service
-    /// (`RolloutFailed`, `RolloutTimeout`, `PreflightRefused` or the AWS error code), or ECS's
-    /// reason for a failed deployment.
+    /// (`RolloutFailed`, `RolloutTimeout`, `PreflightRefused`, ... or the AWS error code), or
+    /// ECS's reason for a failed deployment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// The commit whose spec failed, as marked on the service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_revision: Option<String>,
     /// The latest ECS service events, newest first, when the app is not healthy.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<String>,
@@ -67,50 +70,94 @@ pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
         live_revision: None,
         task_definition: None,
         failure: None,
+        failed_revision: None,
         events: Vec::new(),
     };
     let Some(live) = live else {
         return status;
     };
-    let tag = |key: &str| live.tags.get(key).filter(|v| !v.is_empty());
-    status.live_revision = tag(tag::REVISION).cloned();
+    status.live_revision = live.tags.get(tag::REVISION).cloned();
     status.task_definition = Some(task_definition_id(&live.task_definition).to_owned());
-    if tag(tag::SPEC_HASH) == Some(&app.spec_hash) && !task_definition_changed_elsewhere(live) {
+    let synced = live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash)
+        && !task_definition_changed_elsewhere(live);
+    if synced {
         status.sync = Sync::Synced;
     }
 
-    let marked = (tag(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash)).then(|| {
-        tag(tag::FAILURE)
-            .cloned()
-            .unwrap_or_else(|| "Failed".into())
-    });
-    // ECS's verdict on the deployment running now, e.g. the circuit breaker's.
+    // A mark for this spec, unless a later sync got it running after all.
+    let marked = marked_failure(live, &app.spec_hash).filter(|_| !(synced && settled(live)));
+    // ECS's verdict on the deployment of what fleetsync set: the circuit breaker's, even when
+    // ECS has already made its rollback the PRIMARY deployment.
+    let set = live
+        .tags
+        .get(tag::TASK_DEFINITION)
+        .map_or(task_definition_id(&live.task_definition), |t| {
+            task_definition_id(t)
+        });
     let failed_deployment = live
         .deployments
         .iter()
-        .filter(|d| d.task_definition == live.task_definition)
+        .filter(|d| task_definition_id(&d.task_definition) == set)
         .find(|d| d.rollout_state.as_deref() == Some("FAILED"));
-    let rollout_failed = marked
-        .as_deref()
-        .is_some_and(|code| code.starts_with("Rollout") || code == "Failed");
-    status.health = if rollout_failed || failed_deployment.is_some() {
+    status.health = if marked.is_some_and(|m| is_rollout(m.code)) || failed_deployment.is_some() {
         Health::Degraded
     } else if settled(live) {
         Health::Healthy
     } else {
         Health::Progressing
     };
-    status.failure = marked.or_else(|| {
-        failed_deployment.map(|d| {
+    if let Some(m) = marked {
+        status.failure = Some(m.code.to_owned());
+        status.failed_revision = m.commit.map(str::to_owned);
+    } else if let Some(d) = failed_deployment {
+        status.failure = Some(
             d.rollout_state_reason
                 .clone()
-                .unwrap_or_else(|| "the deployment failed".into())
-        })
-    });
+                .unwrap_or_else(|| "the deployment failed".into()),
+        );
+    }
     if status.health != Health::Healthy || status.failure.is_some() {
         status.events = live.events.iter().take(EVENTS).cloned().collect();
     }
     status
+}
+
+/// A failure fleetsync marked on a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marked<'a> {
+    pub code: &'a str,
+    pub commit: Option<&'a str>,
+}
+
+/// The failure marked on `live` for the spec `spec_hash`, if any.
+pub fn marked_failure<'a>(live: &'a LiveService, spec_hash: &str) -> Option<Marked<'a>> {
+    if spec_hash.is_empty()
+        || live.tags.get(tag::FAILED_SPEC_HASH).map(String::as_str) != Some(spec_hash)
+    {
+        return None;
+    }
+    // Marks written before `fleetsync:failure` existed were all rollbacks.
+    let failure = live
+        .tags
+        .get(tag::FAILURE)
+        .map(String::as_str)
+        .filter(|f| !f.is_empty())
+        .unwrap_or("RolloutFailed");
+    let (code, commit) = match failure.split_once(' ') {
+        Some((code, commit)) => (code, Some(commit)),
+        None => (failure, None),
+    };
+    Some(Marked { code, commit })
+}
+
+/// Whether reconcile leaves `spec_hash` alone on `live`: its rollout failed there. A spec
+/// refused before anything changed is sent again, since what refused it may be fixed by now.
+pub fn quarantined(live: &LiveService, spec_hash: &str) -> bool {
+    marked_failure(live, spec_hash).is_some_and(|m| is_rollout(m.code))
+}
+
+fn is_rollout(code: &str) -> bool {
+    code.starts_with("Rollout")
 }
 
 #[cfg(test)]
@@ -175,16 +222,17 @@ mod tests {
                 (tag::SPEC_HASH, "old"),
                 (tag::REVISION, "c1"),
                 (tag::FAILED_SPEC_HASH, "new"),
-                (tag::FAILED_REVISION, "c2"),
-                (tag::FAILURE, "RolloutFailed"),
+                (tag::FAILURE, "RolloutFailed c2"),
             ],
             "COMPLETED",
         );
         let s = app_status(&app(), Some(&live));
         assert_eq!((s.sync, s.health), (Sync::OutOfSync, Health::Degraded));
         assert_eq!(s.failure.as_deref(), Some("RolloutFailed"));
+        assert_eq!(s.failed_revision.as_deref(), Some("c2"));
         assert_eq!(s.live_revision.as_deref(), Some("c1"));
         assert_eq!(s.events.len(), 1);
+        assert!(quarantined(&live, "new"));
     }
 
     #[test]
@@ -193,30 +241,58 @@ mod tests {
             &[
                 (tag::SPEC_HASH, "old"),
                 (tag::FAILED_SPEC_HASH, "new"),
-                (tag::FAILURE, "AccessDeniedException"),
+                (tag::FAILURE, "AccessDeniedException c2"),
             ],
             "COMPLETED",
         );
         let s = app_status(&app(), Some(&live));
         assert_eq!((s.sync, s.health), (Sync::OutOfSync, Health::Healthy));
         assert_eq!(s.failure.as_deref(), Some("AccessDeniedException"));
+        assert!(!quarantined(&live, "new"), "reconcile tries it again");
     }
 
     #[test]
-    fn an_older_failure_or_a_cleared_one_says_nothing() {
-        for failed in ["older", ""] {
-            let live = live(
-                &[
-                    (tag::SPEC_HASH, "new"),
-                    (tag::FAILED_SPEC_HASH, failed),
-                    (tag::FAILURE, "RolloutFailed"),
-                ],
-                "IN_PROGRESS",
-            );
-            let s = app_status(&app(), Some(&live));
-            assert_eq!((s.sync, s.health), (Sync::Synced, Health::Progressing));
-            assert_eq!(s.failure, None);
-        }
+    fn a_mark_from_before_failure_tags_is_a_rollback() {
+        let live = live(
+            &[(tag::SPEC_HASH, "old"), (tag::FAILED_SPEC_HASH, "new")],
+            "COMPLETED",
+        );
+        assert_eq!(app_status(&app(), Some(&live)).health, Health::Degraded);
+        assert!(quarantined(&live, "new"));
+    }
+
+    #[test]
+    fn an_older_failure_says_nothing() {
+        let live = live(
+            &[
+                (tag::SPEC_HASH, "new"),
+                (tag::FAILED_SPEC_HASH, "older"),
+                (tag::FAILURE, "RolloutFailed c1"),
+            ],
+            "IN_PROGRESS",
+        );
+        let s = app_status(&app(), Some(&live));
+        assert_eq!((s.sync, s.health), (Sync::Synced, Health::Progressing));
+        assert_eq!(s.failure, None);
+    }
+
+    #[test]
+    fn a_failed_spec_that_later_completed_is_healthy_and_one_still_failing_is_not() {
+        let tags = [
+            (tag::SPEC_HASH, "new"),
+            (tag::FAILED_SPEC_HASH, "new"),
+            (tag::FAILURE, "RolloutTimeout c2"),
+        ];
+        let s = app_status(&app(), Some(&live(&tags, "COMPLETED")));
+        assert_eq!(
+            (s.sync, s.health, s.failure),
+            (Sync::Synced, Health::Healthy, None)
+        );
+        let s = app_status(&app(), Some(&live(&tags, "IN_PROGRESS")));
+        assert_eq!(
+            (s.health, s.failure.as_deref()),
+            (Health::Degraded, Some("RolloutTimeout"))
+        );
     }
 
     #[test]
@@ -226,5 +302,21 @@ mod tests {
         let s = app_status(&app(), Some(&live));
         assert_eq!((s.sync, s.health), (Sync::Synced, Health::Degraded));
         assert_eq!(s.failure.as_deref(), Some("circuit breaker tripped"));
+    }
+
+    #[test]
+    fn a_deployment_ecs_rolls_back_is_degraded_while_ecs_still_shows_it() {
+        let mut live = live(
+            &[(tag::SPEC_HASH, "new"), (tag::TASK_DEFINITION, "a:2")],
+            "IN_PROGRESS",
+        );
+        let mut failed = live.deployments[0].clone();
+        failed.status = "ACTIVE".into();
+        failed.task_definition = "arn:aws:ecs:eu-west-1:1:task-definition/a:2".into();
+        failed.rollout_state = Some("FAILED".into());
+        live.deployments.push(failed);
+        let s = app_status(&app(), Some(&live));
+        assert_eq!((s.sync, s.health), (Sync::OutOfSync, Health::Degraded));
+        assert_eq!(s.failure.as_deref(), Some("the deployment failed"));
     }
 }

@@ -696,6 +696,62 @@ async fn the_status_api_shows_a_rolled_back_app_degraded_with_the_ecs_events_tha
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_refused_before_any_write_shows_why_and_reconcile_tries_it_again() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let deployed = s.staging_deployed(&receiver).await;
+
+    s.emulator.delete_secret("staging/api/stripe-api-key").await;
+    let refused = s.commit_new_api_image().to_string();
+    assert_eq!(
+        receiver
+            .push("staging", refused.parse().unwrap(), "refused")
+            .await
+            .0,
+        202
+    );
+    s.drained().await;
+    let staging = status(&receiver, "staging").await;
+    let api = staging["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["app"] == "api")
+        .unwrap();
+    assert_eq!(
+        (
+            &api["sync"],
+            &api["health"],
+            &api["failure"],
+            &api["failedRevision"]
+        ),
+        (
+            &"OutOfSync".into(),
+            &"Healthy".into(),
+            &"PreflightRefused".into(),
+            &refused.clone().into()
+        ),
+        "the old spec still runs, healthy: {api}"
+    );
+    let live = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(
+        live.task_definition, deployed.task_definition,
+        "nothing was written"
+    );
+
+    // Unlike a failed rollout, a refusal is not quarantined: what refused it may be fixed.
+    let r = reconcile(&s).await;
+    assert_eq!(r.quarantined, 0, "{r:?}");
+    assert!(
+        r.enqueued
+            .iter()
+            .any(|e| e.environment == "staging" && e.app == "api"),
+        "{r:?}"
+    );
+}
+
 /// Models SQS's redrive policy (the emulator moves a message to the dead-letter queue once it
 /// was received more than `maxReceiveCount` times, as AWS does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1076,6 +1132,7 @@ async fn the_worker_refuses_an_app_whose_secret_is_missing_and_writes_nothing_fo
         &worker.preflight,
         &worker.mirrors,
         &job,
+        1,
         Duration::from_millis(100),
     )
     .await
