@@ -238,14 +238,21 @@ class workers:
 
     def __enter__(self):
         count, config, env, children = self.args
-        self.processes = [spawn([str(BINARY), "worker", "--config", str(config)], env, children)
-                          for _ in range(count)]
+        self.processes = []
+        for i in range(count):
+            # Each its own mirror directory, as each worker task has its own disk.
+            own = config.with_name(f"{config.stem}-worker-{i}.yaml")
+            text = config.read_text()
+            mirrors = next(line for line in text.splitlines() if line.startswith("mirrorDir: "))
+            own.write_text(text.replace(mirrors, f"{mirrors}-worker-{i}"))
+            self.processes.append(spawn([str(BINARY), "worker", "--config", str(own)], env, children))
 
     def __exit__(self, *_):
         for p in self.processes:
             p.terminate()
         for p in self.processes:
-            p.wait(timeout=60)
+            if p.wait(timeout=60) != 0:
+                raise SystemExit(f"bench: a worker exited with {p.returncode}")
             self.args[3].remove(p)
 
 
