@@ -55,9 +55,18 @@ pub struct Mirror {
     fetches: std::sync::atomic::AtomicU64,
 }
 
+/// libgit2 re-hashes every object it reads to check it against its id; git itself does not (it
+/// checks on fetch and in `git fsck`). Without it, validating a 10,000-app tree went from
+/// 0.84-0.85 s to 0.77-0.80 s on the benchmark machine.
+fn configure_libgit2() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| git2::opts::strict_hash_verification(false));
+}
+
 impl Mirror {
     /// Opens the mirror at `dir/<name>.git`, creating an empty bare repository on first use.
     pub fn open(dir: &Path, name: &str, fetch_url: &str) -> Result<Self> {
+        configure_libgit2();
         let path = dir.join(format!("{name}.git"));
         if !path.exists() {
             std::fs::create_dir_all(dir).map_err(|e| Error::Open {
@@ -152,6 +161,7 @@ pub struct Local {
 
 impl Local {
     pub fn open(path: &Path) -> Result<Self> {
+        configure_libgit2();
         let repo = Repository::open(path).map_err(|source| Error::Open {
             path: path.to_owned(),
             source,
