@@ -386,9 +386,15 @@ impl Dispatcher {
                     }
                 };
                 let index = dependency_index(&state.apps);
-                for app in &state.apps {
+                let mut drifts: Vec<Drift> = state
+                    .apps
+                    .iter()
+                    .map(|app| drift(app, live.get(app.service_name())))
+                    .collect();
+                hold_back_dependents(&state.apps, &mut drifts);
+                for (app, drift) in state.apps.iter().zip(drifts) {
                     let live = live.get(app.service_name());
-                    match drift(app, live) {
+                    match drift {
                         Drift::InSync => report.in_sync += 1,
                         Drift::Quarantined => report.quarantined += 1,
                         Drift::Drifted => jobs.push(
@@ -542,12 +548,9 @@ impl Dispatcher {
                 known.join(", ")
             )));
         };
-        let turn = self
-            .branch_state(&repo.config.name, &branch)
-            .last
-            .clone()
-            .lock_owned()
-            .await;
+        let entry = self.branch_state(&repo.config.name, &branch);
+        let guard = entry.last.clone().lock_owned().await;
+        let turn = (entry, guard);
         let (mirror, config, b) = (repo.mirror.clone(), repo.config.clone(), branch.clone());
         let plan = tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &b))
             .await
@@ -628,7 +631,11 @@ struct Resolved<'a> {
     repo: &'a WatchedRepo,
     branch: String,
     state: DesiredState,
-    _turn: tokio::sync::OwnedMutexGuard<Option<LastAnswer>>,
+    /// The branch's entry too: while it is held, `branch_state` does not forget it.
+    _turn: (
+        Arc<BranchState>,
+        tokio::sync::OwnedMutexGuard<Option<LastAnswer>>,
+    ),
 }
 
 /// The prune job for a resolved environment of a root with `prune: true`.
@@ -672,11 +679,36 @@ pub struct Reconciled {
     pub problems: Vec<EnvironmentProblems>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Drift {
     InSync,
     Drifted,
-    /// Runs another spec because this one failed and was rolled back.
+    /// Runs another spec because this one failed its rollout, or depends on such an app: its
+    /// job could only wait for a dependency that will not change until a push.
     Quarantined,
+}
+
+/// Quarantines every drifted app that depends, directly or not, on a quarantined one.
+fn hold_back_dependents(apps: &[DesiredApp], drifts: &mut [Drift]) {
+    loop {
+        let held: std::collections::HashSet<&str> = apps
+            .iter()
+            .zip(drifts.iter())
+            .filter(|(_, d)| **d == Drift::Quarantined)
+            .map(|(a, _)| a.name.as_str())
+            .collect();
+        let mut changed = false;
+        for (app, drift) in apps.iter().zip(drifts.iter_mut()) {
+            if *drift == Drift::Drifted && app.depends_on.iter().any(|d| held.contains(d.as_str()))
+            {
+                *drift = Drift::Quarantined;
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
 }
 
 fn drift(app: &DesiredApp, live: Option<&LiveService>) -> Drift {
@@ -912,6 +944,38 @@ mod tests {
             drift(&h, Some(&live("h", "a:2", "a:1", Some("h")))),
             Drift::Drifted
         ));
+    }
+
+    #[test]
+    fn dependents_of_a_quarantined_app_are_held_back_all_the_way_down() {
+        let named = |name: &str, deps: &[&str]| {
+            let mut a = app("h");
+            a.name = name.to_owned();
+            a.depends_on = deps.iter().map(|d| (*d).to_owned()).collect();
+            a
+        };
+        let apps = [
+            named("web", &["api"]),
+            named("api", &["db"]),
+            named("db", &[]),
+            named("cron", &[]),
+        ];
+        let mut drifts = [
+            Drift::Drifted,
+            Drift::Drifted,
+            Drift::Quarantined,
+            Drift::Drifted,
+        ];
+        hold_back_dependents(&apps, &mut drifts);
+        assert_eq!(
+            drifts,
+            [
+                Drift::Quarantined,
+                Drift::Quarantined,
+                Drift::Quarantined,
+                Drift::Drifted
+            ]
+        );
     }
 
     #[test]

@@ -278,10 +278,21 @@ impl Queue {
         ))
     }
 
-    async fn dead_letter_url(&self) -> Result<Option<&str>> {
-        if let Some(url) = self.dead_letter_url.get() {
-            return Ok(Some(url));
-        }
+    /// How many receives the redrive policy allows before SQS moves a job to the dead-letter
+    /// queue; `None` without a redrive policy.
+    pub async fn max_receives(&self) -> Result<Option<u32>> {
+        let Some(policy) = self.redrive_policy().await? else {
+            return Ok(None);
+        };
+        // CloudFormation and the console write the number as a string, the API as a number.
+        let count = &policy["maxReceiveCount"];
+        Ok(count
+            .as_u64()
+            .or_else(|| count.as_str()?.parse().ok())
+            .map(|n| n.min(u64::from(u32::MAX)) as u32))
+    }
+
+    async fn redrive_policy(&self) -> Result<Option<serde_json::Value>> {
         let out = self
             .client
             .get_queue_attributes()
@@ -296,14 +307,28 @@ impl Queue {
         else {
             return Ok(None);
         };
-        let unreadable = |what: &str| Error::Api {
+        serde_json::from_str(policy)
+            .map(Some)
+            .map_err(|_| self.unreadable_policy("JSON"))
+    }
+
+    fn unreadable_policy(&self, what: &str) -> Error {
+        Error::Api {
             operation: "GetQueueAttributes",
             queue: self.url.clone(),
             code: "UnreadableRedrivePolicy".into(),
             message: format!("the redrive policy has no {what}"),
+        }
+    }
+
+    async fn dead_letter_url(&self) -> Result<Option<&str>> {
+        if let Some(url) = self.dead_letter_url.get() {
+            return Ok(Some(url));
+        }
+        let Some(arn) = self.redrive_policy().await? else {
+            return Ok(None);
         };
-        let arn: serde_json::Value =
-            serde_json::from_str(policy).map_err(|_| unreadable("JSON"))?;
+        let unreadable = |what: &str| self.unreadable_policy(what);
         // arn:aws:sqs:<region>:<account>:<name>
         let mut parts = arn
             .get("deadLetterTargetArn")

@@ -78,13 +78,31 @@ const ROLLBACK_TAGS: [&str; 3] = [tag::SPEC_HASH, tag::TASK_DEFINITION_HASH, tag
 /// default 5 s poll, over an hour, well past any dependency's rollout timeout.
 pub const MAX_DEPENDENCY_WAITS: u32 = 20;
 
-/// Applies `job`; `attempt` counts from 1 (SQS's receive count).
+/// Which receive of its message a job is on.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    /// From 1: SQS's receive count.
+    pub number: u32,
+    /// The attempt at which waiting for `dependsOn` ends in failure: before the queue's redrive
+    /// policy would move the job to the dead-letter queue unmarked.
+    pub last_wait: u32,
+}
+
+impl Attempt {
+    pub fn first() -> Self {
+        Attempt {
+            number: 1,
+            last_wait: MAX_DEPENDENCY_WAITS,
+        }
+    }
+}
+
 pub async fn apply(
     ecs: &Ecs,
     preflight: &Preflight,
     history: &impl History,
     job: &SyncJob,
-    attempt: u32,
+    attempt: Attempt,
     poll: Duration,
 ) -> Result<Outcome, Error> {
     let result = apply_once(ecs, preflight, history, job, attempt, poll).await;
@@ -132,7 +150,7 @@ async fn apply_once(
     preflight: &Preflight,
     history: &impl History,
     job: &SyncJob,
-    attempt: u32,
+    attempt: Attempt,
     poll: Duration,
 ) -> Result<Outcome, Error> {
     let app = &job.app;
@@ -183,7 +201,7 @@ async fn apply_once(
     // `dependsOn`: applied only once every dependency runs this commit's spec, settled.
     let waiting = waiting_for(ecs, job).await?;
     if !waiting.is_empty() {
-        return Err(if attempt >= MAX_DEPENDENCY_WAITS {
+        return Err(if attempt.number >= attempt.last_wait {
             Error::DependenciesNotLive { on: waiting }
         } else {
             Error::Waiting { on: waiting }
@@ -200,21 +218,34 @@ async fn apply_once(
         return Err(Error::Preflight(findings));
     }
 
-    let task_definition = match reusable_task_definition(ecs, job, live.as_ref(), attempt).await? {
-        Some(arn) => arn,
-        None => {
-            ecs.register_task_definition(&app.register_task_definition)
-                .await?
-        }
-    };
+    let task_definition =
+        match reusable_task_definition(ecs, job, live.as_ref(), attempt.number).await? {
+            Some(arn) => arn,
+            None => {
+                ecs.register_task_definition(&app.register_task_definition)
+                    .await?
+            }
+        };
     info!(message = "Task definition ready.", %task_definition);
 
-    let rollback = live.as_ref().map(|live| Rollback {
-        service_arn: live.arn.clone(),
-        task_definition: previous_task_definition(live, &task_definition),
-        tags: ROLLBACK_TAGS
-            .map(|k| (k.to_owned(), live.tags.get(k).cloned().unwrap_or_default()))
-            .to_vec(),
+    let rollback = live.as_ref().map(|live| {
+        let previous = previous_task_definition(live, &task_definition);
+        // The tags describe the revision they name, not one set in the console since.
+        let described = previous.as_deref().is_some_and(|p| {
+            live.tags
+                .get(tag::TASK_DEFINITION)
+                .is_some_and(|t| task_definition_id(t) == task_definition_id(p))
+        });
+        Rollback {
+            service_arn: live.arn.clone(),
+            task_definition: previous,
+            tags: ROLLBACK_TAGS
+                .map(|k| {
+                    let value = live.tags.get(k).filter(|_| described);
+                    (k.to_owned(), value.cloned().unwrap_or_default())
+                })
+                .to_vec(),
+        }
     });
     let outcome = match &live {
         None => {
@@ -280,14 +311,27 @@ async fn reusable_task_definition(
     attempt: u32,
 ) -> Result<Option<String>, Error> {
     let app = &job.app;
+    let ours = |tags: &std::collections::HashMap<String, String>| {
+        tags.get(tag::ROOT) == Some(&app.root)
+            && tags.get(tag::ENVIRONMENT) == Some(&app.environment)
+    };
     if let Some(live) = live
         && live.tags.get(tag::TASK_DEFINITION_HASH) == Some(&app.task_definition_hash)
         && live.tags.contains_key(tag::TASK_DEFINITION)
+        && ours(&live.tags)
         && !task_definition_changed_elsewhere(live)
     {
         return Ok(Some(live.task_definition.clone()));
     }
-    if attempt <= 1 && !live.is_some_and(task_definition_changed_elsewhere) {
+    // A revision of this hash may exist when an earlier attempt or job registered it and then
+    // failed: a retry, a create, a spec marked failed (reconcile sends it again), or a service
+    // left on another revision than its tags say (a crash between update and tag).
+    let may_exist = attempt > 1
+        || live.is_none_or(|live| {
+            task_definition_changed_elsewhere(live)
+                || status::marked_failure(live, &app.spec_hash).is_some()
+        });
+    if !may_exist {
         return Ok(None);
     }
     Ok(ecs
@@ -295,8 +339,7 @@ async fn reusable_task_definition(
         .await?
         .filter(|td| {
             td.tags.get(tag::TASK_DEFINITION_HASH) == Some(&app.task_definition_hash)
-                && td.tags.get(tag::ROOT) == Some(&app.root)
-                && td.tags.get(tag::ENVIRONMENT) == Some(&app.environment)
+                && ours(&td.tags)
         })
         .map(|td| td.arn))
 }

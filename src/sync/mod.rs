@@ -11,9 +11,10 @@ pub mod status;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-pub use apply::{History, Outcome, apply};
+pub use apply::{Attempt, History, MAX_DEPENDENCY_WAITS, Outcome, apply};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,7 +54,7 @@ pub enum Error {
     /// A `dependsOn` app is not live at this commit's spec yet; nothing was written.
     #[error("waiting for {} to run this commit's spec", .on.join(", "))]
     Waiting { on: Vec<String> },
-    /// Still waiting after [`apply::MAX_DEPENDENCY_WAITS`] attempts.
+    /// Still waiting at [`Attempt::last_wait`].
     #[error("{} never ran this commit's spec; check their own jobs (rolled back? refused?)", .on.join(", "))]
     DependenciesNotLive { on: Vec<String> },
     /// The app references something that is missing or unusable; nothing was written.
@@ -149,6 +150,8 @@ pub struct Worker {
     pub config: WorkerConfig,
     /// The worker's own mirrors of the config repos, for ancestry checks only.
     pub mirrors: Mirrors,
+    /// See [`Attempt::last_wait`].
+    last_wait: AtomicU32,
 }
 
 /// Bare mirrors by repo name.
@@ -184,20 +187,47 @@ impl Worker {
             ecs,
             config: config.worker.clone(),
             mirrors: Mirrors(mirrors),
+            last_wait: AtomicU32::new(MAX_DEPENDENCY_WAITS),
         })
+    }
+
+    /// A job waiting for its `dependsOn` is received again each time: it must fail, marked,
+    /// before the queue's redrive policy moves it to the dead-letter queue.
+    async fn learn_redrive_policy(&self) {
+        match self.queue.max_receives().await {
+            Ok(Some(max)) => {
+                // SQS moves a message received more than `max` times.
+                let last = max.clamp(1, MAX_DEPENDENCY_WAITS);
+                if last < MAX_DEPENDENCY_WAITS {
+                    warn!(
+                        message = "The queue's maxReceiveCount cuts waiting for dependsOn short; raise it above the default wait budget.",
+                        max_receive_count = max,
+                        waits = last,
+                        budget = MAX_DEPENDENCY_WAITS
+                    );
+                }
+                self.last_wait.store(last, Ordering::Relaxed);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(message = "Cannot read the queue's redrive policy; assuming it allows every dependency wait.", error = %e)
+            }
+        }
     }
 
     /// Runs until `shutdown` fires, then stops receiving and lets running jobs finish for up to
     /// `grace`; jobs still running after that are released to other workers at once.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        self.learn_redrive_policy().await;
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let tracker = TaskTracker::new();
         let abort = CancellationToken::new();
         let mut failures = 0u32;
         loop {
             let first = tokio::select! {
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                biased;
                 () = shutdown.cancelled() => break,
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             let mut held = vec![first];
             while held.len() < 10
@@ -214,7 +244,8 @@ impl Worker {
                 () = shutdown.cancelled() => {
                     // SQS still hands messages to a poll whose caller went away, hidden for the
                     // visibility timeout: take them and give them back at once instead.
-                    if let Ok(Ok(messages)) = tokio::time::timeout(LONG_POLL, receive).await {
+                    let answer = LONG_POLL + Duration::from_secs(5);
+                    if let Ok(Ok(messages)) = tokio::time::timeout(answer, receive).await {
                         for message in messages {
                             self.set_visibility(&message.receipt, Duration::ZERO).await;
                         }
@@ -273,7 +304,10 @@ impl Worker {
                     &self.preflight,
                     &self.mirrors,
                     &job,
-                    receive_count,
+                    Attempt {
+                        number: receive_count,
+                        last_wait: self.last_wait.load(Ordering::Relaxed),
+                    },
                     self.config.rollout_poll_interval,
                 );
                 self.run_job(work, &receipt, receive_count, abort)

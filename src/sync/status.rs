@@ -76,7 +76,11 @@ pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
     let Some(live) = live else {
         return status;
     };
-    status.live_revision = live.tags.get(tag::REVISION).cloned();
+    status.live_revision = live
+        .tags
+        .get(tag::REVISION)
+        .filter(|r| !r.is_empty())
+        .cloned();
     status.task_definition = Some(task_definition_id(&live.task_definition).to_owned());
     let synced = live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash)
         && !task_definition_changed_elsewhere(live);
@@ -84,8 +88,11 @@ pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
         status.sync = Sync::Synced;
     }
 
-    // A mark for this spec, unless a later sync got it running after all.
-    let marked = marked_failure(live, &app.spec_hash).filter(|_| !(synced && settled(live)));
+    // Kept even when the spec's deployment now shows COMPLETED: when only service fields
+    // changed, ECS's rollback runs the same task definition, and a completed rollback must not
+    // read as a success. A push that changes the spec leaves the mark behind; after a rollback,
+    // the same spec applied again clears it.
+    let marked = marked_failure(live, &app.spec_hash);
     // ECS's verdict on the deployment of what fleetsync set: the circuit breaker's, even when
     // ECS has already made its rollback the PRIMARY deployment.
     let set = live
@@ -277,22 +284,20 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_spec_that_later_completed_is_healthy_and_one_still_failing_is_not() {
+    fn a_failed_rollout_with_nothing_to_roll_back_to_stays_degraded_even_once_settled() {
         let tags = [
             (tag::SPEC_HASH, "new"),
             (tag::FAILED_SPEC_HASH, "new"),
             (tag::FAILURE, "RolloutTimeout c2"),
         ];
-        let s = app_status(&app(), Some(&live(&tags, "COMPLETED")));
-        assert_eq!(
-            (s.sync, s.health, s.failure),
-            (Sync::Synced, Health::Healthy, None)
-        );
-        let s = app_status(&app(), Some(&live(&tags, "IN_PROGRESS")));
-        assert_eq!(
-            (s.health, s.failure.as_deref()),
-            (Health::Degraded, Some("RolloutTimeout"))
-        );
+        for rollout in ["COMPLETED", "IN_PROGRESS"] {
+            let s = app_status(&app(), Some(&live(&tags, rollout)));
+            assert_eq!(
+                (s.health, s.failure.as_deref()),
+                (Health::Degraded, Some("RolloutTimeout")),
+                "{rollout}"
+            );
+        }
     }
 
     #[test]

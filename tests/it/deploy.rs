@@ -97,7 +97,9 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
 
     // The receiver sends jobs (dispatch → queue::Queue::send), counts the dead-letter queue
     // (queue::Queue::dead_letters) and, to reconcile and show status, reads services
-    // (dispatch → ecs::Ecs::describe_services); nothing else.
+    // (dispatch → ecs::Ecs::describe_services); nothing else. The worker reads the redrive
+    // policy too (GetQueueAttributes), but never sends or looks up another queue.
+    let receiver_only = ["sqs:GetQueueUrl", "sqs:SendMessage"];
     let receiver_sqs = [
         "sqs:GetQueueAttributes",
         "sqs:GetQueueUrl",
@@ -130,7 +132,7 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
     let mut needed: BTreeSet<_> = ecs
         .iter()
         .chain(&sqs)
-        .filter(|a| !receiver_sqs.contains(&a.as_str()))
+        .filter(|a| !receiver_only.contains(&a.as_str()))
         .cloned()
         .collect();
     needed.insert("iam:PassRole".into()); // RegisterTaskDefinition names task and execution roles

@@ -1132,7 +1132,7 @@ async fn the_worker_refuses_an_app_whose_secret_is_missing_and_writes_nothing_fo
         &worker.preflight,
         &worker.mirrors,
         &job,
-        1,
+        fleetsync::sync::Attempt::first(),
         Duration::from_millis(100),
     )
     .await
