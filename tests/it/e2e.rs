@@ -762,6 +762,9 @@ async fn a_job_that_lands_in_the_dead_letter_queue_shows_in_metrics_and_the_stat
         .await;
     let mut s = setup_on(emulator, queue_url).await;
     s.config.worker.visibility_timeout = Duration::from_secs(2);
+    // What a worker reads at start to end dependency waits before the redrive would.
+    let queue = fleetsync::queue::Queue::new(&s.emulator.aws, &s.queue_url);
+    assert_eq!(queue.max_receives().await.unwrap(), Some(1));
     // A job no worker can read, say from a newer receiver: left for the redrive policy.
     s.emulator
         .sqs()
