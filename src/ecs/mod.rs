@@ -251,7 +251,8 @@ impl Ecs {
     }
 
     /// CreateService with `input` as sent; returns the service ARN.
-    pub async fn create_service(&self, input: &Map<String, Value>) -> Result<String> {
+    /// Creates the service; returns the id of its first deployment, when ECS names it.
+    pub async fn create_service(&self, input: &Map<String, Value>) -> Result<Option<String>> {
         let name = input
             .get("serviceName")
             .and_then(Value::as_str)
@@ -267,25 +268,21 @@ impl Ecs {
             .send()
             .await
             .map_err(|e| api_error("CreateService", &target, e))?;
-        out.service()
-            .and_then(|s| s.service_arn())
-            .map(str::to_owned)
-            .ok_or(Error::Incomplete {
-                operation: "CreateService",
-                target,
-                missing: "serviceArn",
-            })
+        Ok(out.service().and_then(primary_deployment))
     }
 
     /// UpdateService with `input` as sent.
-    pub async fn update_service(&self, input: &Map<String, Value>) -> Result<()> {
+    /// Updates the service; returns the id of the deployment it now rolls out (a new one when the
+    /// update starts one), when ECS names it.
+    pub async fn update_service(&self, input: &Map<String, Value>) -> Result<Option<String>> {
         let name = input
             .get("service")
             .and_then(Value::as_str)
             .unwrap_or_default();
         let target = target(input, name);
         self.budget.spend(Spend::Call).await;
-        self.client
+        let out = self
+            .client
             .update_service()
             .service(name)
             .customize()
@@ -293,7 +290,7 @@ impl Ecs {
             .send()
             .await
             .map_err(|e| api_error("UpdateService", &target, e))?;
-        Ok(())
+        Ok(out.service().and_then(primary_deployment))
     }
 
     /// Rolls a service to another task definition, leaving everything else as it is.
@@ -502,4 +499,13 @@ pub fn task_definition_id(arn_or_id: &str) -> &str {
     arn_or_id
         .rsplit_once("task-definition/")
         .map_or(arn_or_id, |(_, id)| id)
+}
+
+fn primary_deployment(service: &aws_sdk_ecs::types::Service) -> Option<String> {
+    service
+        .deployments()
+        .iter()
+        .find(|d| d.status() == Some("PRIMARY"))
+        .and_then(|d| d.id())
+        .map(str::to_owned)
 }

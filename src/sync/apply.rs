@@ -193,7 +193,11 @@ async fn apply_once(
                     .map(|k| (k.to_owned(), String::new()))
                     .to_vec(),
             };
-            watch_or_roll_back(ecs, job, &target, Some(rollback), poll).await?;
+            let ours = Ours {
+                task_definition: &target,
+                deployment: None, // the attempt that started it is gone
+            };
+            watch_or_roll_back(ecs, job, ours, Some(rollback), poll).await?;
         }
         return Ok(Outcome::Unchanged);
     }
@@ -247,7 +251,7 @@ async fn apply_once(
                 .to_vec(),
         }
     });
-    let outcome = match &live {
+    let (outcome, deployment) = match &live {
         None => {
             let mut input = app.create_service.clone();
             input.insert(
@@ -258,10 +262,13 @@ async fn apply_once(
                 let id = task_definition_id(&task_definition);
                 tags.push(json!({"key": tag::TASK_DEFINITION, "value": id}));
             }
-            ecs.create_service(&input).await?;
-            Outcome::Created {
-                task_definition: task_definition.clone(),
-            }
+            let deployment = ecs.create_service(&input).await?;
+            (
+                Outcome::Created {
+                    task_definition: task_definition.clone(),
+                },
+                deployment,
+            )
         }
         Some(live) => {
             let mut input = app.update_service.clone();
@@ -269,7 +276,7 @@ async fn apply_once(
                 "taskDefinition".into(),
                 Value::String(task_definition.clone()),
             );
-            ecs.update_service(&input).await?;
+            let deployment = ecs.update_service(&input).await?;
             // Tagged after the update: a crash in between leaves the old hash, so the retry
             // repeats the (idempotent) update instead of believing it happened.
             let mut tags = app.service_tags();
@@ -285,14 +292,21 @@ async fn apply_once(
                 }
             }
             ecs.tag_resource(&live.arn, &tags).await?;
-            Outcome::Updated {
-                task_definition: task_definition.clone(),
-            }
+            (
+                Outcome::Updated {
+                    task_definition: task_definition.clone(),
+                },
+                deployment,
+            )
         }
     };
 
     if app.rollout.wait {
-        watch_or_roll_back(ecs, job, &task_definition, rollback, poll).await?;
+        let ours = Ours {
+            task_definition: &task_definition,
+            deployment: deployment.as_deref(),
+        };
+        watch_or_roll_back(ecs, job, ours, rollback, poll).await?;
     }
     Ok(outcome)
 }
@@ -401,14 +415,22 @@ fn previous_task_definition(live: &LiveService, target: &str) -> Option<String> 
         .map(|d| d.task_definition.clone())
 }
 
+/// The deployment a job watches: by its id when ECS named it, else the one of its task
+/// definition.
+#[derive(Clone, Copy)]
+struct Ours<'a> {
+    task_definition: &'a str,
+    deployment: Option<&'a str>,
+}
+
 async fn watch_or_roll_back(
     ecs: &Ecs,
     job: &SyncJob,
-    task_definition: &str,
+    ours: Ours<'_>,
     rollback: Option<Rollback>,
     poll: Duration,
 ) -> Result<(), Error> {
-    match watch_rollout(ecs, job, task_definition, poll).await {
+    match watch_rollout(ecs, job, ours, poll).await {
         Ok(()) => Ok(()),
         Err(failure @ (Error::RolloutFailed { .. } | Error::RolloutTimeout { .. })) => {
             Err(roll_back(ecs, job, rollback, failure).await)
@@ -418,14 +440,15 @@ async fn watch_or_roll_back(
     }
 }
 
-/// Follows ECS's own rollout state: the deployment of `task_definition` reaching COMPLETED, or
-/// FAILED when the deployment circuit breaker trips.
+/// Follows ECS's own rollout state: our deployment reaching COMPLETED, or FAILED when the
+/// deployment circuit breaker trips.
 async fn watch_rollout(
     ecs: &Ecs,
     job: &SyncJob,
-    task_definition: &str,
+    ours: Ours<'_>,
     poll: Duration,
 ) -> Result<(), Error> {
+    let task_definition = ours.task_definition;
     let app = &job.app;
     let service = app.service_name();
     let timeout = Duration::from_secs(app.rollout.timeout_seconds);
@@ -441,13 +464,14 @@ async fn watch_rollout(
         let Some(live) = ecs.describe_service(&app.cluster, service).await? else {
             return Err(failed("the service was deleted during the rollout".into()));
         };
-        // Followed by task definition, not by "whichever is PRIMARY": when the circuit breaker
-        // rolls back, ECS makes the rollback PRIMARY and ours is left ACTIVE and FAILED.
-        let Some(ours) = live
-            .deployments
-            .iter()
-            .find(|d| task_definition_id(&d.task_definition) == target)
-        else {
+        // Followed by id, not by "whichever is PRIMARY": when the circuit breaker rolls back,
+        // ECS makes the rollback PRIMARY and ours is left ACTIVE and FAILED. Not by task
+        // definition either when the id is known: after a change to service fields alone, the
+        // rollback runs the same task definition.
+        let Some(ours) = live.deployments.iter().find(|d| match ours.deployment {
+            Some(id) => d.id == id,
+            None => task_definition_id(&d.task_definition) == target,
+        }) else {
             let now = task_definition_id(&live.task_definition);
             return Err(failed(format!("another deployment ({now}) replaced it")));
         };
