@@ -115,7 +115,7 @@ pub struct Deployment {
     /// PRIMARY, ACTIVE or INACTIVE.
     pub status: String,
     pub task_definition: String,
-    /// IN_PROGRESS, COMPLETED or FAILED; absent for non-ECS deployment controllers.
+    /// IN_PROGRESS, COMPLETED or FAILED; absent for services behind a Classic Load Balancer.
     pub rollout_state: Option<String>,
     pub rollout_state_reason: Option<String>,
     pub desired_count: i32,
@@ -250,8 +250,8 @@ impl Ecs {
             })
     }
 
-    /// CreateService with `input` as sent; returns the service ARN.
-    /// Creates the service; returns the id of its first deployment, when ECS names it.
+    /// CreateService with `input` as sent; returns the id of the service's first deployment,
+    /// when ECS names it.
     pub async fn create_service(&self, input: &Map<String, Value>) -> Result<Option<String>> {
         let name = input
             .get("serviceName")

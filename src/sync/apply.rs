@@ -381,8 +381,8 @@ async fn waiting_for(ecs: &Ecs, job: &SyncJob) -> Result<Vec<String>, Error> {
         .collect())
 }
 
-/// The service's current deployment is done: COMPLETED, or for deployment controllers that
-/// report no rollout state, one deployment with all its tasks running.
+/// The service's current deployment is done: COMPLETED, or where ECS reports no rollout state
+/// (services behind a Classic Load Balancer), one deployment with all its tasks running.
 pub(super) fn settled(live: &LiveService) -> bool {
     let Some(primary) = live.deployments.iter().find(|d| d.status == "PRIMARY") else {
         return false;
@@ -466,21 +466,30 @@ async fn watch_rollout(
         };
         // Followed by id, not by "whichever is PRIMARY": when the circuit breaker rolls back,
         // ECS makes the rollback PRIMARY and ours is left ACTIVE and FAILED. Not by task
-        // definition either when the id is known: after a change to service fields alone, the
-        // rollback runs the same task definition.
-        let Some(ours) = live.deployments.iter().find(|d| match ours.deployment {
-            Some(id) => d.id == id,
-            None => task_definition_id(&d.task_definition) == target,
-        }) else {
+        // definition either while the id is listed: after a change to service fields alone,
+        // the rollback runs the same task definition. Once it is gone without having failed
+        // (someone forced a new deployment of it), the newest one of our task definition is
+        // followed instead.
+        let by_id = ours
+            .deployment
+            .and_then(|id| live.deployments.iter().find(|d| d.id == id));
+        let by_task_definition = || {
+            live.deployments
+                .iter()
+                .find(|d| task_definition_id(&d.task_definition) == target)
+        };
+        let Some(deployment) = by_id.or_else(by_task_definition) else {
             let now = task_definition_id(&live.task_definition);
             return Err(failed(format!("another deployment ({now}) replaced it")));
         };
-        match ours.rollout_state.as_deref() {
+        match deployment.rollout_state.as_deref() {
             Some("COMPLETED") => return Ok(()),
-            Some("FAILED") => return Err(failed(failure_reason(ours, &live))),
-            // Deployment controllers other than ECS report no rollout state: steady state is
-            // one deployment with all its tasks running.
-            None if live.deployments.len() == 1 && ours.running_count == ours.desired_count => {
+            Some("FAILED") => return Err(failed(failure_reason(deployment, &live))),
+            // ECS reports no rollout state for some services (behind a Classic Load Balancer):
+            // steady state is one deployment with all its tasks running.
+            None if live.deployments.len() == 1
+                && deployment.running_count == deployment.desired_count =>
+            {
                 return Ok(());
             }
             _ => {}
