@@ -248,6 +248,14 @@ async fn service_made_by_hand(emulator: &Emulator, name: &str, tags: &[(&str, &s
         .unwrap();
 }
 
+/// The example root with `prune: true`.
+fn with_prune(text: Option<&str>) -> Option<String> {
+    Some(
+        text.unwrap()
+            .replace("name: platform\n", "name: platform\nprune: true\n"),
+    )
+}
+
 /// ACTIVE, DRAINING or INACTIVE (deleted); `None` if ECS never knew the service.
 async fn service_status(emulator: &Emulator, name: &str) -> Option<String> {
     let out = emulator
@@ -290,12 +298,6 @@ async fn prune_deletes_only_what_this_root_deployed_and_no_longer_lists() {
     assert_eq!(service_status(&s.emulator, "web").await.unwrap(), "ACTIVE");
 
     // `prune: true` applies from the default branch's root; the branch's must agree.
-    let with_prune = |text: Option<&str>| {
-        Some(
-            text.unwrap()
-                .replace("name: platform\n", "name: platform\nprune: true\n"),
-        )
-    };
     s.repo.commit("main", "fleetsync.yaml", with_prune);
     let pruning = s.repo.commit("staging", "fleetsync.yaml", with_prune);
     let (status, body) = receiver.push("staging", pruning, "prune").await;
@@ -325,12 +327,6 @@ async fn prune_deletes_only_what_this_root_deployed_and_no_longer_lists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_prune_job_leaves_alone_an_app_a_newer_push_lists_again() {
     let s = setup().await;
-    let with_prune = |text: Option<&str>| {
-        Some(
-            text.unwrap()
-                .replace("name: platform\n", "name: platform\nprune: true\n"),
-        )
-    };
     s.repo.commit("main", "fleetsync.yaml", with_prune);
     s.repo.commit("staging", "fleetsync.yaml", with_prune);
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
@@ -608,6 +604,12 @@ async fn status(receiver: &Receiver, environment: &str) -> serde_json::Value {
     serde_json::from_str(&response.text().await.unwrap()).unwrap()
 }
 
+/// One app of a status answer.
+fn app_in<'a>(status: &'a serde_json::Value, app: &str) -> &'a serde_json::Value {
+    let apps = status["apps"].as_array().unwrap();
+    apps.iter().find(|a| a["app"] == app).unwrap()
+}
+
 /// Each app's name, sync status and health, in the root's order.
 fn health(status: &serde_json::Value) -> Vec<(String, String, String)> {
     status["apps"]
@@ -654,12 +656,7 @@ async fn the_status_api_shows_a_rolled_back_app_degraded_with_the_ecs_events_tha
     s.drained().await;
     let staging = status(&receiver, "staging").await;
     assert_eq!(staging["commit"], broken);
-    let api = staging["apps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["app"] == "api")
-        .unwrap();
+    let api = app_in(&staging, "api");
     assert_eq!(
         (&api["sync"], &api["health"], &api["failure"]),
         (
@@ -714,12 +711,7 @@ async fn a_spec_refused_before_any_write_shows_why_and_reconcile_tries_it_again(
     );
     s.drained().await;
     let staging = status(&receiver, "staging").await;
-    let api = staging["apps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["app"] == "api")
-        .unwrap();
+    let api = app_in(&staging, "api");
     assert_eq!(
         (
             &api["sync"],
@@ -806,12 +798,6 @@ async fn sync_through_the_api(receiver: &Receiver, environment: &str) -> serde_j
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_and_an_api_sync_prune_what_no_push_pruned() {
     let s = setup().await;
-    let with_prune = |text: Option<&str>| {
-        Some(
-            text.unwrap()
-                .replace("name: platform\n", "name: platform\nprune: true\n"),
-        )
-    };
     s.repo.commit("main", "fleetsync.yaml", with_prune);
     s.repo.commit("staging", "fleetsync.yaml", with_prune);
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
