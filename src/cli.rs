@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::ecs::Ecs;
 use crate::preflight::Preflight;
-use crate::repo::Local;
+use crate::repo::{Local, LocalSources};
 use crate::resolve::{self, DEFAULT_ROOT, Problem};
 use crate::sync::{Worker, plan};
 use crate::{api, shutdown, webhook};
@@ -64,6 +64,10 @@ enum Command {
         /// The branch whose root binds environments and sets the top policy, as on the server.
         #[arg(long, default_value = "main")]
         default_branch: String,
+        /// Another repository that apps name in `source:`, as NAME=PATH to a local clone;
+        /// repeat it for each.
+        #[arg(long = "source", value_name = "NAME=PATH", value_parser = parse_source)]
+        sources: Vec<(String, PathBuf)>,
     },
     /// Print the desired state of one environment as JSON.
     Render {
@@ -78,6 +82,10 @@ enum Command {
         root: String,
         #[arg(long, default_value = "main")]
         default_branch: String,
+        /// Another repository that apps name in `source:`, as NAME=PATH to a local clone;
+        /// repeat it for each.
+        #[arg(long = "source", value_name = "NAME=PATH", value_parser = parse_source)]
+        sources: Vec<(String, PathBuf)>,
     },
     /// Show what syncing one environment would change in ECS, and what would stop it (preflight).
     /// Exits 0 without changes, 2 with changes, 1 on problems or errors: usable in CI.
@@ -94,6 +102,10 @@ enum Command {
         root: String,
         #[arg(long, default_value = "main")]
         default_branch: String,
+        /// Another repository that apps name in `source:`, as NAME=PATH to a local clone;
+        /// repeat it for each.
+        #[arg(long = "source", value_name = "NAME=PATH", value_parser = parse_source)]
+        sources: Vec<(String, PathBuf)>,
     },
 }
 
@@ -106,18 +118,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             env,
             root,
             default_branch,
-        } => validate(&repo, env.as_deref(), &Trusted::new(&root, &default_branch)),
+            sources,
+        } => validate(
+            &repo,
+            env.as_deref(),
+            &Trusted::new(&root, &default_branch, sources),
+        ),
         Command::Render {
             repo,
             env,
             git_ref,
             root,
             default_branch,
+            sources,
         } => render(
             &repo,
             &env,
             git_ref.as_deref(),
-            &Trusted::new(&root, &default_branch),
+            &Trusted::new(&root, &default_branch, sources),
         ),
         // Exit code 2 means "changes" here, as in `terraform plan -detailed-exitcode`, so an
         // error must not exit 2 as it does elsewhere.
@@ -127,11 +145,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             git_ref,
             root,
             default_branch,
+            sources,
         } => Ok(plan(
             &repo,
             &env,
             git_ref.as_deref(),
-            &Trusted::new(&root, &default_branch),
+            &Trusted::new(&root, &default_branch, sources),
         )
         .await
         .unwrap_or_else(|e| {
@@ -212,6 +231,7 @@ fn validate(repo: &Path, only: Option<&str>, trusted: &Trusted<'_>) -> anyhow::R
         };
         match resolve::resolve_bound(
             &local.snapshot(commit)?,
+            &trusted.sources,
             root_path,
             &root,
             &env.name,
@@ -254,6 +274,7 @@ fn render(
     };
     match resolve::resolve_bound(
         &local.snapshot(commit)?,
+        &trusted.sources,
         root_path,
         &root,
         env,
@@ -285,6 +306,7 @@ async fn plan(
     let resolve_at = |commit: git2::Oid| {
         resolve::resolve_bound(
             &local.snapshot(commit)?,
+            &trusted.sources,
             root_path,
             &root,
             env,
@@ -366,16 +388,19 @@ fn environment_at(
 
 /// Where the trusted root is: the root file on the default branch, which names the
 /// environments, binds them to branches and clusters, and sets the top policy.
+/// With it, the other repositories apps may be kept in (`--source`).
 struct Trusted<'a> {
     root_path: &'a str,
     default_branch: &'a str,
+    sources: LocalSources,
 }
 
 impl<'a> Trusted<'a> {
-    fn new(root_path: &'a str, default_branch: &'a str) -> Self {
+    fn new(root_path: &'a str, default_branch: &'a str, sources: Vec<(String, PathBuf)>) -> Self {
         Trusted {
             root_path,
             default_branch,
+            sources: LocalSources(sources),
         }
     }
 
@@ -418,6 +443,18 @@ fn find_environment<'r>(
                 declared.join(", ")
             )
         })
+}
+
+/// `NAME=PATH` of `--source`.
+fn parse_source(arg: &str) -> Result<(String, PathBuf), String> {
+    match arg.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_owned(), PathBuf::from(path)))
+        }
+        _ => Err(format!(
+            "`{arg}` is not NAME=PATH (the repo's name in `source:`, `=`, a local clone)"
+        )),
+    }
 }
 
 /// Prints each distinct problem once (environments on one commit share files) and returns the

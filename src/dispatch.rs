@@ -4,7 +4,7 @@
 //! Shared by every trigger (webhooks, and reconcile on an interval), so that they all give the
 //! same answer for the same branch head.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use crate::config::{Config, RepoConfig, Secret};
 use crate::ecs::{Ecs, LiveService, task_definition_id};
 use crate::queue::job::{RECONCILE_DELIVERY, dependency_index};
 use crate::queue::{self, Enqueued, PruneJob, Queue, SyncJob};
-use crate::repo::{self, Mirror};
+use crate::repo::{self, Mirror, MirrorSources};
 use crate::resolve::{self, DesiredApp, DesiredState, Problem, tag};
 use crate::sync::status;
 
@@ -39,6 +39,21 @@ pub struct Dispatcher {
     branches: std::sync::Mutex<HashMap<String, Arc<BranchState>>>,
     /// The last count of the dead-letter queue and when it was read.
     dead_letters: tokio::sync::Mutex<Option<(Instant, Option<u64>)>>,
+    /// Every repo's mirror by name: where apps kept in another repo (`source:`) are read.
+    sources: Arc<MirrorSources>,
+    /// Which environment branches read which branches of other repos.
+    readers: std::sync::Mutex<ReaderIndex>,
+}
+
+/// Which environment branches read which (repo, reference), as of their last resolve here:
+/// a push to a repo re-resolves exactly the environment branches that read the branch pushed.
+#[derive(Default)]
+struct ReaderIndex {
+    /// (config repo, environment branch) → the (repo, reference) its environments read.
+    reads: HashMap<(String, String), HashSet<(String, String)>>,
+    /// Config repos whose every environment branch was resolved here at least once: until
+    /// then a push to any repo resolves the rest first, so a fresh receiver misses no reader.
+    complete: HashSet<String>,
 }
 
 /// Per (repo, branch): pushes seen so far, and the last answer with the arrival count its
@@ -53,8 +68,8 @@ struct LastAnswer {
     /// Pushes that had arrived when its fetch started: all of them are answered by it.
     covered: u64,
     outcome: Outcome,
-    /// The branch head and bindings commit it was resolved from.
-    resolved: Option<String>,
+    /// What it was resolved from.
+    resolved: Option<Resolution>,
     at: Instant,
     /// Spec hashes by environment and app that SQS accepted jobs for, for the head in
     /// `resolved`. A push that continues from that head (its `before`) under the same bindings
@@ -66,6 +81,15 @@ struct LastAnswer {
 }
 
 type Specs = HashMap<String, HashMap<String, String>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Resolution {
+    /// The branch head and the default branch's commit whose root bound the environments.
+    head: String,
+    bindings: String,
+    /// `repo@reference=commit` of every other repo read, sorted.
+    sources: Vec<String>,
+}
 
 /// How long a count of the dead-letter queue is shown before SQS is asked again.
 const DEAD_LETTERS_TTL: Duration = Duration::from_secs(15);
@@ -157,6 +181,10 @@ impl Dispatcher {
                 config: repo.clone(),
             });
         }
+        let sources = repos
+            .iter()
+            .map(|r| (r.config.name.clone(), r.mirror.clone()))
+            .collect();
         Ok(Dispatcher {
             repos,
             queue: Queue::new(aws, &config.queue_url),
@@ -164,6 +192,8 @@ impl Dispatcher {
             requests: AtomicU64::new(0),
             branches: Default::default(),
             dead_letters: Default::default(),
+            sources: Arc::new(MirrorSources(sources)),
+            readers: Default::default(),
         })
     }
 
@@ -174,6 +204,9 @@ impl Dispatcher {
     /// started after it arrived is already covered by that fetch (its commit was in the branch
     /// before its webhook was sent), so it gets that answer: a burst of pushes costs one fetch
     /// for the first and one for all the rest.
+    ///
+    /// The environment branches of any repo whose apps are read from the branch pushed
+    /// (`source:`) are resolved again too, each as if it had been pushed.
     pub async fn push(
         &self,
         repo: &WatchedRepo,
@@ -186,6 +219,54 @@ impl Dispatcher {
                 reason: format!("`{branch}` is not a valid branch name"),
             });
         }
+        let own = self
+            .push_branch(repo, branch, Some(before), delivery)
+            .await?;
+        let readers = self.readers_of(&repo.config.name, branch).await?;
+        if readers.is_empty() {
+            return Ok(own);
+        }
+        let about_own = !matches!(own, Outcome::Ignored { .. });
+        let mut outcome = own;
+        for (reader, reader_branch) in readers {
+            let theirs = self
+                .push_branch(reader, &reader_branch, None, delivery)
+                .await?;
+            outcome = combine(outcome, theirs);
+        }
+        if !about_own {
+            // The answer names the branch pushed, at the head its readers read.
+            let mirror = repo.mirror.clone();
+            let b = branch.to_owned();
+            let head = tokio::task::spawn_blocking(move || mirror.local()?.branch_head(&b))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(Error::Fetch)?
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            if let Outcome::Enqueued {
+                branch: b, commit, ..
+            }
+            | Outcome::Invalid {
+                branch: b, commit, ..
+            } = &mut outcome
+            {
+                branch.clone_into(b);
+                *commit = head;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// [`Dispatcher::push`] for one branch: `before` is the head the push moved from, `None`
+    /// when the branch did not move but a repo its apps are read from did.
+    async fn push_branch(
+        &self,
+        repo: &WatchedRepo,
+        branch: &str,
+        before: Option<&str>,
+        delivery: &str,
+    ) -> Result<Outcome, Error> {
         let state = self.branch_state(&repo.config.name, branch);
         let ticket = state.arrivals.fetch_add(1, Ordering::SeqCst) + 1;
         let mut last = state.last.lock().await;
@@ -221,17 +302,11 @@ impl Dispatcher {
         &self,
         repo: &WatchedRepo,
         branch: &str,
-        before: &str,
+        before: Option<&str>,
         delivery: &str,
         last: Option<&LastAnswer>,
-    ) -> Result<(Outcome, Option<String>, Specs), Error> {
-        let mirror = repo.mirror.clone();
-        let config = repo.config.clone();
-        let branch_owned = branch.to_owned();
-        let plan =
-            tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &branch_owned))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+    ) -> Result<(Outcome, Option<Resolution>, Specs), Error> {
+        let plan = self.plan(repo, branch).await?;
 
         let (commit, bindings, results) = match plan {
             Plan::Ignored(reason) => {
@@ -243,11 +318,23 @@ impl Dispatcher {
                 results,
             } => (commit, bindings, results),
         };
-        // What the answer was resolved from: the branch head and the bindings' commit.
-        let resolved = Some(format!("{commit} {bindings}"));
-        // The same head enqueued moments ago (the rest of a burst): those jobs are durable in
+        let mut sources: Vec<String> = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flat_map(|state| &state.sources)
+            .map(|s| format!("{}@{}={}", s.repo, s.reference, s.commit))
+            .collect();
+        sources.sort_unstable();
+        sources.dedup();
+        let resolution = Resolution {
+            head: commit.clone(),
+            bindings,
+            sources,
+        };
+        // The same heads enqueued moments ago (the rest of a burst): those jobs are durable in
         // SQS already. Past the window a redelivery enqueues again, e.g. after a queue purge.
-        let same_head = last.is_some_and(|last| last.resolved == resolved);
+        let same_head = last.is_some_and(|last| last.resolved.as_ref() == Some(&resolution));
+        let resolved = Some(resolution.clone());
         if let Some(last) = last
             && same_head
             && matches!(last.outcome, Outcome::Enqueued { .. })
@@ -255,9 +342,14 @@ impl Dispatcher {
         {
             return Ok((last.outcome.clone(), resolved, last.enqueued.clone()));
         }
-        // Past the window the same head is sent again in full: "sync again".
+        // Past the window the same head is sent again in full: "sync again". A repo its apps
+        // are read from moved when `before` is `None`: the branch itself continues from the
+        // head it was at.
         let continues = last
-            .is_some_and(|last| last.resolved.as_deref() == Some(&format!("{before} {bindings}")));
+            .and_then(|last| last.resolved.as_ref())
+            .is_some_and(|r| {
+                r.bindings == resolution.bindings && r.head == before.unwrap_or(&resolution.head)
+            });
         let known = match last {
             Some(last) if continues => last.enqueued.clone(),
             _ => Specs::new(),
@@ -343,11 +435,7 @@ impl Dispatcher {
                 // calls below must not hold webhook deliveries up.
                 let state = self.branch_state(&repo.config.name, &branch);
                 let _turn = state.last.lock().await;
-                let (mirror, config, b) =
-                    (repo.mirror.clone(), repo.config.clone(), branch.clone());
-                tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &b))
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))??
+                self.plan(repo, &branch).await?
             };
             let Plan::Resolved { results, .. } = plan else {
                 continue;
@@ -551,11 +639,7 @@ impl Dispatcher {
         let entry = self.branch_state(&repo.config.name, &branch);
         let guard = entry.last.clone().lock_owned().await;
         let turn = (entry, guard);
-        let (mirror, config, b) = (repo.mirror.clone(), repo.config.clone(), branch.clone());
-        let plan = tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &b))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
-        let Plan::Resolved { results, .. } = plan else {
+        let Plan::Resolved { results, .. } = self.plan(repo, &branch).await? else {
             return Err(ResyncError::Unknown(format!(
                 "branch `{branch}` of environment `{environment}` does not exist"
             )));
@@ -610,6 +694,90 @@ impl Dispatcher {
         }
     }
 
+    /// Fetches `branch` of `repo` and resolves its environments (see [`plan_branch`]), and
+    /// notes which other repos they read.
+    async fn plan(&self, repo: &WatchedRepo, branch: &str) -> Result<Plan, Error> {
+        let (mirror, config, sources) = (
+            repo.mirror.clone(),
+            repo.config.clone(),
+            self.sources.clone(),
+        );
+        let b = branch.to_owned();
+        let plan = tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &b, &sources))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        if let Plan::Resolved { results, .. } = &plan {
+            self.note_readers(&repo.config.name, branch, results);
+        }
+        Ok(plan)
+    }
+
+    /// Records what the environments of `branch` read. An environment that did not resolve
+    /// keeps what the branch read before: it may read it again once fixed.
+    fn note_readers(&self, repo: &str, branch: &str, results: &[EnvironmentResult]) {
+        let mut reads: HashSet<(String, String)> = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flat_map(|state| &state.sources)
+            .map(|s| (s.repo.clone(), s.reference.clone()))
+            .collect();
+        let mut index = self.readers_index();
+        let key = (repo.to_owned(), branch.to_owned());
+        if results.iter().any(|(_, r)| r.is_err())
+            && let Some(before) = index.reads.get(&key)
+        {
+            reads.extend(before.iter().cloned());
+        }
+        index.reads.insert(key, reads);
+    }
+
+    /// The environment branches, other than `branch` itself, whose apps are read from `branch`
+    /// of `repo`. Each config repo's environment branches are resolved once first, so that a
+    /// receiver that never saw them still finds every reader.
+    async fn readers_of(
+        &self,
+        repo: &str,
+        branch: &str,
+    ) -> Result<Vec<(&WatchedRepo, String)>, Error> {
+        for config in &self.repos {
+            let name = &config.config.name;
+            if self.readers_index().complete.contains(name) {
+                continue;
+            }
+            let (mirror, cfg) = (config.mirror.clone(), config.config.clone());
+            let branches = tokio::task::spawn_blocking(move || environment_branches(&mirror, &cfg))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            for b in branches {
+                let known = (name.clone(), b.clone());
+                if self.readers_index().reads.contains_key(&known) {
+                    continue;
+                }
+                let state = self.branch_state(name, &b);
+                let _turn = state.last.lock().await;
+                self.plan(config, &b).await?;
+            }
+            self.readers_index().complete.insert(name.clone());
+        }
+        let read = (repo.to_owned(), branch.to_owned());
+        let index = self.readers_index();
+        let mut readers: Vec<_> = index
+            .reads
+            .iter()
+            .filter(|((r, b), reads)| (r != repo || b != branch) && reads.contains(&read))
+            .filter_map(|((r, b), _)| {
+                let config = self.repos.iter().find(|c| &c.config.name == r)?;
+                Some((config, b.clone()))
+            })
+            .collect();
+        readers.sort_by(|a, b| (&a.0.config.name, &a.1).cmp(&(&b.0.config.name, &b.1)));
+        Ok(readers)
+    }
+
+    fn readers_index(&self) -> std::sync::MutexGuard<'_, ReaderIndex> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn branch_state(&self, repo: &str, branch: &str) -> Arc<BranchState> {
         let mut branches = self
             .branches
@@ -636,6 +804,63 @@ struct Resolved<'a> {
         Arc<BranchState>,
         tokio::sync::OwnedMutexGuard<Option<LastAnswer>>,
     ),
+}
+
+/// Two answers to one push as one: every job, every problem.
+fn combine(a: Outcome, b: Outcome) -> Outcome {
+    match (a, b) {
+        (Outcome::Ignored { .. }, other) | (other, Outcome::Ignored { .. }) => other,
+        (
+            Outcome::Enqueued {
+                branch,
+                commit,
+                mut jobs,
+                unchanged,
+            },
+            Outcome::Enqueued {
+                jobs: more,
+                unchanged: also,
+                ..
+            },
+        ) => {
+            jobs.extend(more);
+            Outcome::Enqueued {
+                branch,
+                commit,
+                jobs,
+                unchanged: unchanged + also,
+            }
+        }
+        (a, b) => {
+            let (branch, commit) = match &a {
+                Outcome::Enqueued { branch, commit, .. }
+                | Outcome::Invalid { branch, commit, .. } => (branch.clone(), commit.clone()),
+                Outcome::Ignored { .. } => Default::default(),
+            };
+            let mut jobs = Vec::new();
+            let mut problems = Vec::new();
+            for o in [a, b] {
+                match o {
+                    Outcome::Enqueued { jobs: j, .. } => jobs.extend(j),
+                    Outcome::Invalid {
+                        jobs: j,
+                        problems: p,
+                        ..
+                    } => {
+                        jobs.extend(j);
+                        problems.extend(p);
+                    }
+                    Outcome::Ignored { .. } => {}
+                }
+            }
+            Outcome::Invalid {
+                branch,
+                commit,
+                problems,
+                jobs,
+            }
+        }
+    }
 }
 
 /// The prune job for a resolved environment of a root with `prune: true`.
@@ -803,7 +1028,12 @@ type EnvironmentResult = (Option<String>, Result<DesiredState, Vec<Problem>>);
 /// Fetches the branch and resolves every environment bound to it, at the fetched head (never
 /// the payload's commit: a later push may already be there). Bindings (environment → branch,
 /// cluster) come from the root on the default branch: a branch cannot make itself production.
-fn plan_branch(mirror: &Mirror, repo: &RepoConfig, branch: &str) -> Result<Plan, Error> {
+fn plan_branch(
+    mirror: &Mirror,
+    repo: &RepoConfig,
+    branch: &str,
+    sources: &MirrorSources,
+) -> Result<Plan, Error> {
     let root_path = repo.root.as_str();
     let head = match mirror.fetch_branch(branch) {
         Ok(head) => head,
@@ -870,12 +1100,18 @@ fn plan_branch(mirror: &Mirror, repo: &RepoConfig, branch: &str) -> Result<Plan,
     let files = local.snapshot(head).map_err(Error::Fetch)?;
     let mut results = Vec::new();
     for binding in bound {
-        let result =
-            match resolve::resolve_bound(&files, root_path, &trusted, &binding.name, &commit) {
-                Ok(state) => Ok(state),
-                Err(resolve::Error::Invalid(problems)) => Err(problems),
-                Err(e) => return Err(Error::Read(e)),
-            };
+        let result = match resolve::resolve_bound(
+            &files,
+            sources,
+            root_path,
+            &trusted,
+            &binding.name,
+            &commit,
+        ) {
+            Ok(state) => Ok(state),
+            Err(resolve::Error::Invalid(problems)) => Err(problems),
+            Err(e) => return Err(Error::Read(e)),
+        };
         results.push((Some(binding.name.clone()), result));
     }
     Ok(Plan::Resolved {

@@ -21,14 +21,17 @@ pub enum Error {
         #[source]
         source: git2::Error,
     },
-    #[error("cannot fetch branch `{branch}` from {url}: {message}")]
+    #[error("cannot fetch `{what}` from {url}: {message}")]
     Fetch {
         url: String,
-        branch: String,
+        /// The branch, tag or commit being fetched.
+        what: String,
         message: String,
     },
     #[error("branch `{branch}` does not exist in {url}")]
     NoSuchBranch { url: String, branch: String },
+    #[error("`{reference}` is not a branch, tag or commit of {url}")]
+    NoSuchRef { url: String, reference: String },
     #[error("`{spec}` does not name a commit in {path}: {message}")]
     BadRef {
         path: PathBuf,
@@ -89,6 +92,58 @@ impl Mirror {
     /// Fetches `branch` and returns its head. The mirror's ref is forced to the remote's, so
     /// forced pushes and branch re-creation are followed exactly.
     pub fn fetch_branch(&self, branch: &str) -> Result<Oid> {
+        let no_such_branch = || Error::NoSuchBranch {
+            url: redact_url(&self.fetch_url),
+            branch: branch.to_owned(),
+        };
+        let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+        if !self.fetch(&[&refspec], branch)? {
+            return Err(no_such_branch());
+        }
+        self.local()?
+            .branch_head(branch)?
+            .ok_or_else(no_such_branch)
+    }
+
+    /// Fetches what `reference` names, a branch, a tag or a full commit id, and returns its
+    /// commit: the `ref` of an app kept in another repository.
+    pub fn fetch_ref(&self, reference: &str) -> Result<Oid> {
+        let no_such_ref = || Error::NoSuchRef {
+            url: redact_url(&self.fetch_url),
+            reference: reference.to_owned(),
+        };
+        if reference.len() == 40
+            && let Ok(oid) = Oid::from_str(reference)
+        {
+            // Servers need not serve a commit by id: fetch what they advertise, once.
+            if !self.local()?.contains(oid) {
+                self.fetch(
+                    &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                    reference,
+                )?;
+            }
+            return if self.local()?.contains(oid) {
+                Ok(oid)
+            } else {
+                Err(no_such_ref())
+            };
+        }
+        if !is_valid_branch(reference) {
+            return Err(no_such_ref());
+        }
+        match self.fetch_branch(reference) {
+            Err(Error::NoSuchBranch { .. }) => {}
+            found => return found,
+        }
+        let tag = format!("refs/tags/{reference}");
+        if !self.fetch(&[&format!("+{tag}:{tag}")], reference)? {
+            return Err(no_such_ref());
+        }
+        self.local()?.rev(&tag)
+    }
+
+    /// Fetches `refspecs`; `Ok(false)` when the remote has no ref a refspec names.
+    fn fetch(&self, refspecs: &[&str], what: &str) -> Result<bool> {
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _guard = self
@@ -96,41 +151,22 @@ impl Mirror {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let repo = self.repo()?;
-        let url = redact_url(&self.fetch_url);
         let fetch_err = |e: git2::Error| Error::Fetch {
-            url: url.clone(),
-            branch: branch.to_owned(),
+            url: redact_url(&self.fetch_url),
+            what: what.to_owned(),
             message: e.message().to_owned(),
         };
         let mut remote = repo.remote_anonymous(&self.fetch_url).map_err(fetch_err)?;
-        let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
         let mut options = FetchOptions::new();
         options.download_tags(git2::AutotagOption::None);
         // Pruning drops the mirror's copy of a branch deleted upstream, so a stale head is
         // never mistaken for the current one.
         options.prune(git2::FetchPrune::On);
-        remote
-            .fetch(&[refspec.as_str()], Some(&mut options), None)
-            .map_err(|e| {
-                if e.message().contains("couldn't find remote ref") {
-                    Error::NoSuchBranch {
-                        url: url.clone(),
-                        branch: branch.to_owned(),
-                    }
-                } else {
-                    fetch_err(e)
-                }
-            })?;
-        drop(remote);
-        Local {
-            repo,
-            path: self.path.clone(),
+        match remote.fetch(refspecs, Some(&mut options), None) {
+            Ok(()) => Ok(true),
+            Err(e) if e.message().contains("couldn't find remote ref") => Ok(false),
+            Err(e) => Err(fetch_err(e)),
         }
-        .branch_head(branch)?
-        .ok_or_else(|| Error::NoSuchBranch {
-            url: url.clone(),
-            branch: branch.to_owned(),
-        })
     }
 
     /// Fetches started since the mirror was opened.
@@ -313,6 +349,85 @@ impl resolve::Files for Snapshot<'_> {
             return Ok(None);
         };
         Ok(Some(blob.content().to_vec()))
+    }
+}
+
+/// Other repositories of the server config, by name, as mirrors fetched when read.
+pub struct MirrorSources(pub Vec<(String, std::sync::Arc<Mirror>)>);
+
+impl resolve::Sources for MirrorSources {
+    fn open(&self, repo: &str, reference: &str) -> Result<resolve::Opened, resolve::SourceError> {
+        let Some((_, mirror)) = self.0.iter().find(|(name, _)| name == repo) else {
+            let known: Vec<_> = self.0.iter().map(|(name, _)| name.as_str()).collect();
+            return Err(resolve::SourceError::Missing(format!(
+                "no repo `{repo}` in the server config; known: {}",
+                known.join(", ")
+            )));
+        };
+        let commit = match mirror.fetch_ref(reference) {
+            Ok(commit) => commit,
+            Err(e @ Error::NoSuchRef { .. }) => {
+                return Err(resolve::SourceError::Missing(e.to_string()));
+            }
+            Err(e) => return Err(resolve::SourceError::Read(e.into())),
+        };
+        AtCommit::open(mirror.local(), commit)
+    }
+}
+
+/// Other repositories as local clones, for commands that read without fetching (`--source`).
+pub struct LocalSources(pub Vec<(String, PathBuf)>);
+
+impl resolve::Sources for LocalSources {
+    fn open(&self, repo: &str, reference: &str) -> Result<resolve::Opened, resolve::SourceError> {
+        let Some((_, path)) = self.0.iter().find(|(name, _)| name == repo) else {
+            return Err(resolve::SourceError::Missing(format!(
+                "it is read from repo `{repo}`; pass --source {repo}=PATH to a clone of it"
+            )));
+        };
+        let local = Local::open(path).map_err(|e| resolve::SourceError::Read(e.into()))?;
+        let missing = || {
+            resolve::SourceError::Missing(format!(
+                "`{reference}` is not a branch, tag or commit of {} (repo `{repo}`); fetch it",
+                path.display()
+            ))
+        };
+        let commit = if reference.len() == 40 && Oid::from_str(reference).is_ok() {
+            Oid::from_str(reference)
+                .ok()
+                .filter(|oid| local.contains(*oid))
+        } else if is_valid_branch(reference) {
+            match local.branch_head(reference) {
+                Ok(Some(head)) => Some(head),
+                Ok(None) => local.rev(&format!("refs/tags/{reference}")).ok(),
+                Err(e) => return Err(resolve::SourceError::Read(e.into())),
+            }
+        } else {
+            None
+        };
+        AtCommit::open(Ok(local), commit.ok_or_else(missing)?)
+    }
+}
+
+/// A repository at one commit, owning its handle: what a `resolve::Sources` hands out.
+struct AtCommit {
+    local: Local,
+    commit: Oid,
+}
+
+impl AtCommit {
+    fn open(local: Result<Local>, commit: Oid) -> Result<resolve::Opened, resolve::SourceError> {
+        let local = local.map_err(|e| resolve::SourceError::Read(e.into()))?;
+        Ok(resolve::Opened {
+            commit: commit.to_string(),
+            files: Box::new(AtCommit { local, commit }),
+        })
+    }
+}
+
+impl resolve::Files for AtCommit {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, resolve::ReadError> {
+        self.local.snapshot(self.commit)?.read(path)
     }
 }
 

@@ -12,6 +12,9 @@ pub mod tag {
     pub const ENVIRONMENT: &str = "fleetsync:environment";
     pub const APP: &str = "fleetsync:app";
     pub const REVISION: &str = "fleetsync:revision";
+    /// For an app kept in another repository (`source:`): that repository and its commit, as
+    /// `repo@commit`.
+    pub const SOURCE: &str = "fleetsync:source";
     /// On services: the hash of everything fleetsync sends for the app.
     pub const SPEC_HASH: &str = "fleetsync:spec-hash";
     /// On task definitions: the hash of the RegisterTaskDefinition input alone.
@@ -57,6 +60,8 @@ pub struct Provenance {
     pub root: String,
     pub environment: String,
     pub commit: String,
+    /// `repo@commit` for an app read from another repository.
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +74,18 @@ pub struct DesiredState {
     /// Delete the services this root deployed to the environment and no longer lists.
     pub prune: bool,
     pub apps: Vec<DesiredApp>,
+    /// The other repositories read (`source:` entries), and at which commit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceUse>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceUse {
+    pub repo: String,
+    /// As the manifest names it, or the environment's branch when it does not.
+    pub reference: String,
+    pub commit: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,6 +235,7 @@ fn provenance_tags(app: &str, p: &Provenance, hash: (&str, &str)) -> Vec<(String
         hash,
     ]
     .into_iter()
+    .chain(p.source.as_deref().map(|s| (tag::SOURCE, s)))
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
 }

@@ -45,9 +45,21 @@ pub struct Environment {
 pub struct AppRef {
     pub name: String,
     pub name_pos: Pos,
+    /// The app's directory in the repository it comes from.
     pub path: String,
     pub path_pos: Pos,
+    /// Set when the app lives in another repository than the root that lists it.
+    pub source: Option<Source>,
     pub depends_on: Vec<(String, Pos)>,
+}
+
+/// `source: { repo, path, ref }`: a child kept in another repository of the server config.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub repo: String,
+    /// A branch, tag or commit; `None` means the environment's branch in that repository.
+    pub reference: Option<String>,
+    pub pos: Pos,
 }
 
 #[derive(Debug)]
@@ -218,15 +230,28 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
         match &node.kind {
             Kind::Seq(items) => {
                 for item in items {
-                    let Some(fields) =
-                        Fields::new(item, "an app entry", &["name", "path", "dependsOn"], report)
-                    else {
+                    let Some(fields) = Fields::new(
+                        item,
+                        "an app entry",
+                        &["name", "path", "source", "dependsOn"],
+                        report,
+                    ) else {
                         continue;
                     };
-                    let (Some((name, name_pos)), Some((path, path_pos))) = (
-                        fields.required_str_at("name", report),
-                        fields.required_str_at("path", report),
-                    ) else {
+                    let name = fields.required_str_at("name", report);
+                    let place = match fields.get("source") {
+                        Some(node) => {
+                            if let Some(path) = fields.get("path") {
+                                report.at(path.pos, "an app entry with `source` takes its `path` inside `source`; remove this one");
+                            }
+                            read_source(node, report)
+                        }
+                        None => fields
+                            .required_str_at("path", report)
+                            .map(|(path, pos)| (path, pos, None)),
+                    };
+                    let (Some((name, name_pos)), Some((path, path_pos, source))) = (name, place)
+                    else {
                         continue;
                     };
                     if !is_simple_name(&name, 255) {
@@ -241,6 +266,7 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
                         name_pos,
                         path,
                         path_pos,
+                        source,
                         depends_on,
                     });
                 }
@@ -262,6 +288,41 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
         max_nesting,
         prune,
     })
+}
+
+/// `source: { repo, path, ref }` → the path in that repository (`.` when not given), where
+/// it was written, and the source.
+fn read_source(node: &Node, report: &mut Report<'_>) -> Option<(String, Pos, Option<Source>)> {
+    let fields = Fields::new(node, "`source`", &["repo", "path", "ref"], report)?;
+    let repo = fields.required_str_at("repo", report);
+    let optional = |key: &str, report: &mut Report<'_>| {
+        let node = fields.get(key)?;
+        match node.to_json() {
+            serde_json::Value::String(s) if !s.is_empty() => Some((s, node.pos)),
+            _ => {
+                report.at(
+                    node.pos,
+                    format!(
+                        "`{key}` must be a non-empty string, found {}",
+                        node.type_name()
+                    ),
+                );
+                None
+            }
+        }
+    };
+    let (path, path_pos) = optional("path", report).unwrap_or_else(|| (".".to_owned(), node.pos));
+    let reference = optional("ref", report).map(|(r, _)| r);
+    let (repo, pos) = repo?;
+    Some((
+        path,
+        path_pos,
+        Some(Source {
+            repo,
+            reference,
+            pos,
+        }),
+    ))
 }
 
 /// Names fleetsync defines itself; a root cannot redefine them.

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::rc::Rc;
 
-pub use desired::{DesiredApp, DesiredState, Provenance, RolloutSpec, tag};
+pub use desired::{DesiredApp, DesiredState, Provenance, RolloutSpec, SourceUse, tag};
 pub use manifest::Environment;
 pub use manifest::{DEFAULT_MAX_NESTING, MAX_NESTING_LIMIT};
 use manifest::{Root, TaskDefinitionSource};
@@ -38,6 +38,39 @@ pub trait Files {
 }
 
 pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The other repositories of the server config, which app entries with `source:` read.
+pub trait Sources {
+    /// `repo` at `reference` (a branch, a tag or a full commit id): the commit it names and its
+    /// files.
+    fn open(&self, repo: &str, reference: &str) -> Result<Opened, SourceError>;
+}
+
+pub struct Opened {
+    pub commit: String,
+    pub files: Box<dyn Files>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// No such repository or reference: a mistake in the manifest, reported at its `source`.
+    #[error("{0}")]
+    Missing(String),
+    /// It could not be read (say, a fetch failed): worth trying again.
+    #[error(transparent)]
+    Read(ReadError),
+}
+
+/// For reading one repository alone: every `source:` is reported as unavailable.
+pub struct NoSources;
+
+impl Sources for NoSources {
+    fn open(&self, repo: &str, _: &str) -> Result<Opened, SourceError> {
+        Err(SourceError::Missing(format!(
+            "repo `{repo}` cannot be read here: only the config repo is"
+        )))
+    }
+}
 
 /// One thing wrong with a config repo, located as `file:line:column`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -121,7 +154,7 @@ pub fn resolve(
     environment: &str,
     commit: &str,
 ) -> Result<DesiredState, Error> {
-    resolve_with(files, root_path, environment, commit, None)
+    resolve_with(files, &NoSources, root_path, environment, commit, None)
 }
 
 /// Resolves an environment under a trusted root, the one on the default branch: it decides the
@@ -129,16 +162,25 @@ pub fn resolve(
 /// both; otherwise whoever can push any branch could declare it production or lift its policy.
 pub fn resolve_bound(
     files: &dyn Files,
+    sources: &dyn Sources,
     root_path: &str,
     trusted: &Root,
     environment: &str,
     commit: &str,
 ) -> Result<DesiredState, Error> {
-    resolve_with(files, root_path, environment, commit, Some(trusted))
+    resolve_with(
+        files,
+        sources,
+        root_path,
+        environment,
+        commit,
+        Some(trusted),
+    )
 }
 
 fn resolve_with(
     files: &dyn Files,
+    sources: &dyn Sources,
     root_path: &str,
     environment: &str,
     commit: &str,
@@ -189,6 +231,8 @@ fn resolve_with(
     let vars = Vars::new(&env, commit);
     let mut walk = Walk {
         files,
+        sources,
+        opened: Vec::new(),
         top_file: root_path,
         env: &env,
         vars: &vars,
@@ -243,10 +287,12 @@ fn resolve_with(
         &[root_path.to_owned()],
         &scopes,
         &top_vars,
+        None,
     )?;
     let Walk {
         mut leaves,
         mut problems,
+        opened,
         ..
     } = walk;
     check_app_graph(&leaves, &mut problems);
@@ -255,10 +301,21 @@ fn resolve_with(
         root: root_name.clone(),
         environment: env.name.clone(),
         commit: commit.to_owned(),
+        source: None,
     };
     let mut apps = Vec::with_capacity(leaves.len());
     let mut services = HashMap::new();
     for leaf in &mut leaves {
+        let (files, provenance) = match leaf.source {
+            None => (files, provenance.clone()),
+            Some(i) => (
+                &*opened[i].files,
+                Provenance {
+                    source: Some(format!("{}@{}", opened[i].repo, opened[i].commit)),
+                    ..provenance.clone()
+                },
+            ),
+        };
         let resolved = resolve_app(files, &env, leaf, &vars, &provenance, &mut problems)?;
         // The manifest's tree is done with: with 10,000 apps, keeping every one until the end
         // would double the peak.
@@ -288,13 +345,26 @@ fn resolve_with(
         commit: commit.to_owned(),
         prune,
         apps,
+        sources: opened
+            .into_iter()
+            .map(|o| SourceUse {
+                repo: o.repo,
+                reference: o.reference,
+                commit: o.commit,
+            })
+            .collect(),
     })
 }
 
 /// Reads and parses a YAML file. Outer `None`: no such file; inner `None`: unusable (reported).
 fn load(files: &dyn Files, path: &str) -> Result<Option<Option<Node>>, Error> {
+    load_as(files, path, path)
+}
+
+/// [`load`] for a file that problems name otherwise: `repo@ref:path` in another repository.
+fn load_as(files: &dyn Files, path: &str, shown: &str) -> Result<Option<Option<Node>>, Error> {
     let Some(bytes) = files.read(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
+        path: shown.to_owned(),
         source,
     })?
     else {
@@ -302,7 +372,7 @@ fn load(files: &dyn Files, path: &str) -> Result<Option<Option<Node>>, Error> {
     };
     let Ok(text) = std::str::from_utf8(&bytes) else {
         return Err(Error::Invalid(vec![Problem {
-            file: path.to_owned(),
+            file: shown.to_owned(),
             line: 1,
             column: 1,
             message: "not UTF-8 text; save the file as UTF-8".into(),
@@ -311,7 +381,7 @@ fn load(files: &dyn Files, path: &str) -> Result<Option<Option<Node>>, Error> {
     match yaml::parse(text) {
         Ok(node) => Ok(Some(node)),
         Err(e) => Err(Error::Invalid(vec![Problem {
-            file: path.to_owned(),
+            file: shown.to_owned(),
             line: e.pos.line,
             column: e.pos.column,
             message: format!("invalid YAML: {}", e.message),
@@ -384,8 +454,9 @@ fn resolve_app(
     let Some(node) = &leaf.node else {
         return Ok(None);
     };
-    let path = join(&leaf.dir, &format!("env/{}.yaml", env.name));
-    let overlay = match load(files, &path) {
+    let real = join(&leaf.dir, &format!("env/{}.yaml", env.name));
+    let path = format!("{}{real}", leaf.prefix);
+    let overlay = match load_as(files, &real, &path) {
         Ok(None) => None,
         Ok(Some(None)) => None, // an empty overlay changes nothing
         Ok(Some(Some(mut overlay))) => {
@@ -450,12 +521,13 @@ fn resolve_app_at(
     let (td_file, td_node) = match &app.task_definition {
         TaskDefinitionSource::Inline(node) => (app_path.clone(), node.clone()),
         TaskDefinitionSource::File(name, pos) => {
-            let path = join(dir, name);
+            let real = join(dir, name);
+            let path = format!("{}{real}", leaf.prefix);
             if let Err(why) = manifest::check_relative_path(name) {
                 Report::new(app_path, problems).at(*pos, format!("taskDefinition `{name}` {why}"));
                 return Ok(None);
             }
-            match load(files, &path) {
+            match load_as(files, &real, &path) {
                 Ok(Some(Some(node))) => (path, node),
                 Ok(Some(None)) => {
                     Report::new(&path, problems)
@@ -606,10 +678,10 @@ fn check_containers(td: &Node, report: &mut Report<'_>) {
     }
 }
 
-/// ECS allows 50 tags per resource; fleetsync's own take 5 on a task definition and up to 9 on
-/// a service (`tag::*`).
-const USER_TAGS_ON_TASK_DEFINITIONS: usize = 45;
-const USER_TAGS_ON_SERVICES: usize = 41;
+/// ECS allows 50 tags per resource; fleetsync's own take up to 6 on a task definition and up to
+/// 10 on a service (`tag::*`).
+const USER_TAGS_ON_TASK_DEFINITIONS: usize = 44;
+const USER_TAGS_ON_SERVICES: usize = 40;
 
 fn check_reserved_tags(node: &Node, max: usize, report: &mut Report<'_>) {
     let Kind::Map(entries) = &node.kind else {

@@ -288,12 +288,13 @@ fn non_utf8_files_are_problems_not_errors() {
 #[test]
 fn a_branch_cannot_rebind_an_environment() {
     let trusted = read_root(&repo(), DEFAULT_ROOT).unwrap().unwrap();
-    resolve_bound(&repo(), DEFAULT_ROOT, &trusted, "staging", "c").unwrap();
+    resolve_bound(&repo(), &NoSources, DEFAULT_ROOT, &trusted, "staging", "c").unwrap();
     let hijack = repo().with(
         "fleetsync.yaml",
         &ROOT.replace("cluster: staging-cluster", "cluster: production"),
     );
-    let err = resolve_bound(&hijack, DEFAULT_ROOT, &trusted, "staging", "c").unwrap_err();
+    let err =
+        resolve_bound(&hijack, &NoSources, DEFAULT_ROOT, &trusted, "staging", "c").unwrap_err();
     assert_eq!(
         err.to_string(),
         "fleetsync.yaml:5:3: environment `staging` is bound to branch `staging` and cluster `staging-cluster` by the root on the default branch, but this root says branch `staging` and cluster `production`; change environment bindings on the default branch first"
@@ -311,6 +312,7 @@ fn a_branch_cannot_lift_the_policy_of_the_default_branch() {
         .with("apps/api/app.yaml", &app("api", "registry.example/api:1"));
     resolve_bound(
         &apps.clone().with(DEFAULT_ROOT, &governed),
+        &NoSources,
         DEFAULT_ROOT,
         &trusted,
         "staging",
@@ -320,7 +322,7 @@ fn a_branch_cannot_lift_the_policy_of_the_default_branch() {
     // The branch drops the policy and names an image it forbids: the default branch's policy
     // still applies, and the disagreement is reported.
     let lifted = apps.with("apps/api/app.yaml", &app("api", "docker.io/evil:1"));
-    let found = match resolve_bound(&lifted, DEFAULT_ROOT, &trusted, "staging", "c") {
+    let found = match resolve_bound(&lifted, &NoSources, DEFAULT_ROOT, &trusted, "staging", "c") {
         Err(Error::Invalid(p)) => p.iter().map(Problem::to_string).collect::<Vec<_>>(),
         other => panic!("{other:?}"),
     };
@@ -336,6 +338,7 @@ fn a_branch_cannot_lift_the_policy_of_the_default_branch() {
 mod nesting;
 mod overlays;
 mod policy;
+mod sources;
 mod vars_and_rules;
 
 #[test]
@@ -346,6 +349,7 @@ fn prune_comes_from_the_default_branch_and_only_from_the_top_root() {
         .unwrap();
     let state = resolve_bound(
         &repo().with(DEFAULT_ROOT, &pruning),
+        &NoSources,
         DEFAULT_ROOT,
         &trusted,
         "staging",
@@ -363,6 +367,7 @@ fn prune_comes_from_the_default_branch_and_only_from_the_top_root() {
     let plain = read_root(&repo(), DEFAULT_ROOT).unwrap().unwrap();
     let err = resolve_bound(
         &repo().with(DEFAULT_ROOT, &pruning),
+        &NoSources,
         DEFAULT_ROOT,
         &plain,
         "staging",

@@ -28,6 +28,14 @@ impl Vars {
         }
     }
 
+    /// The same variables for files of another repository: `${revision}` is its commit.
+    pub(super) fn with_revision(&self, commit: &str) -> Self {
+        let mut vars = self.clone();
+        vars.set("revision", commit.to_owned());
+        vars.set("short_revision", commit.chars().take(7).collect());
+        vars
+    }
+
     pub(super) fn with_app(&self, app: &str) -> Self {
         let mut pairs = self.pairs.clone();
         pairs.push(("app".to_owned(), app.to_owned()));

@@ -9,7 +9,7 @@ use super::manifest::{self, Environment, Root};
 use super::policy::{self, Policy, Scope};
 use super::vars::Vars;
 use super::yaml::{Node, Pos};
-use super::{Error, Files, Problem, Report, load};
+use super::{Error, Files, Problem, Report, SourceError, Sources, load_as};
 
 /// Where a policy was read.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -24,8 +24,15 @@ pub(super) enum Origin {
 /// A child app found by walking the root and the roots nested in it.
 pub(super) struct Leaf {
     pub(super) app_ref: manifest::AppRef,
-    /// The app's directory from the repository root.
+    /// The repository the app is read from: an index into [`Walk::opened`], `None` for the
+    /// config repo.
+    pub(super) source: Option<usize>,
+    /// What problems put before a path of that repository (`repo@ref:`; empty for the config
+    /// repo).
+    pub(super) prefix: String,
+    /// The app's directory from the root of its repository.
     pub(super) dir: String,
+    /// `app.yaml` in `dir`, as problems name it (with `prefix`).
     pub(super) app_file: String,
     /// The root file that lists the app.
     pub(super) listed_in: String,
@@ -38,9 +45,20 @@ pub(super) struct Leaf {
     pub(super) vars: Rc<Vars>,
 }
 
+/// Another repository at the commit a reference named when the walk first needed it.
+pub(super) struct OpenedSource {
+    pub(super) repo: String,
+    pub(super) reference: String,
+    pub(super) commit: String,
+    pub(super) files: Box<dyn Files>,
+}
+
 /// The walk from the top root through nested roots down to apps, for one environment.
 pub(super) struct Walk<'a> {
     pub(super) files: &'a dyn Files,
+    pub(super) sources: &'a dyn Sources,
+    /// Other repositories read so far, each (repository, reference) once.
+    pub(super) opened: Vec<OpenedSource>,
     pub(super) top_file: &'a str,
     pub(super) env: &'a Environment,
     pub(super) vars: &'a Vars,
@@ -105,6 +123,55 @@ impl Walk<'_> {
         vars
     }
 
+    /// The files of the config repo (`None`) or of an opened repository, and what problems
+    /// put before their paths.
+    fn files_of(&self, source: Option<usize>) -> (&dyn Files, String) {
+        match source {
+            None => (self.files, String::new()),
+            Some(i) => {
+                let o = &self.opened[i];
+                (&*o.files, format!("{}@{}:", o.repo, o.reference))
+            }
+        }
+    }
+
+    /// Opens `source` once per walk. `Ok(None)`: it does not exist (reported at `source`).
+    fn open(
+        &mut self,
+        source: &manifest::Source,
+        app: &str,
+        file: &str,
+    ) -> Result<Option<usize>, Error> {
+        let reference = source.reference.as_deref().unwrap_or(&self.env.branch);
+        if let Some(i) = self
+            .opened
+            .iter()
+            .position(|o| o.repo == source.repo && o.reference == reference)
+        {
+            return Ok(Some(i));
+        }
+        match self.sources.open(&source.repo, reference) {
+            Ok(opened) => {
+                self.opened.push(OpenedSource {
+                    repo: source.repo.clone(),
+                    reference: reference.to_owned(),
+                    commit: opened.commit,
+                    files: opened.files,
+                });
+                Ok(Some(self.opened.len() - 1))
+            }
+            Err(SourceError::Missing(why)) => {
+                Report::new(file, &mut self.problems).at(source.pos, format!("app `{app}`: {why}"));
+                Ok(None)
+            }
+            Err(SourceError::Read(e)) => Err(Error::Read {
+                path: format!("{}@{reference}", source.repo),
+                source: e,
+            }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn root(
         &mut self,
         root: Root,
@@ -113,17 +180,51 @@ impl Walk<'_> {
         chain: &[String],
         scopes: &[Rc<Scope>],
         vars: &Rc<Vars>,
+        source: Option<usize>,
     ) -> Result<(), Error> {
         for app_ref in root.apps {
-            let dir = join(dir, &app_ref.path);
-            let app_file = if dir.is_empty() {
-                "app.yaml".to_owned()
+            // An app in another repository: its path is from that repository's root, and
+            // `${revision}` is that repository's commit.
+            let (source, dir, vars) = match &app_ref.source {
+                None => (source, join(dir, &app_ref.path), vars.clone()),
+                Some(s) => match self.open(s, &app_ref.name, file)? {
+                    Some(i) => {
+                        let commit = &self.opened[i].commit;
+                        (
+                            Some(i),
+                            join("", &app_ref.path),
+                            Rc::new(vars.with_revision(commit)),
+                        )
+                    }
+                    None => {
+                        self.leaves.push(Leaf {
+                            app_ref,
+                            source,
+                            prefix: String::new(),
+                            dir: String::new(),
+                            app_file: String::new(),
+                            listed_in: file.to_owned(),
+                            node: None,
+                            scopes: Vec::new(),
+                            vars: vars.clone(),
+                        });
+                        continue;
+                    }
+                },
+            };
+            let real_file = join(&dir, "app.yaml");
+            let (files, prefix) = self.files_of(source);
+            let app_file = format!("{prefix}{real_file}");
+            let loaded = if chain.contains(&app_file) {
+                None
             } else {
-                format!("{dir}/app.yaml")
+                Some(load_as(files, &real_file, &app_file))
             };
             let mut report = Report::new(file, &mut self.problems);
             let unusable = |app_ref, dir, app_file| Leaf {
                 app_ref,
+                source,
+                prefix: prefix.clone(),
                 dir,
                 app_file,
                 listed_in: file.to_owned(),
@@ -131,15 +232,15 @@ impl Walk<'_> {
                 scopes: Vec::new(),
                 vars: vars.clone(),
             };
-            if chain.contains(&app_file) {
+            let Some(loaded) = loaded else {
                 report.at(
                     app_ref.path_pos,
                     format!("nesting cycle: {} → {app_file}", chain.join(" → ")),
                 );
                 self.leaves.push(unusable(app_ref, dir, app_file));
                 continue;
-            }
-            let node = match load(self.files, &app_file) {
+            };
+            let node = match loaded {
                 Ok(Some(Some(node))) => node,
                 Ok(Some(None)) => {
                     Report::new(&app_file, &mut self.problems)
@@ -148,12 +249,13 @@ impl Walk<'_> {
                     continue;
                 }
                 Ok(None) => {
+                    let at = match &app_ref.source {
+                        Some(_) => prefix.trim_end_matches(':').to_owned(),
+                        None => format!("commit {}", self.commit),
+                    };
                     report.at(
                         app_ref.path_pos,
-                        format!(
-                            "app `{}`: {app_file} does not exist at commit {}",
-                            app_ref.name, self.commit
-                        ),
+                        format!("app `{}`: {real_file} does not exist at {at}", app_ref.name),
                     );
                     self.leaves.push(unusable(app_ref, dir, app_file));
                     continue;
@@ -168,12 +270,14 @@ impl Walk<'_> {
             if !manifest::is_root(&node) {
                 self.leaves.push(Leaf {
                     app_ref,
+                    source,
+                    prefix,
                     dir,
                     app_file,
                     listed_in: file.to_owned(),
                     node: Some(node),
                     scopes: scopes.to_vec(),
-                    vars: vars.clone(),
+                    vars,
                 });
                 continue;
             }
@@ -221,8 +325,8 @@ impl Walk<'_> {
             }
             let mut chain = chain.to_vec();
             chain.push(app_file.clone());
-            let inner_vars = Rc::new(self.declare(vars, &nested.vars, &app_file));
-            self.root(nested, &app_file, &dir, &chain, &inner, &inner_vars)?;
+            let inner_vars = Rc::new(self.declare(&vars, &nested.vars, &app_file));
+            self.root(nested, &app_file, &dir, &chain, &inner, &inner_vars, source)?;
         }
         Ok(())
     }

@@ -71,6 +71,7 @@ impl Setup {
         let files = local.snapshot(commit).unwrap();
         let state = fleetsync::resolve::resolve_bound(
             &files,
+            &fleetsync::resolve::NoSources,
             "fleetsync.yaml",
             &root,
             "staging",
