@@ -747,7 +747,12 @@ impl Dispatcher {
             let (mirror, cfg) = (config.mirror.clone(), config.config.clone());
             let branches = tokio::task::spawn_blocking(move || environment_branches(&mirror, &cfg))
                 .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            // A repo kept only for `source:` need not have the default branch a root needs.
+            let branches = match branches {
+                Err(Error::Fetch(repo::Error::NoSuchBranch { .. })) => Vec::new(),
+                found => found?,
+            };
             for b in branches {
                 let known = (name.clone(), b.clone());
                 if self.readers_index().reads.contains_key(&known) {

@@ -139,7 +139,11 @@ impl Mirror {
         if !self.fetch(&[&format!("+{tag}:{tag}")], reference)? {
             return Err(no_such_ref());
         }
-        self.local()?.rev(&tag)
+        // Some transports answer a refspec naming nothing with an empty fetch, not an error.
+        match self.local()?.rev(&tag) {
+            Err(Error::BadRef { .. }) => Err(no_such_ref()),
+            found => found,
+        }
     }
 
     /// Fetches `refspecs`; `Ok(false)` when the remote has no ref a refspec names.
@@ -498,6 +502,59 @@ mod tests {
             Mirror::open(mirrors.path(), "gone", "file:///nonexistent/fleetsync.git").unwrap();
         let err = gone.fetch_branch("main").unwrap_err();
         assert!(matches!(err, Error::Fetch { .. }), "{err}");
+    }
+
+    /// What an app's `source: { ref }` may name: a branch, a tag (annotated too), or a commit
+    /// no ref points at any more; anything else is `NoSuchRef`, which the resolver reports.
+    #[test]
+    fn a_ref_is_a_branch_a_tag_or_a_commit() {
+        let (remote_dir, first) = remote("main", "app.yaml", "v1");
+        let upstream = Repository::open_bare(remote_dir.path()).unwrap();
+        let who = git2::Signature::now("t", "t@example.invalid").unwrap();
+        let target = upstream.find_object(first, None).unwrap();
+        upstream
+            .tag("v1.0", &target, &who, "release", false)
+            .unwrap();
+        let parent = upstream.find_commit(first).unwrap();
+        let second = upstream
+            .commit(
+                Some("refs/heads/main"),
+                &who,
+                &who,
+                "c2",
+                &parent.tree().unwrap(),
+                &[&parent],
+            )
+            .unwrap();
+        let mirrors = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(mirrors.path(), "team", &file_url(&remote_dir)).unwrap();
+        assert_eq!(mirror.fetch_ref("main").unwrap(), second);
+        assert_eq!(mirror.fetch_ref("v1.0").unwrap(), first);
+        assert_eq!(mirror.fetch_ref(&first.to_string()).unwrap(), first);
+        for wrong in [
+            "v2.0",
+            "0123456789012345678901234567890123456789",
+            "a:b",
+            "*",
+        ] {
+            let err = mirror.fetch_ref(wrong).unwrap_err();
+            assert!(matches!(err, Error::NoSuchRef { .. }), "{wrong}: {err}");
+        }
+        let sources = MirrorSources(vec![("team".into(), std::sync::Arc::new(mirror))]);
+        let opened = resolve::Sources::open(&sources, "team", "v1.0")
+            .ok()
+            .unwrap();
+        assert_eq!(opened.commit, first.to_string());
+        assert_eq!(
+            opened.files.read("app.yaml").unwrap().as_deref(),
+            Some(&b"v1"[..])
+        );
+        let Err(resolve::SourceError::Missing(why)) =
+            resolve::Sources::open(&sources, "web", "main")
+        else {
+            panic!("an unknown repo is a mistake in the manifest");
+        };
+        assert_eq!(why, "no repo `web` in the server config; known: team");
     }
 
     /// A branch deleted upstream must not keep resolving to the mirror's stale copy.

@@ -255,3 +255,52 @@ fn not_a_repository_is_an_error_not_a_problem_list() {
         run.stderr
     );
 }
+
+/// An app kept in another repository is read from a local clone named with `--source`; without
+/// one, validate says which flag is missing.
+#[test]
+fn validate_and_render_read_apps_of_other_repos_from_local_clones() {
+    let config = ConfigRepo::example_with(str::to_owned);
+    let team = ConfigRepo::example_with(|t| t.replace("web:3.8.1", "web:4.0.0"));
+    let root = |t: Option<&str>| {
+        Some(t.unwrap().replace(
+            "    path: apps/web\n",
+            "    source: { repo: team, path: apps/web, ref: main }\n",
+        ))
+    };
+    config.commit("staging", "fleetsync.yaml", root);
+    config.commit("main", "fleetsync.yaml", root);
+    let repo = config.path();
+    let repo = repo.to_str().unwrap();
+
+    let run = fleetsync(&["validate", "--repo", repo, "--env", "staging"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("fleetsync.yaml:16:21: app `web`: it is read from repo `team`; pass --source team=PATH to a clone of it"),
+        "{}",
+        run.stdout
+    );
+
+    let source = format!("team={}", team.path().display());
+    let run = fleetsync(&["validate", "--repo", repo, "--source", &source]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{}", run.stderr);
+    let run = fleetsync(&[
+        "render", "--repo", repo, "--env", "staging", "--source", &source,
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let state: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let web = state["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "web")
+        .unwrap();
+    assert_eq!(
+        web["registerTaskDefinition"]["containerDefinitions"][0]["image"],
+        "public.ecr.aws/acme/web:4.0.0"
+    );
+    assert_eq!(
+        state["sources"],
+        serde_json::json!([{"repo": "team", "reference": "main", "commit": team.head("main").to_string()}])
+    );
+}

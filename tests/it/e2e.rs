@@ -1340,3 +1340,119 @@ async fn depends_on_order_holds_when_the_apps_are_pushed_at_once() {
         "web created at {web_created}, before api settled at {api_settled}"
     );
 }
+
+const TEAM_URL: &str = "https://github.com/acme/team-web";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_a_repo_an_app_is_kept_in_syncs_only_that_app_where_it_is_read() {
+    let s = setup().await;
+    // The web team keeps web in its own repo; staging's root reads it from there (its
+    // `staging` branch, by default), production's still lists its own copy.
+    let team = ConfigRepo::example(&s.emulator);
+    for branch in ["main", "staging"] {
+        team.commit(branch, "fleetsync.yaml", |_| None);
+    }
+    s.repo.commit("staging", "fleetsync.yaml", |t| {
+        Some(t.unwrap().replace(
+            "    path: apps/web\n",
+            "    source: { repo: team, path: apps/web }\n",
+        ))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_repos(
+        dir.path(),
+        &[
+            ("platform", REPO_URL, &s.repo.file_url()),
+            ("team", TEAM_URL, &team.file_url()),
+        ],
+        &s.queue_url,
+        "",
+    );
+    let receiver = Receiver::start(&config, &s.emulator.aws).await;
+    let _worker = start_worker(&config, &s.emulator.aws);
+    let head = s.repo.head("staging");
+    let (status, body) = receiver.push("staging", head, "initial").await;
+    assert_eq!(status, 202, "{body}");
+    all_live_at(&s.emulator, "staging", &head.to_string()).await;
+    let web = s.emulator.service("staging", "web").await.unwrap();
+    let team_head = team.head("staging");
+    assert_eq!(web.tags["fleetsync:source"], format!("team@{team_head}"));
+    s.drained().await;
+
+    // The team ships: only staging's web is enqueued, and it rolls out.
+    let shipped = team.commit("staging", "apps/web/taskdef.json", |t| {
+        Some(t.unwrap().replace("web:3.8.1", "web:3.9.0"))
+    });
+    let (status, body) = receiver
+        .push_to(TEAM_URL, "staging", Some(team_head), shipped, "team-1")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["repo"], "team");
+    assert_eq!(body["commit"], shipped.to_string());
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{body}");
+    assert_eq!(
+        (&jobs[0]["environment"], &jobs[0]["app"]),
+        (&"staging".into(), &"web".into())
+    );
+    eventually(LIMIT, "staging/web from the team's commit", || async {
+        s.emulator
+            .service("staging", "web")
+            .await
+            .filter(|w| w.tags["fleetsync:source"] == format!("team@{shipped}"))
+    })
+    .await;
+    s.drained().await;
+    assert_eq!(
+        s.emulator.revisions("staging-web").await,
+        ["staging-web:1", "staging-web:2"]
+    );
+    assert_eq!(
+        s.emulator.revisions("production-web").await,
+        Vec::<String>::new()
+    );
+
+    // A change in the team repo that staging does not read enqueues nothing; a branch no
+    // environment reads is ignored.
+    let elsewhere = team.commit("staging", "apps/api/app.yaml", |t| {
+        Some(format!("{}\n# a comment\n", t.unwrap()))
+    });
+    let (status, body) = receiver
+        .push_to(TEAM_URL, "staging", Some(shipped), elsewhere, "team-2")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["jobs"], serde_json::json!([]), "{body}");
+    let main = team.head("main");
+    let (status, body) = receiver
+        .push_to(TEAM_URL, "main", None, main, "team-3")
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &"ignored".into()),
+        "{body}"
+    );
+
+    // A receiver that has resolved nothing yet still finds who reads the branch pushed. It
+    // remembers no earlier job either, so it sends every app of staging, and nothing else.
+    let fresh = Receiver::start(&config, &s.emulator.aws).await;
+    let (status, body) = fresh
+        .push_to(TEAM_URL, "staging", Some(shipped), elsewhere, "team-4")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let sent: Vec<_> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["environment"].as_str().unwrap(),
+                j["app"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        APPS.iter().map(|app| ("staging", *app)).collect::<Vec<_>>(),
+        "{body}"
+    );
+}

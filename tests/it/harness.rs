@@ -418,12 +418,30 @@ fn write_path(repo: &Repository, base: Option<Oid>, path: &[&str], blob: Option<
 
 /// fleetsync's config file for this test, parsed the way `serve` and `worker` parse it.
 pub fn config(dir: &Path, fetch_url: &str, queue_url: &str, extra: &str) -> Config {
+    config_with_repos(dir, &[("platform", REPO_URL, fetch_url)], queue_url, extra)
+}
+
+/// [`config`] watching several repos: (name, url, fetch URL), all signed with [`SECRET`].
+pub fn config_with_repos(
+    dir: &Path,
+    repos: &[(&str, &str, &str)],
+    queue_url: &str,
+    extra: &str,
+) -> Config {
     let secret_file = dir.join("webhook-secret");
     std::fs::write(&secret_file, SECRET).unwrap();
+    let repos: String = repos
+        .iter()
+        .map(|(name, url, fetch_url)| {
+            format!(
+                "  - name: {name}\n    url: {url}\n    fetchUrl: {fetch_url}\n    secret: file:{}\n",
+                secret_file.display()
+            )
+        })
+        .collect();
     let text = format!(
-        "listen: 127.0.0.1:0\nmirrorDir: {mirrors}\nqueueUrl: {queue_url}\nmaxBodyBytes: 65536\nrepos:\n  - name: platform\n    url: {REPO_URL}\n    fetchUrl: {fetch_url}\n    secret: file:{secret}\nworker:\n  concurrency: 4\n  visibilityTimeout: 30s\n  rolloutPollInterval: 50ms\n{extra}",
+        "listen: 127.0.0.1:0\nmirrorDir: {mirrors}\nqueueUrl: {queue_url}\nmaxBodyBytes: 65536\nrepos:\n{repos}worker:\n  concurrency: 4\n  visibilityTimeout: 30s\n  rolloutPollInterval: 50ms\n{extra}",
         mirrors = dir.join("mirrors").display(),
-        secret = secret_file.display(),
     );
     Config::parse(&dir.join("fleetsync-server.yaml"), &text).unwrap()
 }
@@ -477,7 +495,20 @@ impl Receiver {
         after: Oid,
         delivery: &str,
     ) -> (u16, serde_json::Value) {
-        let body = push_payload_from(branch, before, after);
+        self.push_to(REPO_URL, branch, before, after, delivery)
+            .await
+    }
+
+    /// A push to the repo at `repo_url` (GitHub's `html_url`).
+    pub async fn push_to(
+        &self,
+        repo_url: &str,
+        branch: &str,
+        before: Option<Oid>,
+        after: Oid,
+        delivery: &str,
+    ) -> (u16, serde_json::Value) {
+        let body = push_payload_for(repo_url, branch, before, after);
         self.deliver(&body, Some(&sign(SECRET.as_bytes(), &body)), delivery)
             .await
     }
@@ -542,6 +573,11 @@ pub fn push_payload(branch: &str, after: Oid) -> Vec<u8> {
 
 /// A push from `before` (the fixture's unrelated commit when `None`) to `after`.
 pub fn push_payload_from(branch: &str, before: Option<Oid>, after: Oid) -> Vec<u8> {
+    push_payload_for(REPO_URL, branch, before, after)
+}
+
+/// A push to the repo at `repo_url`.
+pub fn push_payload_for(repo_url: &str, branch: &str, before: Option<Oid>, after: Oid) -> Vec<u8> {
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/webhooks/github/go-playground.push.json"
@@ -554,9 +590,10 @@ pub fn push_payload_from(branch: &str, before: Option<Oid>, after: Oid) -> Vec<u
         payload["before"] = before.to_string().into();
     }
     let repository = &mut payload["repository"];
-    repository["clone_url"] = format!("{REPO_URL}.git").into();
-    repository["html_url"] = REPO_URL.into();
-    repository["ssh_url"] = "git@github.com:acme/platform-config.git".into();
+    repository["clone_url"] = format!("{repo_url}.git").into();
+    repository["html_url"] = repo_url.into();
+    let path = repo_url.trim_start_matches("https://github.com/");
+    repository["ssh_url"] = format!("git@github.com:{path}.git").into();
     serde_json::to_vec(&payload).unwrap()
 }
 

@@ -167,3 +167,24 @@ fn a_root_in_another_repo_lists_apps_from_its_own_directories() {
         Some("team@a1")
     );
 }
+
+#[test]
+fn an_app_in_another_repo_is_held_to_the_policies_above_it() {
+    let config = repo().with(
+        "fleetsync.yaml",
+        &format!(
+            "{}policy:\n  images: [\"db:*\", \"api:*\"]\n",
+            ROOT.replace(
+                "apps:\n",
+                "apps:\n  - name: ledger\n    source: { repo: team, path: svc }\n"
+            )
+        ),
+    );
+    let found = problems_with_sources(&config, &others());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("team@staging:svc/app.yaml:")
+            && found[0].contains("`ledger:aaaaaaa-staging` is not allowed by policy.images"),
+        "{found:?}"
+    );
+}
