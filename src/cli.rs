@@ -177,6 +177,9 @@ async fn serve(path: &str) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {} (`listen` in {})", config.listen, path))?;
     info!(message = "Receiver listening.", address = %listener.local_addr()?, queue = %config.queue_url);
     let shutdown = shutdown::on_signals()?;
+    // Learn now which environments read other repos, so the first push does not wait for it.
+    let warm = dispatcher.clone();
+    tokio::spawn(async move { warm.refresh_readers().await });
     if let Some(every) = config.reconcile_interval {
         tokio::spawn(dispatcher.clone().reconcile_every(every, shutdown.clone()));
     }

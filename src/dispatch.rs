@@ -4,7 +4,7 @@
 //! Shared by every trigger (webhooks, and reconcile on an interval), so that they all give the
 //! same answer for the same branch head.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -47,14 +47,17 @@ pub struct Dispatcher {
 
 /// Which environment branches read which (repo, reference), as of their last resolve here:
 /// a push to a repo re-resolves exactly the environment branches that read the branch pushed.
+/// Bounded by the environment branches the config repos bind.
 #[derive(Default)]
 struct ReaderIndex {
-    /// (config repo, environment branch) → the (repo, reference) its environments read.
-    reads: HashMap<(String, String), HashSet<(String, String)>>,
-    /// Config repos whose every environment branch was resolved here at least once: until
-    /// then a push to any repo resolves the rest first, so a fresh receiver misses no reader.
-    complete: HashSet<String>,
+    /// (config repo, environment branch) → the head last resolved, and the (repo, reference)
+    /// pairs its environments read or tried to.
+    branches: HashMap<(String, String), (String, Reads)>,
+    /// Config repo → its default branch's head, and the environment branches its root binds.
+    bindings: HashMap<String, (String, Vec<String>)>,
 }
+
+type Reads = BTreeSet<(String, String)>;
 
 /// Per (repo, branch): pushes seen so far, and the last answer with the arrival count its
 /// fetch covered. Held from fetch to enqueue.
@@ -87,8 +90,41 @@ struct Resolution {
     /// The branch head and the default branch's commit whose root bound the environments.
     head: String,
     bindings: String,
-    /// `repo@reference=commit` of every other repo read, sorted.
-    sources: Vec<String>,
+    /// (repo, reference) → commit, of every other repo read.
+    sources: BTreeMap<(String, String), String>,
+}
+
+/// What a push moved, so it can tell whether it continues from what this receiver enqueued.
+#[derive(Debug, Clone, Copy)]
+enum Moved<'a> {
+    /// The branch itself, from `before`.
+    Branch { before: &'a str },
+    /// A branch of another repo that the branch's environments read, from `before`.
+    Source {
+        repo: &'a str,
+        branch: &'a str,
+        before: &'a str,
+    },
+}
+
+impl Resolution {
+    /// What was resolved just before `moved`, had nothing else changed in between.
+    fn parent(&self, moved: Moved<'_>) -> Resolution {
+        let mut parent = self.clone();
+        match moved {
+            Moved::Branch { before } => before.clone_into(&mut parent.head),
+            Moved::Source {
+                repo,
+                branch,
+                before,
+            } => {
+                parent
+                    .sources
+                    .insert((repo.to_owned(), branch.to_owned()), before.to_owned());
+            }
+        }
+        parent
+    }
 }
 
 /// How long a count of the dead-letter queue is shown before SQS is asked again.
@@ -220,17 +256,22 @@ impl Dispatcher {
             });
         }
         let own = self
-            .push_branch(repo, branch, Some(before), delivery)
+            .push_branch(repo, branch, Moved::Branch { before }, delivery)
             .await?;
-        let readers = self.readers_of(&repo.config.name, branch).await?;
+        let readers = self.readers_of(&repo.config.name, branch).await;
         if readers.is_empty() {
             return Ok(own);
         }
         let about_own = !matches!(own, Outcome::Ignored { .. });
         let mut outcome = own;
+        let moved = Moved::Source {
+            repo: &repo.config.name,
+            branch,
+            before,
+        };
         for (reader, reader_branch) in readers {
             let theirs = self
-                .push_branch(reader, &reader_branch, None, delivery)
+                .push_branch(reader, &reader_branch, moved, delivery)
                 .await?;
             outcome = combine(outcome, theirs);
         }
@@ -258,13 +299,13 @@ impl Dispatcher {
         Ok(outcome)
     }
 
-    /// [`Dispatcher::push`] for one branch: `before` is the head the push moved from, `None`
-    /// when the branch did not move but a repo its apps are read from did.
+    /// [`Dispatcher::push`] for one branch, which moved itself or whose environments read a
+    /// branch that moved. In the second case only those environments are enqueued.
     async fn push_branch(
         &self,
         repo: &WatchedRepo,
         branch: &str,
-        before: Option<&str>,
+        moved: Moved<'_>,
         delivery: &str,
     ) -> Result<Outcome, Error> {
         let state = self.branch_state(&repo.config.name, branch);
@@ -277,7 +318,7 @@ impl Dispatcher {
         }
         let covered = state.arrivals.load(Ordering::SeqCst);
         match self
-            .push_now(repo, branch, before, delivery, last.as_ref())
+            .push_now(repo, branch, moved, delivery, last.as_ref())
             .await
         {
             Ok((outcome, resolved, enqueued)) => {
@@ -302,7 +343,7 @@ impl Dispatcher {
         &self,
         repo: &WatchedRepo,
         branch: &str,
-        before: Option<&str>,
+        moved: Moved<'_>,
         delivery: &str,
         last: Option<&LastAnswer>,
     ) -> Result<(Outcome, Option<Resolution>, Specs), Error> {
@@ -318,14 +359,12 @@ impl Dispatcher {
                 results,
             } => (commit, bindings, results),
         };
-        let mut sources: Vec<String> = results
+        let sources = results
             .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
+            .filter_map(|r| r.result.as_ref().ok())
             .flat_map(|state| &state.sources)
-            .map(|s| format!("{}@{}={}", s.repo, s.reference, s.commit))
+            .map(|s| ((s.repo.clone(), s.reference.clone()), s.commit.clone()))
             .collect();
-        sources.sort_unstable();
-        sources.dedup();
         let resolution = Resolution {
             head: commit.clone(),
             bindings,
@@ -342,14 +381,21 @@ impl Dispatcher {
         {
             return Ok((last.outcome.clone(), resolved, last.enqueued.clone()));
         }
-        // Past the window the same head is sent again in full: "sync again". A repo its apps
-        // are read from moved when `before` is `None`: the branch itself continues from the
-        // head it was at.
+        // Past the window the same head is sent again in full: "sync again". The memory is
+        // used only when this receiver enqueued exactly what the push moved from: had anything
+        // else moved in between (the branch, another repo read, the bindings), another
+        // receiver may have enqueued something else since.
         let continues = last
             .and_then(|last| last.resolved.as_ref())
-            .is_some_and(|r| {
-                r.bindings == resolution.bindings && r.head == before.unwrap_or(&resolution.head)
-            });
+            .is_some_and(|r| *r == resolution.parent(moved));
+        let results = match moved {
+            Moved::Branch { .. } => results,
+            // Only the environments that read what moved; the others did not change.
+            Moved::Source { repo, branch, .. } => results
+                .into_iter()
+                .filter(|r| r.reads.contains(&(repo.to_owned(), branch.to_owned())))
+                .collect(),
+        };
         let known = match last {
             Some(last) if continues => last.enqueued.clone(),
             _ => Specs::new(),
@@ -359,7 +405,12 @@ impl Dispatcher {
         let mut prunes = Vec::new();
         let mut unchanged = 0;
         let mut problems = Vec::new();
-        for (environment, result) in results {
+        for EnvironmentResult {
+            environment,
+            result,
+            ..
+        } in results
+        {
             match result {
                 Ok(state) => {
                     prunes.extend(prune_job(&repo.config.name, branch, delivery, &state));
@@ -420,6 +471,10 @@ impl Dispatcher {
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
         let mut report = Reconciled::default();
+        // Not a config repo: one kept only for `source:`.
+        let Some(branches) = branches else {
+            return Ok(report);
+        };
         if branches.is_empty() {
             report.problems.push(EnvironmentProblems {
                 environment: None,
@@ -442,7 +497,12 @@ impl Dispatcher {
             };
             let mut jobs = Vec::new();
             let mut prunes = Vec::new();
-            for (environment, result) in results {
+            for EnvironmentResult {
+                environment,
+                result,
+                ..
+            } in results
+            {
                 let state = match result {
                     Ok(state) => state,
                     Err(found) => {
@@ -624,7 +684,8 @@ impl Dispatcher {
         let (mirror, config) = (repo.mirror.clone(), repo.config.clone());
         let bindings = tokio::task::spawn_blocking(move || environment_bindings(&mirror, &config))
             .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
+            .map_err(|e| Error::Internal(e.to_string()))??
+            .unwrap_or_default();
         let Some(branch) = bindings
             .iter()
             .find(|(name, _)| name == environment)
@@ -644,9 +705,9 @@ impl Dispatcher {
                 "branch `{branch}` of environment `{environment}` does not exist"
             )));
         };
-        let Some((_, result)) = results
+        let Some(EnvironmentResult { result, .. }) = results
             .into_iter()
-            .find(|(name, _)| name.as_deref().is_none_or(|n| n == environment))
+            .find(|r| r.environment.as_deref().is_none_or(|n| n == environment))
         else {
             return Err(ResyncError::Unknown(format!(
                 "environment `{environment}` is not bound to branch `{branch}`"
@@ -706,77 +767,110 @@ impl Dispatcher {
         let plan = tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &b, &sources))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
-        if let Plan::Resolved { results, .. } = &plan {
-            self.note_readers(&repo.config.name, branch, results);
+        // Only environment branches are indexed: any branch can be pushed.
+        if let Plan::Resolved {
+            commit, results, ..
+        } = &plan
+            && results.iter().any(|r| r.environment.is_some())
+        {
+            let reads = results
+                .iter()
+                .flat_map(|r| r.reads.iter().cloned())
+                .collect();
+            self.readers_index().branches.insert(
+                (repo.config.name.clone(), branch.to_owned()),
+                (commit.clone(), reads),
+            );
         }
         Ok(plan)
     }
 
-    /// Records what the environments of `branch` read. An environment that did not resolve
-    /// keeps what the branch read before: it may read it again once fixed.
-    fn note_readers(&self, repo: &str, branch: &str, results: &[EnvironmentResult]) {
-        let mut reads: HashSet<(String, String)> = results
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
-            .flat_map(|state| &state.sources)
-            .map(|s| (s.repo.clone(), s.reference.clone()))
-            .collect();
-        let mut index = self.readers_index();
-        let key = (repo.to_owned(), branch.to_owned());
-        if results.iter().any(|(_, r)| r.is_err())
-            && let Some(before) = index.reads.get(&key)
-        {
-            reads.extend(before.iter().cloned());
+    /// Brings the reader index up to date with every config repo as its remote is now:
+    /// environment branches whose head moved since they were last resolved here (by another
+    /// receiver's push, or never) are resolved again. Costs one `ls-remote` per repo, plus a
+    /// fetch and a resolve per branch that moved.
+    ///
+    /// A repo that cannot be listed keeps what the index knew of it, with a warning: one
+    /// unreachable repo must not stop pushes to all the others. Reconcile catches what that
+    /// misses.
+    pub async fn refresh_readers(&self) {
+        for config in &self.repos {
+            if let Err(e) = self.refresh_readers_of(config).await {
+                warn!(message = "Cannot tell which environments read other repos; using what was known.", repo = %config.config.name, error = %e);
+            }
         }
-        index.reads.insert(key, reads);
+    }
+
+    async fn refresh_readers_of(&self, config: &WatchedRepo) -> Result<(), Error> {
+        let name = &config.config.name;
+        let mirror = config.mirror.clone();
+        let heads = tokio::task::spawn_blocking(move || mirror.remote_heads())
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(Error::Fetch)?;
+        let default_head = heads
+            .get(&config.config.default_branch)
+            .map(ToString::to_string);
+        let known = self.readers_index().bindings.get(name).cloned();
+        let branches = match (default_head, known) {
+            // A repo kept only for `source:` need not have the default branch a root needs.
+            (None, _) => Vec::new(),
+            (Some(head), Some((known, branches))) if head == known => branches,
+            (Some(head), _) => {
+                let (mirror, cfg) = (config.mirror.clone(), config.config.clone());
+                let branches =
+                    tokio::task::spawn_blocking(move || environment_branches(&mirror, &cfg))
+                        .await
+                        .map_err(|e| Error::Internal(e.to_string()))??
+                        .unwrap_or_default();
+                let mut index = self.readers_index();
+                index
+                    .bindings
+                    .insert(name.clone(), (head, branches.clone()));
+                branches
+            }
+        };
+        self.readers_index()
+            .branches
+            .retain(|(repo, branch), _| repo != name || branches.contains(branch));
+        for branch in branches {
+            let key = (name.clone(), branch.clone());
+            let Some(head) = heads.get(&branch).map(ToString::to_string) else {
+                self.readers_index().branches.remove(&key);
+                continue;
+            };
+            let resolved = self
+                .readers_index()
+                .branches
+                .get(&key)
+                .is_some_and(|(at, _)| *at == head);
+            if resolved {
+                continue;
+            }
+            let state = self.branch_state(name, &branch);
+            let _turn = state.last.lock().await;
+            self.plan(config, &branch).await?;
+        }
+        Ok(())
     }
 
     /// The environment branches, other than `branch` itself, whose apps are read from `branch`
-    /// of `repo`. Each config repo's environment branches are resolved once first, so that a
-    /// receiver that never saw them still finds every reader.
-    async fn readers_of(
-        &self,
-        repo: &str,
-        branch: &str,
-    ) -> Result<Vec<(&WatchedRepo, String)>, Error> {
-        for config in &self.repos {
-            let name = &config.config.name;
-            if self.readers_index().complete.contains(name) {
-                continue;
-            }
-            let (mirror, cfg) = (config.mirror.clone(), config.config.clone());
-            let branches = tokio::task::spawn_blocking(move || environment_branches(&mirror, &cfg))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            // A repo kept only for `source:` need not have the default branch a root needs.
-            let branches = match branches {
-                Err(Error::Fetch(repo::Error::NoSuchBranch { .. })) => Vec::new(),
-                found => found?,
-            };
-            for b in branches {
-                let known = (name.clone(), b.clone());
-                if self.readers_index().reads.contains_key(&known) {
-                    continue;
-                }
-                let state = self.branch_state(name, &b);
-                let _turn = state.last.lock().await;
-                self.plan(config, &b).await?;
-            }
-            self.readers_index().complete.insert(name.clone());
-        }
+    /// of `repo`, as every config repo is now (see [`Dispatcher::refresh_readers`]).
+    async fn readers_of(&self, repo: &str, branch: &str) -> Vec<(&WatchedRepo, String)> {
+        self.refresh_readers().await;
         let read = (repo.to_owned(), branch.to_owned());
         let index = self.readers_index();
         let mut readers: Vec<_> = index
-            .reads
+            .branches
             .iter()
-            .filter(|((r, b), reads)| (r != repo || b != branch) && reads.contains(&read))
+            .filter(|((r, b), (_, reads))| (r != repo || b != branch) && reads.contains(&read))
             .filter_map(|((r, b), _)| {
                 let config = self.repos.iter().find(|c| &c.config.name == r)?;
                 Some((config, b.clone()))
             })
             .collect();
         readers.sort_by(|a, b| (&a.0.config.name, &a.1).cmp(&(&b.0.config.name, &b.1)));
-        Ok(readers)
+        readers
     }
 
     fn readers_index(&self) -> std::sync::MutexGuard<'_, ReaderIndex> {
@@ -973,34 +1067,41 @@ fn reconcile_delivery(live: Option<&LiveService>) -> String {
     format!("{RECONCILE_DELIVERY}:{}", hex::encode(&digest[..8]))
 }
 
-/// The distinct branches the root on the default branch binds environments to.
-fn environment_branches(mirror: &Mirror, repo: &RepoConfig) -> Result<Vec<String>, Error> {
-    let mut branches: Vec<String> = environment_bindings(mirror, repo)?
-        .into_iter()
-        .map(|(_, branch)| branch)
-        .collect();
+/// The distinct branches the root on the default branch binds environments to; `None` when
+/// the repo is not a config repo (see [`environment_bindings`]).
+fn environment_branches(mirror: &Mirror, repo: &RepoConfig) -> Result<Option<Vec<String>>, Error> {
+    let Some(bindings) = environment_bindings(mirror, repo)? else {
+        return Ok(None);
+    };
+    let mut branches: Vec<String> = bindings.into_iter().map(|(_, branch)| branch).collect();
     branches.sort();
     branches.dedup();
-    Ok(branches)
+    Ok(Some(branches))
 }
 
-/// (environment, branch) as the root on the freshly fetched default branch binds them.
+/// (environment, branch) as the root on the freshly fetched default branch binds them (none
+/// when that root is invalid); `None` when there is no default branch or no root on it: a repo
+/// kept only for `source:`.
 fn environment_bindings(
     mirror: &Mirror,
     repo: &RepoConfig,
-) -> Result<Vec<(String, String)>, Error> {
-    let head = mirror
-        .fetch_branch(&repo.default_branch)
-        .map_err(Error::Fetch)?;
+) -> Result<Option<Vec<(String, String)>>, Error> {
+    let head = match mirror.fetch_branch(&repo.default_branch) {
+        Ok(head) => head,
+        Err(repo::Error::NoSuchBranch { .. }) => return Ok(None),
+        Err(e) => return Err(Error::Fetch(e)),
+    };
     let local = mirror.local().map_err(Error::Fetch)?;
     let root = resolve::read_root(&local.snapshot(head).map_err(Error::Fetch)?, &repo.root);
     Ok(match root {
-        Ok(Some(root)) => root
-            .environments
-            .into_iter()
-            .map(|e| (e.name, e.branch))
-            .collect(),
-        Ok(None) | Err(resolve::Error::Invalid(_)) => Vec::new(),
+        Ok(Some(root)) => Some(
+            root.environments
+                .into_iter()
+                .map(|e| (e.name, e.branch))
+                .collect(),
+        ),
+        Ok(None) => None,
+        Err(resolve::Error::Invalid(_)) => Some(Vec::new()),
         Err(e) => return Err(Error::Read(e)),
     })
 }
@@ -1027,8 +1128,29 @@ enum Plan {
     },
 }
 
-/// An environment on the branch (`None`: the root itself), and its state or its problems.
-type EnvironmentResult = (Option<String>, Result<DesiredState, Vec<Problem>>);
+/// An environment on the branch (`None`: the root itself), its state or its problems, and
+/// which other repos it read or tried to.
+struct EnvironmentResult {
+    environment: Option<String>,
+    result: Result<DesiredState, Vec<Problem>>,
+    reads: Reads,
+}
+
+/// Notes which (repo, reference) a resolve opens, found or not: an environment whose source
+/// does not exist yet reads it once it does.
+struct Recording<'a> {
+    sources: &'a MirrorSources,
+    reads: std::cell::RefCell<Reads>,
+}
+
+impl resolve::Sources for Recording<'_> {
+    fn open(&self, repo: &str, reference: &str) -> Result<resolve::Opened, resolve::SourceError> {
+        self.reads
+            .borrow_mut()
+            .insert((repo.to_owned(), reference.to_owned()));
+        self.sources.open(repo, reference)
+    }
+}
 
 /// Fetches the branch and resolves every environment bound to it, at the fetched head (never
 /// the payload's commit: a later push may already be there). Bindings (environment → branch,
@@ -1081,7 +1203,11 @@ fn plan_branch(
             return Ok(Plan::Resolved {
                 commit,
                 bindings: default_head.to_string(),
-                results: vec![(None, Err(problems))],
+                results: vec![EnvironmentResult {
+                    environment: None,
+                    result: Err(problems),
+                    reads: Reads::new(),
+                }],
             });
         }
         Err(e) => return Err(Error::Read(e)),
@@ -1105,9 +1231,13 @@ fn plan_branch(
     let files = local.snapshot(head).map_err(Error::Fetch)?;
     let mut results = Vec::new();
     for binding in bound {
+        let recording = Recording {
+            sources,
+            reads: Default::default(),
+        };
         let result = match resolve::resolve_bound(
             &files,
-            sources,
+            &recording,
             root_path,
             &trusted,
             &binding.name,
@@ -1117,7 +1247,11 @@ fn plan_branch(
             Err(resolve::Error::Invalid(problems)) => Err(problems),
             Err(e) => return Err(Error::Read(e)),
         };
-        results.push((Some(binding.name.clone()), result));
+        results.push(EnvironmentResult {
+            environment: Some(binding.name.clone()),
+            result,
+            reads: recording.reads.into_inner(),
+        });
     }
     Ok(Plan::Resolved {
         commit,

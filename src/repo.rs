@@ -173,6 +173,28 @@ impl Mirror {
         }
     }
 
+    /// The remote's branches and their heads, without fetching anything (`git ls-remote`).
+    pub fn remote_heads(&self) -> Result<HashMap<String, Oid>> {
+        let repo = self.repo()?;
+        let list_err = |e: git2::Error| Error::Fetch {
+            url: redact_url(&self.fetch_url),
+            what: "the list of branches".to_owned(),
+            message: e.message().to_owned(),
+        };
+        let mut remote = repo.remote_anonymous(&self.fetch_url).map_err(list_err)?;
+        remote.connect(git2::Direction::Fetch).map_err(list_err)?;
+        let heads = remote
+            .list()
+            .map_err(list_err)?
+            .iter()
+            .filter_map(|head| {
+                let branch = head.name().strip_prefix("refs/heads/")?;
+                Some((branch.to_owned(), head.oid()))
+            })
+            .collect();
+        Ok(heads)
+    }
+
     /// Fetches started since the mirror was opened.
     pub fn fetch_count(&self) -> u64 {
         self.fetches.load(std::sync::atomic::Ordering::Relaxed)
@@ -363,15 +385,18 @@ impl resolve::Sources for MirrorSources {
     fn open(&self, repo: &str, reference: &str) -> Result<resolve::Opened, resolve::SourceError> {
         let Some((_, mirror)) = self.0.iter().find(|(name, _)| name == repo) else {
             let known: Vec<_> = self.0.iter().map(|(name, _)| name.as_str()).collect();
-            return Err(resolve::SourceError::Missing(format!(
+            return Err(resolve::SourceError::UnknownRepo(format!(
                 "no repo `{repo}` in the server config; known: {}",
                 known.join(", ")
             )));
         };
         let commit = match mirror.fetch_ref(reference) {
             Ok(commit) => commit,
-            Err(e @ Error::NoSuchRef { .. }) => {
-                return Err(resolve::SourceError::Missing(e.to_string()));
+            // Named by the repo's name: the answer to a push must not show its URL.
+            Err(Error::NoSuchRef { .. }) => {
+                return Err(resolve::SourceError::Missing(format!(
+                    "`{reference}` is not a branch, tag or full commit id of repo `{repo}`"
+                )));
             }
             Err(e) => return Err(resolve::SourceError::Read(e.into())),
         };
@@ -385,14 +410,14 @@ pub struct LocalSources(pub Vec<(String, PathBuf)>);
 impl resolve::Sources for LocalSources {
     fn open(&self, repo: &str, reference: &str) -> Result<resolve::Opened, resolve::SourceError> {
         let Some((_, path)) = self.0.iter().find(|(name, _)| name == repo) else {
-            return Err(resolve::SourceError::Missing(format!(
+            return Err(resolve::SourceError::UnknownRepo(format!(
                 "it is read from repo `{repo}`; pass --source {repo}=PATH to a clone of it"
             )));
         };
         let local = Local::open(path).map_err(|e| resolve::SourceError::Read(e.into()))?;
         let missing = || {
             resolve::SourceError::Missing(format!(
-                "`{reference}` is not a branch, tag or commit of {} (repo `{repo}`); fetch it",
+                "`{reference}` is not a branch, tag or full commit id of {} (repo `{repo}`); fetch it",
                 path.display()
             ))
         };
@@ -549,12 +574,22 @@ mod tests {
             opened.files.read("app.yaml").unwrap().as_deref(),
             Some(&b"v1"[..])
         );
-        let Err(resolve::SourceError::Missing(why)) =
+        let Err(resolve::SourceError::UnknownRepo(why)) =
             resolve::Sources::open(&sources, "web", "main")
         else {
             panic!("an unknown repo is a mistake in the manifest");
         };
         assert_eq!(why, "no repo `web` in the server config; known: team");
+        // Named by its name, never its URL: the message goes back to whoever pushed.
+        let Err(resolve::SourceError::Missing(why)) =
+            resolve::Sources::open(&sources, "team", "v2.0")
+        else {
+            panic!("a missing ref is a mistake in the manifest");
+        };
+        assert_eq!(
+            why,
+            "`v2.0` is not a branch, tag or full commit id of repo `team`"
+        );
     }
 
     /// A branch deleted upstream must not keep resolving to the mirror's stale copy.

@@ -60,8 +60,8 @@ pub struct Provenance {
     pub root: String,
     pub environment: String,
     pub commit: String,
-    /// `repo@commit` for an app read from another repository.
-    pub source: Option<String>,
+    /// Set for an app read from another repository.
+    pub source: Option<SourceUse>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +96,9 @@ pub struct DesiredApp {
     pub environment: String,
     pub cluster: String,
     pub commit: String,
+    /// The other repository the app was read from, and its commit there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceUse>,
     pub depends_on: Vec<String>,
     /// Hash of the ECS inputs without fleetsync's own tags: equal hashes mean nothing to do.
     pub spec_hash: String,
@@ -186,6 +189,7 @@ impl DesiredApp {
             environment: provenance.environment.clone(),
             cluster: cluster.to_owned(),
             commit: provenance.commit.clone(),
+            source: provenance.source.clone(),
             depends_on,
             spec_hash,
             task_definition_hash,
@@ -227,15 +231,19 @@ impl DesiredApp {
 }
 
 fn provenance_tags(app: &str, p: &Provenance, hash: (&str, &str)) -> Vec<(String, String)> {
+    let source = p
+        .source
+        .as_ref()
+        .map_or_else(String::new, |s| format!("{}@{}", s.repo, s.commit));
     [
         (tag::ROOT, p.root.as_str()),
         (tag::ENVIRONMENT, p.environment.as_str()),
         (tag::APP, app),
         (tag::REVISION, p.commit.as_str()),
+        (tag::SOURCE, source.as_str()),
         hash,
     ]
     .into_iter()
-    .chain(p.source.as_deref().map(|s| (tag::SOURCE, s)))
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
 }

@@ -59,7 +59,9 @@ pub struct Source {
     pub repo: String,
     /// A branch, tag or commit; `None` means the environment's branch in that repository.
     pub reference: Option<String>,
+    /// Where `repo` and `ref` were written.
     pub pos: Pos,
+    pub ref_pos: Option<Pos>,
 }
 
 #[derive(Debug)]
@@ -312,14 +314,15 @@ fn read_source(node: &Node, report: &mut Report<'_>) -> Option<(String, Pos, Opt
         }
     };
     let (path, path_pos) = optional("path", report).unwrap_or_else(|| (".".to_owned(), node.pos));
-    let reference = optional("ref", report).map(|(r, _)| r);
+    let reference = optional("ref", report);
     let (repo, pos) = repo?;
     Some((
         path,
         path_pos,
         Some(Source {
             repo,
-            reference,
+            ref_pos: reference.as_ref().map(|(_, p)| *p),
+            reference: reference.map(|(r, _)| r),
             pos,
         }),
     ))

@@ -53,7 +53,10 @@ pub struct Opened {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// No such repository or reference: a mistake in the manifest, reported at its `source`.
+    /// No such repository: a mistake in the manifest, reported at its `repo`.
+    #[error("{0}")]
+    UnknownRepo(String),
+    /// No such branch, tag or commit: a mistake in the manifest, reported at its `ref`.
     #[error("{0}")]
     Missing(String),
     /// It could not be read (say, a fetch failed): worth trying again.
@@ -66,7 +69,7 @@ pub struct NoSources;
 
 impl Sources for NoSources {
     fn open(&self, repo: &str, _: &str) -> Result<Opened, SourceError> {
-        Err(SourceError::Missing(format!(
+        Err(SourceError::UnknownRepo(format!(
             "repo `{repo}` cannot be read here: only the config repo is"
         )))
     }
@@ -311,7 +314,11 @@ fn resolve_with(
             Some(i) => (
                 &*opened[i].files,
                 Provenance {
-                    source: Some(format!("{}@{}", opened[i].repo, opened[i].commit)),
+                    source: Some(SourceUse {
+                        repo: opened[i].repo.clone(),
+                        reference: opened[i].reference.clone(),
+                        commit: opened[i].commit.clone(),
+                    }),
                     ..provenance.clone()
                 },
             ),

@@ -160,8 +160,15 @@ impl Walk<'_> {
                 });
                 Ok(Some(self.opened.len() - 1))
             }
-            Err(SourceError::Missing(why)) => {
+            Err(SourceError::UnknownRepo(why)) => {
                 Report::new(file, &mut self.problems).at(source.pos, format!("app `{app}`: {why}"));
+                Ok(None)
+            }
+            Err(SourceError::Missing(why)) => {
+                Report::new(file, &mut self.problems).at(
+                    source.ref_pos.unwrap_or(source.pos),
+                    format!("app `{app}`: {why}"),
+                );
                 Ok(None)
             }
             Err(SourceError::Read(e)) => Err(Error::Read {

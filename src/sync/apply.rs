@@ -4,6 +4,7 @@
 //! Every step can be repeated after a crash: the hash tags on the live task definition and
 //! service say what is already there, so a retried job re-does only what is missing.
 
+use crate::resolve::SourceUse;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -49,6 +50,14 @@ pub trait History: Sync {
         live: &str,
     ) -> impl Future<Output = Option<String>> + Send;
 
+    /// The same for the other repo an app is read from, when the service runs the job's config
+    /// commit: `live` is the commit of `source.repo` it was read at.
+    fn source_superseded_by(
+        &self,
+        source: &SourceUse,
+        live: &str,
+    ) -> impl Future<Output = Option<String>> + Send;
+
     /// Whether `commit` is the head of `branch` of `repo` and `live` is `commit` or one of its
     /// ancestors; `None` when it cannot tell. Prune acts only as of the head: a newer push
     /// sends its own prune job, and may list again what an older one dropped.
@@ -66,13 +75,18 @@ struct Rollback {
     service_arn: String,
     /// The task definition the service ran before; `None` when there is nothing to go back to.
     task_definition: Option<String>,
-    /// The service's `spec-hash`, `task-definition-hash` and `revision` tags for that task
-    /// definition.
+    /// The service's `spec-hash`, `task-definition-hash`, `revision` and `source` tags for that
+    /// task definition.
     tags: Vec<(String, String)>,
 }
 
 /// The service tags a rollback restores.
-const ROLLBACK_TAGS: [&str; 3] = [tag::SPEC_HASH, tag::TASK_DEFINITION_HASH, tag::REVISION];
+const ROLLBACK_TAGS: [&str; 4] = [
+    tag::SPEC_HASH,
+    tag::TASK_DEFINITION_HASH,
+    tag::REVISION,
+    tag::SOURCE,
+];
 
 /// How many times a job is put back to wait for its `dependsOn` before it fails: with the
 /// default 5 s poll, over an hour, well past any dependency's rollout timeout.
@@ -164,6 +178,20 @@ async fn apply_once(
         && let Some(by) = history.superseded_by(job, live_commit).await
     {
         return Ok(Outcome::Superseded { by });
+    }
+    if let Some(live) = &live
+        && let Some(source) = &app.source
+        && live.tags.get(tag::REVISION) == Some(&app.commit)
+        && let Some(live_source) = live
+            .tags
+            .get(tag::SOURCE)
+            .and_then(|s| s.strip_prefix(&format!("{}@", source.repo)))
+        && live_source != source.commit
+        && let Some(by) = history.source_superseded_by(source, live_source).await
+    {
+        return Ok(Outcome::Superseded {
+            by: format!("{}@{by}", source.repo),
+        });
     }
 
     // Reconcile may have queued this spec while its rollout was failing (behind it in the

@@ -9,6 +9,7 @@ pub mod plan;
 mod prune;
 pub mod status;
 
+use crate::resolve::SourceUse;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -404,19 +405,23 @@ impl Worker {
     }
 }
 
-impl History for Mirrors {
-    async fn superseded_by(&self, job: &SyncJob, live: &str) -> Option<String> {
-        let mirror = self.0.get(&job.repo).cloned()?;
-        let (Ok(job_commit), Ok(live_commit)) = (
-            git2::Oid::from_str(&job.app.commit),
-            git2::Oid::from_str(live),
-        ) else {
+impl Mirrors {
+    /// `live` when it descends from `job` and is still on `branch` of `repo`, or the branch's
+    /// head when `job` left the branch; `None` (apply) when neither, or it cannot tell.
+    async fn newer_on_branch(
+        &self,
+        repo: &str,
+        branch: &str,
+        job: &str,
+        live: &str,
+    ) -> Option<String> {
+        let mirror = self.0.get(repo).cloned()?;
+        let (Ok(job_commit), Ok(live_commit)) =
+            (git2::Oid::from_str(job), git2::Oid::from_str(live))
+        else {
             return None;
         };
-        if job.branch.is_empty() {
-            return None; // a job from a receiver that predates branch-aware jobs
-        }
-        let branch = job.branch.clone();
+        let branch = branch.to_owned();
         let check = tokio::task::spawn_blocking(move || -> Result<Option<String>, repo::Error> {
             // Always the current head: a force-push may have moved the branch back.
             let head = mirror.fetch_branch(&branch)?;
@@ -440,6 +445,25 @@ impl History for Mirrors {
                 None
             }
         }
+    }
+}
+
+impl History for Mirrors {
+    async fn superseded_by(&self, job: &SyncJob, live: &str) -> Option<String> {
+        if job.branch.is_empty() {
+            return None; // a job from a receiver that predates branch-aware jobs
+        }
+        self.newer_on_branch(&job.repo, &job.branch, &job.app.commit, live)
+            .await
+    }
+
+    async fn source_superseded_by(&self, source: &SourceUse, live: &str) -> Option<String> {
+        // A pinned tag or commit is not a branch: nothing is newer than it.
+        if !repo::is_valid_branch(&source.reference) {
+            return None;
+        }
+        self.newer_on_branch(&source.repo, &source.reference, &source.commit, live)
+            .await
     }
 
     async fn head_includes(

@@ -1456,3 +1456,122 @@ async fn a_push_to_a_repo_an_app_is_kept_in_syncs_only_that_app_where_it_is_read
         "{body}"
     );
 }
+
+/// Staging's web, read from `team`, resolved as a receiver would at the repos' current heads.
+fn staging_web_from(s: &Setup, team: &ConfigRepo) -> fleetsync::resolve::DesiredApp {
+    let local = fleetsync::repo::Local::open(&s.repo.path()).unwrap();
+    let main = local.snapshot(s.repo.head("main")).unwrap();
+    let root = fleetsync::resolve::read_root(&main, "fleetsync.yaml")
+        .unwrap()
+        .unwrap();
+    let head = s.repo.head("staging");
+    let sources = fleetsync::repo::LocalSources(vec![("team".into(), team.path())]);
+    let state = fleetsync::resolve::resolve_bound(
+        &local.snapshot(head).unwrap(),
+        &sources,
+        "fleetsync.yaml",
+        &root,
+        "staging",
+        &head.to_string(),
+    )
+    .unwrap();
+    state.apps.into_iter().find(|a| a.name == "web").unwrap()
+}
+
+/// Two receivers behind one load balancer, each seeing only some of the pushes: neither misses
+/// a reader the other indexed, neither skips an app because of what it enqueued before the
+/// other moved things, and a late job for an older team commit never undoes a newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_that_each_see_some_pushes_keep_an_app_of_another_repo_current() {
+    let s = setup().await;
+    let team = ConfigRepo::example(&s.emulator);
+    for branch in ["main", "staging"] {
+        team.commit(branch, "fleetsync.yaml", |_| None);
+    }
+    let image = |version: &'static str| {
+        move |t: Option<&str>| {
+            let t = t.unwrap();
+            let at = t.find("acme/web:").unwrap() + "acme/web:".len();
+            let end = at + t[at..].find('"').unwrap();
+            Some(format!("{}{version}{}", &t[..at], &t[end..]))
+        }
+    };
+    let t1 = team.commit("staging", "apps/web/taskdef.json", image("3.8.2"));
+    let repos = [
+        ("platform", REPO_URL, s.repo.file_url()),
+        ("team", TEAM_URL, team.file_url()),
+    ];
+    let repos: Vec<_> = repos.iter().map(|(n, u, f)| (*n, *u, f.as_str())).collect();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config_a = config_with_repos(dir_a.path(), &repos, &s.queue_url, "");
+    let config_b = config_with_repos(dir_b.path(), &repos, &s.queue_url, "");
+    let a = Receiver::start(&config_a, &s.emulator.aws).await;
+    let b = Receiver::start(&config_b, &s.emulator.aws).await;
+    let _worker = start_worker(&config_a, &s.emulator.aws);
+    let web_at = |commit: git2::Oid| {
+        let s = &s;
+        async move {
+            eventually(
+                LIMIT,
+                &format!("staging/web from team@{commit}"),
+                || async {
+                    s.emulator
+                        .service("staging", "web")
+                        .await
+                        .filter(|w| w.tags["fleetsync:source"] == format!("team@{commit}"))
+                },
+            )
+            .await
+        }
+    };
+    let sent_web = |body: &serde_json::Value| {
+        body["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["environment"] == "staging" && j["app"] == "web")
+    };
+
+    // A deploys staging as it is; then B sees the push that moves web to the team's repo.
+    let h0 = s.repo.head("staging");
+    assert_eq!(a.push("staging", h0, "a-initial").await.0, 202);
+    all_live_at(&s.emulator, "staging", &h0.to_string()).await;
+    let h1 = s.repo.commit("staging", "fleetsync.yaml", |t| {
+        Some(t.unwrap().replace(
+            "    path: apps/web\n",
+            "    source: { repo: team, path: apps/web }\n",
+        ))
+    });
+    let (status, body) = b.push_from("staging", Some(h0), h1, "b-source").await;
+    assert!(status == 202 && sent_web(&body), "{body}");
+    web_at(t1).await;
+    s.drained().await;
+
+    // The team's next push lands on A, which never resolved h1: it still finds the reader.
+    let t2 = team.commit("staging", "apps/web/taskdef.json", image("3.9.0"));
+    let (status, body) = a.push_to(TEAM_URL, "staging", Some(t1), t2, "a-t2").await;
+    assert!(status == 202 && sent_web(&body), "{body}");
+    web_at(t2).await;
+    s.drained().await;
+
+    // B ships 4.0.0; the team reverts to 3.9.0 and A gets that push. A enqueued 3.9.0 itself
+    // last time, but from t2, not t3: it must send web again.
+    let t3 = team.commit("staging", "apps/web/taskdef.json", image("4.0.0"));
+    let (status, body) = b.push_to(TEAM_URL, "staging", Some(t2), t3, "b-t3").await;
+    assert!(status == 202 && sent_web(&body), "{body}");
+    web_at(t3).await;
+    s.drained().await;
+    let late = staging_web_from(&s, &team); // t3's web, as a slow receiver would enqueue it
+    let t4 = team.commit("staging", "apps/web/taskdef.json", image("3.9.0"));
+    let (status, body) = a.push_to(TEAM_URL, "staging", Some(t3), t4, "a-t4").await;
+    assert!(status == 202 && sent_web(&body), "{body}");
+    let live = web_at(t4).await;
+    s.drained().await;
+
+    // t3's job arrives last: the service runs t4, which descends from t3, so it stays.
+    let queue = fleetsync::queue::Queue::new(&s.emulator.aws, &s.queue_url);
+    let job = fleetsync::queue::SyncJob::new("platform", "staging", "late", late);
+    queue.send(&[job]).await.unwrap();
+    s.drained().await;
+    assert_eq!(s.emulator.service("staging", "web").await.unwrap(), live);
+}

@@ -85,9 +85,12 @@ fn an_app_in_another_repo_is_read_at_the_environment_branch_there() {
             commit: "aaaaaaaaa1".into(),
         }]
     );
-    // Apps of the config repo carry no source tag.
+    // Apps of the config repo carry an empty source tag: one that moves back clears it.
     let db = state.apps.iter().find(|a| a.name == "db").unwrap();
-    assert_eq!(tag_value(&db.create_service["tags"], tag::SOURCE), None);
+    assert_eq!(
+        tag_value(&db.create_service["tags"], tag::SOURCE).as_deref(),
+        Some("")
+    );
 }
 
 #[test]
@@ -103,7 +106,7 @@ fn a_missing_repo_or_ref_is_a_problem_at_its_source() {
     let config = listing("  - name: ledger\n    source: { repo: team, path: svc, ref: v9 }\n");
     assert_eq!(
         problems_with_sources(&config, &others()),
-        ["fleetsync.yaml:8:21: app `ledger`: `v9` is not a branch of `team`"]
+        ["fleetsync.yaml:8:43: app `ledger`: `v9` is not a branch of `team`"]
     );
     // Without other repositories at all (validate with no --source), it says so.
     let plain = listing("  - name: ledger\n    source: { repo: team, path: svc }\n");
