@@ -179,7 +179,9 @@ async fn serve(path: &str) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown::on_signals()?;
     // Learn now which environments read other repos, so the first push does not wait for it.
     let warm = dispatcher.clone();
-    tokio::spawn(async move { warm.refresh_readers().await });
+    tokio::spawn(async move {
+        warm.refresh_readers().await;
+    });
     if let Some(every) = config.reconcile_interval {
         tokio::spawn(dispatcher.clone().reconcile_every(every, shutdown.clone()));
     }

@@ -50,14 +50,23 @@ pub struct Dispatcher {
 /// Bounded by the environment branches the config repos bind.
 #[derive(Default)]
 struct ReaderIndex {
-    /// (config repo, environment branch) → the head last resolved, and the (repo, reference)
-    /// pairs its environments read or tried to.
-    branches: HashMap<(String, String), (String, Reads)>,
+    /// (config repo, environment branch) → the head and bindings (default branch head) last
+    /// resolved, and the (repo, reference) pairs its environments read or tried to.
+    branches: HashMap<(String, String), Indexed>,
     /// Config repo → its default branch's head, and the environment branches its root binds.
     bindings: HashMap<String, (String, Vec<String>)>,
 }
 
 type Reads = BTreeSet<(String, String)>;
+
+struct Indexed {
+    head: String,
+    bindings: String,
+    reads: Reads,
+}
+
+/// How long listing a repo's branches may take before the index goes on without it.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per (repo, branch): pushes seen so far, and the last answer with the arrival count its
 /// fetch covered. Held from fetch to enqueue.
@@ -68,7 +77,9 @@ struct BranchState {
 }
 
 struct LastAnswer {
-    /// Pushes that had arrived when its fetch started: all of them are answered by it.
+    /// Pushes that had arrived when its fetch started: all of them are answered by it. 0 for
+    /// an answer about only some environments of the branch (those that read a repo that
+    /// moved), which answers nobody else.
     covered: u64,
     outcome: Outcome,
     /// What it was resolved from.
@@ -316,7 +327,10 @@ impl Dispatcher {
         {
             return Ok(last.outcome.clone());
         }
-        let covered = state.arrivals.load(Ordering::SeqCst);
+        let covered = match moved {
+            Moved::Branch { .. } => state.arrivals.load(Ordering::SeqCst),
+            Moved::Source { .. } => 0,
+        };
         match self
             .push_now(repo, branch, moved, delivery, last.as_ref())
             .await
@@ -376,6 +390,7 @@ impl Dispatcher {
         let resolved = Some(resolution.clone());
         if let Some(last) = last
             && same_head
+            && last.covered > 0 // an answer about every environment of the branch
             && matches!(last.outcome, Outcome::Enqueued { .. })
             && last.at.elapsed() < SAME_HEAD_WINDOW
         {
@@ -769,7 +784,9 @@ impl Dispatcher {
             .map_err(|e| Error::Internal(e.to_string()))??;
         // Only environment branches are indexed: any branch can be pushed.
         if let Plan::Resolved {
-            commit, results, ..
+            commit,
+            bindings,
+            results,
         } = &plan
             && results.iter().any(|r| r.environment.is_some())
         {
@@ -779,7 +796,11 @@ impl Dispatcher {
                 .collect();
             self.readers_index().branches.insert(
                 (repo.config.name.clone(), branch.to_owned()),
-                (commit.clone(), reads),
+                Indexed {
+                    head: commit.clone(),
+                    bindings: bindings.clone(),
+                    reads,
+                },
             );
         }
         Ok(plan)
@@ -793,19 +814,28 @@ impl Dispatcher {
     /// A repo that cannot be listed keeps what the index knew of it, with a warning: one
     /// unreachable repo must not stop pushes to all the others. Reconcile catches what that
     /// misses.
-    pub async fn refresh_readers(&self) {
+    ///
+    /// Returns the environment branches it could not resolve: any of them may read what moved.
+    pub async fn refresh_readers(&self) -> Vec<(&WatchedRepo, String)> {
+        let mut unknown = Vec::new();
         for config in &self.repos {
-            if let Err(e) = self.refresh_readers_of(config).await {
-                warn!(message = "Cannot tell which environments read other repos; using what was known.", repo = %config.config.name, error = %e);
+            match self.refresh_readers_of(config).await {
+                Ok(failed) => unknown.extend(failed.into_iter().map(|b| (config, b))),
+                Err(e) => {
+                    warn!(message = "Cannot tell which environments read other repos; using what was known.", repo = %config.config.name, error = %e)
+                }
             }
         }
+        unknown
     }
 
-    async fn refresh_readers_of(&self, config: &WatchedRepo) -> Result<(), Error> {
+    async fn refresh_readers_of(&self, config: &WatchedRepo) -> Result<Vec<String>, Error> {
         let name = &config.config.name;
         let mirror = config.mirror.clone();
-        let heads = tokio::task::spawn_blocking(move || mirror.remote_heads())
+        let list = tokio::task::spawn_blocking(move || mirror.remote_heads());
+        let heads = tokio::time::timeout(LIST_TIMEOUT, list)
             .await
+            .map_err(|_| Error::Internal("listing its branches timed out".into()))?
             .map_err(|e| Error::Internal(e.to_string()))?
             .map_err(Error::Fetch)?;
         let default_head = heads
@@ -833,43 +863,65 @@ impl Dispatcher {
         self.readers_index()
             .branches
             .retain(|(repo, branch), _| repo != name || branches.contains(branch));
+        let bindings_head = heads
+            .get(&config.config.default_branch)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let mut failed = Vec::new();
         for branch in branches {
             let key = (name.clone(), branch.clone());
             let Some(head) = heads.get(&branch).map(ToString::to_string) else {
                 self.readers_index().branches.remove(&key);
                 continue;
             };
-            let resolved = self
-                .readers_index()
-                .branches
-                .get(&key)
-                .is_some_and(|(at, _)| *at == head);
-            if resolved {
+            // Resolved at this head under these bindings (here, or just now by a push that
+            // held the branch while this waited): what it reads is known.
+            let current = |index: &ReaderIndex| {
+                index
+                    .branches
+                    .get(&key)
+                    .is_some_and(|i| i.head == head && i.bindings == bindings_head)
+            };
+            if current(&self.readers_index()) {
                 continue;
             }
             let state = self.branch_state(name, &branch);
             let _turn = state.last.lock().await;
-            self.plan(config, &branch).await?;
+            if current(&self.readers_index()) {
+                continue;
+            }
+            if let Err(e) = self.plan(config, &branch).await {
+                warn!(message = "Cannot resolve an environment branch to see what it reads.", repo = %name, %branch, error = %e);
+                failed.push(branch);
+            }
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// The environment branches, other than `branch` itself, whose apps are read from `branch`
     /// of `repo`, as every config repo is now (see [`Dispatcher::refresh_readers`]).
+    /// Branches that could not be resolved are returned too: pushing them resolves them again
+    /// and enqueues only their environments that do read it, or fails the push.
     async fn readers_of(&self, repo: &str, branch: &str) -> Vec<(&WatchedRepo, String)> {
-        self.refresh_readers().await;
+        let unknown = self.refresh_readers().await;
         let read = (repo.to_owned(), branch.to_owned());
         let index = self.readers_index();
         let mut readers: Vec<_> = index
             .branches
             .iter()
-            .filter(|((r, b), (_, reads))| (r != repo || b != branch) && reads.contains(&read))
+            .filter(|((r, b), i)| (r != repo || b != branch) && i.reads.contains(&read))
             .filter_map(|((r, b), _)| {
                 let config = self.repos.iter().find(|c| &c.config.name == r)?;
                 Some((config, b.clone()))
             })
+            .chain(
+                unknown
+                    .into_iter()
+                    .filter(|(c, b)| c.config.name != repo || b != branch),
+            )
             .collect();
         readers.sort_by(|a, b| (&a.0.config.name, &a.1).cmp(&(&b.0.config.name, &b.1)));
+        readers.dedup_by(|a, b| a.0.config.name == b.0.config.name && a.1 == b.1);
         readers
     }
 

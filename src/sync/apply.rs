@@ -312,6 +312,10 @@ async fn apply_once(
                 tag::TASK_DEFINITION.into(),
                 task_definition_id(&task_definition).to_owned(),
             ));
+            // An app moved back into the config repo no longer comes from elsewhere.
+            if app.source.is_none() && live.tags.get(tag::SOURCE).is_some_and(|s| !s.is_empty()) {
+                tags.push((tag::SOURCE.into(), String::new()));
+            }
             // A spec applied again after it failed (through the API, say) is no longer failed;
             // if this rollout fails too, the rollback marks it again.
             if live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash) {

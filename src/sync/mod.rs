@@ -414,12 +414,14 @@ impl Mirrors {
         branch: &str,
         job: &str,
         live: &str,
-    ) -> Option<String> {
-        let mirror = self.0.get(repo).cloned()?;
+    ) -> Result<Option<String>, repo::Error> {
+        let Some(mirror) = self.0.get(repo).cloned() else {
+            return Ok(None);
+        };
         let (Ok(job_commit), Ok(live_commit)) =
             (git2::Oid::from_str(job), git2::Oid::from_str(live))
         else {
-            return None;
+            return Ok(None);
         };
         let branch = branch.to_owned();
         let check = tokio::task::spawn_blocking(move || -> Result<Option<String>, repo::Error> {
@@ -434,17 +436,12 @@ impl Mirrors {
             let newer = live_on_branch && local.is_ancestor(job_commit, live_commit)?;
             Ok(newer.then(|| live_commit.to_string()))
         });
-        match check
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            Ok(by) => by,
-            Err(error) => {
-                warn!(message = "Cannot compare commits; applying the job.", %error);
-                None
-            }
-        }
+        check.await.unwrap_or_else(|e| {
+            Err(repo::Error::Git {
+                path: repo.into(),
+                source: git2::Error::from_str(&e.to_string()),
+            })
+        })
     }
 }
 
@@ -455,15 +452,30 @@ impl History for Mirrors {
         }
         self.newer_on_branch(&job.repo, &job.branch, &job.app.commit, live)
             .await
+            .unwrap_or_else(|error| {
+                warn!(message = "Cannot compare commits; applying the job.", %error);
+                None
+            })
     }
 
     async fn source_superseded_by(&self, source: &SourceUse, live: &str) -> Option<String> {
-        // A pinned tag or commit is not a branch: nothing is newer than it.
-        if !repo::is_valid_branch(&source.reference) {
-            return None;
+        let reference = &source.reference;
+        let commit_id = reference.len() == 40 && git2::Oid::from_str(reference).is_ok();
+        if commit_id || !repo::is_valid_branch(reference) {
+            return None; // a pinned commit: nothing is newer than it
         }
-        self.newer_on_branch(&source.repo, &source.reference, &source.commit, live)
+        match self
+            .newer_on_branch(&source.repo, reference, &source.commit, live)
             .await
+        {
+            Ok(by) => by,
+            // A pinned tag: nothing is newer than it either.
+            Err(repo::Error::NoSuchBranch { .. }) => None,
+            Err(error) => {
+                warn!(message = "Cannot compare commits of the app's repo; applying the job.", repo = %source.repo, %error);
+                None
+            }
+        }
     }
 
     async fn head_includes(

@@ -1399,7 +1399,7 @@ async fn a_push_to_a_repo_an_app_is_kept_in_syncs_only_that_app_where_it_is_read
         s.emulator
             .service("staging", "web")
             .await
-            .filter(|w| w.tags["fleetsync:source"] == format!("team@{shipped}"))
+            .filter(|w| w.tags.get("fleetsync:source") == Some(&format!("team@{shipped}")))
     })
     .await;
     s.drained().await;
@@ -1455,6 +1455,27 @@ async fn a_push_to_a_repo_an_app_is_kept_in_syncs_only_that_app_where_it_is_read
         APPS.iter().map(|app| ("staging", *app)).collect::<Vec<_>>(),
         "{body}"
     );
+
+    // Web moves back into the config repo: its service no longer names the team's commit.
+    let before = s.repo.head("staging");
+    let back = s.repo.commit("staging", "fleetsync.yaml", |t| {
+        Some(t.unwrap().replace(
+            "    source: { repo: team, path: apps/web }\n",
+            "    path: apps/web\n",
+        ))
+    });
+    let (status, body) = receiver
+        .push_from("staging", Some(before), back, "back")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(LIMIT, "staging/web back from the config repo", || async {
+        s.emulator
+            .service("staging", "web")
+            .await
+            .filter(|w| w.revision() == back.to_string())
+            .filter(|w| w.tags.get("fleetsync:source").is_some_and(String::is_empty))
+    })
+    .await;
 }
 
 /// Staging's web, read from `team`, resolved as a receiver would at the repos' current heads.
@@ -1515,10 +1536,9 @@ async fn receivers_that_each_see_some_pushes_keep_an_app_of_another_repo_current
                 LIMIT,
                 &format!("staging/web from team@{commit}"),
                 || async {
-                    s.emulator
-                        .service("staging", "web")
-                        .await
-                        .filter(|w| w.tags["fleetsync:source"] == format!("team@{commit}"))
+                    s.emulator.service("staging", "web").await.filter(|w| {
+                        w.tags.get("fleetsync:source") == Some(&format!("team@{commit}"))
+                    })
                 },
             )
             .await

@@ -85,12 +85,9 @@ fn an_app_in_another_repo_is_read_at_the_environment_branch_there() {
             commit: "aaaaaaaaa1".into(),
         }]
     );
-    // Apps of the config repo carry an empty source tag: one that moves back clears it.
+    // Apps of the config repo carry no source tag.
     let db = state.apps.iter().find(|a| a.name == "db").unwrap();
-    assert_eq!(
-        tag_value(&db.create_service["tags"], tag::SOURCE).as_deref(),
-        Some("")
-    );
+    assert_eq!(tag_value(&db.create_service["tags"], tag::SOURCE), None);
 }
 
 #[test]
