@@ -43,6 +43,10 @@ pub struct Dispatcher {
     sources: Arc<MirrorSources>,
     /// Which environment branches read which branches of other repos.
     readers: std::sync::Mutex<ReaderIndex>,
+    /// Refreshes of that index asked for so far, and the last one: the count it covered and
+    /// the (repo, branch) it could not resolve. A burst of pushes costs one or two refreshes.
+    refreshes: AtomicU64,
+    last_refresh: tokio::sync::Mutex<(u64, Vec<(String, String)>)>,
 }
 
 /// Which environment branches read which (repo, reference), as of their last resolve here:
@@ -74,6 +78,10 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 struct BranchState {
     arrivals: AtomicU64,
     last: Arc<tokio::sync::Mutex<Option<LastAnswer>>>,
+    /// The last head whose readers (environments of other branches that read this one) were
+    /// all sent, and the answer for it when the branch itself deploys nothing: the rest of a
+    /// burst, or a redelivery, need not look for readers again.
+    readers_sent: std::sync::Mutex<Option<(String, Option<Outcome>)>>,
 }
 
 struct LastAnswer {
@@ -241,6 +249,8 @@ impl Dispatcher {
             dead_letters: Default::default(),
             sources: Arc::new(MirrorSources(sources)),
             readers: Default::default(),
+            refreshes: AtomicU64::new(0),
+            last_refresh: Default::default(),
         })
     }
 
@@ -269,11 +279,44 @@ impl Dispatcher {
         let own = self
             .push_branch(repo, branch, Moved::Branch { before }, delivery)
             .await?;
+        let about_own = !matches!(own, Outcome::Ignored { .. });
+        // The head fetched: readers must read it or a later one.
+        let head = match &own {
+            Outcome::Enqueued { commit, .. } | Outcome::Invalid { commit, .. } => commit.clone(),
+            Outcome::Ignored { .. } => {
+                let mirror = repo.mirror.clone();
+                let b = branch.to_owned();
+                tokio::task::spawn_blocking(move || mirror.local()?.branch_head(&b))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?
+                    .map_err(Error::Fetch)?
+                    .map(|h| h.to_string())
+                    .unwrap_or_default()
+            }
+        };
+        let state = self.branch_state(&repo.config.name, branch);
+        let sent = |answer: Option<Outcome>| {
+            *state.readers_sent.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((head.clone(), answer));
+        };
+        let already = state
+            .readers_sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|(done, _)| !head.is_empty() && *done == head);
+        if let Some((_, answer)) = already {
+            return Ok(if about_own {
+                own
+            } else {
+                answer.unwrap_or(own)
+            });
+        }
         let readers = self.readers_of(&repo.config.name, branch).await;
         if readers.is_empty() {
+            sent(None);
             return Ok(own);
         }
-        let about_own = !matches!(own, Outcome::Ignored { .. });
         let mut outcome = own;
         let moved = Moved::Source {
             repo: &repo.config.name,
@@ -288,14 +331,6 @@ impl Dispatcher {
         }
         if !about_own {
             // The answer names the branch pushed, at the head its readers read.
-            let mirror = repo.mirror.clone();
-            let b = branch.to_owned();
-            let head = tokio::task::spawn_blocking(move || mirror.local()?.branch_head(&b))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
-                .map_err(Error::Fetch)?
-                .map(|h| h.to_string())
-                .unwrap_or_default();
             if let Outcome::Enqueued {
                 branch: b, commit, ..
             }
@@ -304,9 +339,10 @@ impl Dispatcher {
             } = &mut outcome
             {
                 branch.clone_into(b);
-                *commit = head;
+                commit.clone_from(&head);
             }
         }
+        sent((!about_own).then(|| outcome.clone()));
         Ok(outcome)
     }
 
@@ -816,17 +852,33 @@ impl Dispatcher {
     /// misses.
     ///
     /// Returns the environment branches it could not resolve: any of them may read what moved.
+    ///
+    /// A refresh that started after this call was made answers it too, as fetches do pushes.
     pub async fn refresh_readers(&self) -> Vec<(&WatchedRepo, String)> {
-        let mut unknown = Vec::new();
-        for config in &self.repos {
-            match self.refresh_readers_of(config).await {
-                Ok(failed) => unknown.extend(failed.into_iter().map(|b| (config, b))),
-                Err(e) => {
-                    warn!(message = "Cannot tell which environments read other repos; using what was known.", repo = %config.config.name, error = %e)
+        let ticket = self.refreshes.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut last = self.last_refresh.lock().await;
+        if ticket > last.0 {
+            let covered = self.refreshes.load(Ordering::SeqCst);
+            let mut unknown = Vec::new();
+            for config in &self.repos {
+                match self.refresh_readers_of(config).await {
+                    Ok(failed) => {
+                        unknown.extend(failed.into_iter().map(|b| (config.config.name.clone(), b)))
+                    }
+                    Err(e) => {
+                        warn!(message = "Cannot tell which environments read other repos; using what was known.", repo = %config.config.name, error = %e)
+                    }
                 }
             }
+            *last = (covered, unknown);
         }
-        unknown
+        last.1
+            .iter()
+            .filter_map(|(repo, branch)| {
+                let config = self.repos.iter().find(|c| &c.config.name == repo)?;
+                Some((config, branch.clone()))
+            })
+            .collect()
     }
 
     async fn refresh_readers_of(&self, config: &WatchedRepo) -> Result<Vec<String>, Error> {

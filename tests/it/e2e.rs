@@ -1593,5 +1593,10 @@ async fn receivers_that_each_see_some_pushes_keep_an_app_of_another_repo_current
     let job = fleetsync::queue::SyncJob::new("platform", "staging", "late", late);
     queue.send(&[job]).await.unwrap();
     s.drained().await;
-    assert_eq!(s.emulator.service("staging", "web").await.unwrap(), live);
+    let after = s.emulator.service("staging", "web").await.unwrap();
+    // Events are left out: ECS keeps adding "steady state" ones.
+    assert_eq!(
+        (after.task_definition, after.tags),
+        (live.task_definition, live.tags)
+    );
 }
