@@ -297,24 +297,10 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
 fn read_source(node: &Node, report: &mut Report<'_>) -> Option<(String, Pos, Option<Source>)> {
     let fields = Fields::new(node, "`source`", &["repo", "path", "ref"], report)?;
     let repo = fields.required_str_at("repo", report);
-    let optional = |key: &str, report: &mut Report<'_>| {
-        let node = fields.get(key)?;
-        match node.to_json() {
-            serde_json::Value::String(s) if !s.is_empty() => Some((s, node.pos)),
-            _ => {
-                report.at(
-                    node.pos,
-                    format!(
-                        "`{key}` must be a non-empty string, found {}",
-                        node.type_name()
-                    ),
-                );
-                None
-            }
-        }
-    };
-    let (path, path_pos) = optional("path", report).unwrap_or_else(|| (".".to_owned(), node.pos));
-    let reference = optional("ref", report);
+    let (path, path_pos) = fields
+        .optional_str_at("path", report)
+        .unwrap_or_else(|| (".".to_owned(), node.pos));
+    let reference = fields.optional_str_at("ref", report);
     let (repo, pos) = repo?;
     Some((
         path,
@@ -490,6 +476,23 @@ pub fn check_relative_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `node` as a non-empty string, or a problem at it naming `key`.
+fn non_empty_str(key: &str, node: &Node, report: &mut Report<'_>) -> Option<(String, Pos)> {
+    match node.to_json() {
+        serde_json::Value::String(s) if !s.is_empty() => Some((s, node.pos)),
+        _ => {
+            report.at(
+                node.pos,
+                format!(
+                    "`{key}` must be a non-empty string, found {}",
+                    node.type_name()
+                ),
+            );
+            None
+        }
+    }
+}
+
 /// The keys of one mapping, checked against the keys it may have.
 pub struct Fields<'a> {
     node: &'a Node,
@@ -554,20 +557,12 @@ impl<'a> Fields<'a> {
     }
 
     pub fn required_str_at(&self, key: &str, report: &mut Report<'_>) -> Option<(String, Pos)> {
-        let node = self.required(key, report)?;
-        match node.to_json() {
-            serde_json::Value::String(s) if !s.is_empty() => Some((s, node.pos)),
-            _ => {
-                report.at(
-                    node.pos,
-                    format!(
-                        "`{key}` must be a non-empty string, found {}",
-                        node.type_name()
-                    ),
-                );
-                None
-            }
-        }
+        non_empty_str(key, self.required(key, report)?, report)
+    }
+
+    /// `None` when absent, or when not a non-empty string (reported).
+    pub fn optional_str_at(&self, key: &str, report: &mut Report<'_>) -> Option<(String, Pos)> {
+        non_empty_str(key, self.get(key)?, report)
     }
 
     pub fn required_str(&self, key: &str, report: &mut Report<'_>) -> Option<String> {
