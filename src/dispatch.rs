@@ -80,8 +80,9 @@ struct BranchState {
     last: Arc<tokio::sync::Mutex<Option<LastAnswer>>>,
     /// The last head whose readers (environments of other branches that read this one) were
     /// all sent, and the answer for it when the branch itself deploys nothing: the rest of a
-    /// burst, or a redelivery, need not look for readers again.
-    readers_sent: std::sync::Mutex<Option<(String, Option<Outcome>)>>,
+    /// burst, or a redelivery, need not look for readers again. Held while readers are sent,
+    /// so one head's pass never finishes after a later one's.
+    readers_sent: tokio::sync::Mutex<Option<(String, Option<Outcome>)>>,
 }
 
 struct LastAnswer {
@@ -295,26 +296,25 @@ impl Dispatcher {
             }
         };
         let state = self.branch_state(&repo.config.name, branch);
-        let sent = |answer: Option<Outcome>| {
-            *state.readers_sent.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((head.clone(), answer));
-        };
-        let already = state
-            .readers_sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .filter(|(done, _)| !head.is_empty() && *done == head);
-        if let Some((_, answer)) = already {
+        let mut sent = state.readers_sent.lock().await;
+        if let Some((done, answer)) = &*sent
+            && !head.is_empty()
+            && *done == head
+        {
             return Ok(if about_own {
                 own
             } else {
-                answer.unwrap_or(own)
+                answer.clone().unwrap_or(own)
             });
         }
-        let readers = self.readers_of(&repo.config.name, branch).await;
+        // Until this pass succeeds no head counts as sent: a pass that fails half-way may
+        // have sent some readers a later head than the one remembered.
+        *sent = None;
+        let (readers, complete) = self.readers_of(&repo.config.name, branch).await;
         if readers.is_empty() {
-            sent(None);
+            if complete {
+                *sent = Some((head, None));
+            }
             return Ok(own);
         }
         let mut outcome = own;
@@ -342,7 +342,9 @@ impl Dispatcher {
                 commit.clone_from(&head);
             }
         }
-        sent((!about_own).then(|| outcome.clone()));
+        if complete {
+            *sent = Some((head, (!about_own).then(|| outcome.clone())));
+        }
         Ok(outcome)
     }
 
@@ -851,12 +853,15 @@ impl Dispatcher {
     /// unreachable repo must not stop pushes to all the others. Reconcile catches what that
     /// misses.
     ///
-    /// Returns the environment branches it could not resolve: any of them may read what moved.
+    /// Returns the environment branches it could not resolve, any of which may read what
+    /// moved, and whether every repo could be listed.
     ///
-    /// A refresh that started after this call was made answers it too, as fetches do pushes.
-    pub async fn refresh_readers(&self) -> Vec<(&WatchedRepo, String)> {
+    /// A complete refresh that started after this call was made answers it too, as fetches do
+    /// pushes; an incomplete one answers nobody else.
+    pub async fn refresh_readers(&self) -> (Vec<(&WatchedRepo, String)>, bool) {
         let ticket = self.refreshes.fetch_add(1, Ordering::SeqCst) + 1;
         let mut last = self.last_refresh.lock().await;
+        let mut complete = true;
         if ticket > last.0 {
             let covered = self.refreshes.load(Ordering::SeqCst);
             let mut unknown = Vec::new();
@@ -866,19 +871,22 @@ impl Dispatcher {
                         unknown.extend(failed.into_iter().map(|b| (config.config.name.clone(), b)))
                     }
                     Err(e) => {
+                        complete = false;
                         warn!(message = "Cannot tell which environments read other repos; using what was known.", repo = %config.config.name, error = %e)
                     }
                 }
             }
-            *last = (covered, unknown);
+            *last = (if complete { covered } else { 0 }, unknown);
         }
-        last.1
+        let unknown = last
+            .1
             .iter()
             .filter_map(|(repo, branch)| {
                 let config = self.repos.iter().find(|c| &c.config.name == repo)?;
                 Some((config, branch.clone()))
             })
-            .collect()
+            .collect();
+        (unknown, complete)
     }
 
     async fn refresh_readers_of(&self, config: &WatchedRepo) -> Result<Vec<String>, Error> {
@@ -954,8 +962,8 @@ impl Dispatcher {
     /// of `repo`, as every config repo is now (see [`Dispatcher::refresh_readers`]).
     /// Branches that could not be resolved are returned too: pushing them resolves them again
     /// and enqueues only their environments that do read it, or fails the push.
-    async fn readers_of(&self, repo: &str, branch: &str) -> Vec<(&WatchedRepo, String)> {
-        let unknown = self.refresh_readers().await;
+    async fn readers_of(&self, repo: &str, branch: &str) -> (Vec<(&WatchedRepo, String)>, bool) {
+        let (unknown, complete) = self.refresh_readers().await;
         let read = (repo.to_owned(), branch.to_owned());
         let index = self.readers_index();
         let mut readers: Vec<_> = index
@@ -974,7 +982,7 @@ impl Dispatcher {
             .collect();
         readers.sort_by(|a, b| (&a.0.config.name, &a.1).cmp(&(&b.0.config.name, &b.1)));
         readers.dedup_by(|a, b| a.0.config.name == b.0.config.name && a.1 == b.1);
-        readers
+        (readers, complete)
     }
 
     fn readers_index(&self) -> std::sync::MutexGuard<'_, ReaderIndex> {
