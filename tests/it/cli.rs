@@ -22,6 +22,16 @@ fn fleetsync(args: &[&str]) -> Run {
     }
 }
 
+/// The app `name` in `render`'s output.
+fn app_named<'a>(state: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    state["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap()
+}
+
 fn validate(repo: &ConfigRepo) -> Run {
     fleetsync(&["validate", "--repo", repo.path().to_str().unwrap()])
 }
@@ -57,12 +67,7 @@ fn render_prints_the_ecs_inputs_fleetsync_will_send() {
     let state: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(state["environment"], "production");
     assert_eq!(state["commit"], repo.head("main").to_string());
-    let api = state["apps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "api")
-        .unwrap();
+    let api = app_named(&state, "api");
     assert_eq!(api["cluster"], "production");
     assert_eq!(api["dependsOn"], serde_json::json!(["accounts"]));
     assert_eq!(api["registerTaskDefinition"]["family"], "production-api");
@@ -73,12 +78,7 @@ fn render_prints_the_ecs_inputs_fleetsync_will_send() {
     assert_eq!(api["createService"]["cluster"], "production");
     assert_eq!(api["createService"]["serviceName"], "api");
     assert_eq!(api["updateService"]["service"], "api");
-    let web = state["apps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "web")
-        .unwrap();
+    let web = app_named(&state, "web");
     assert!(
         web["updateService"].get("desiredCount").is_none(),
         "web leaves its count to autoscaling"
@@ -289,12 +289,7 @@ fn validate_and_render_read_apps_of_other_repos_from_local_clones() {
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let state: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let web = state["apps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "web")
-        .unwrap();
+    let web = app_named(&state, "web");
     assert_eq!(
         web["registerTaskDefinition"]["containerDefinitions"][0]["image"],
         "public.ecr.aws/acme/web:4.0.0"

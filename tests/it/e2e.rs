@@ -63,6 +63,16 @@ impl Setup {
 
     /// staging's api at `commit`, resolved as the receiver does (bindings from `main`).
     fn resolved_staging_api(&self, commit: git2::Oid) -> fleetsync::resolve::DesiredApp {
+        self.resolved_staging("api", commit, &fleetsync::resolve::NoSources)
+    }
+
+    /// staging's `app` at `commit`, other repos read through `sources`.
+    fn resolved_staging(
+        &self,
+        app: &str,
+        commit: git2::Oid,
+        sources: &dyn fleetsync::resolve::Sources,
+    ) -> fleetsync::resolve::DesiredApp {
         let local = fleetsync::repo::Local::open(&self.repo.path()).unwrap();
         let main = local.snapshot(self.repo.head("main")).unwrap();
         let root = fleetsync::resolve::read_root(&main, "fleetsync.yaml")
@@ -71,14 +81,23 @@ impl Setup {
         let files = local.snapshot(commit).unwrap();
         let state = fleetsync::resolve::resolve_bound(
             &files,
-            &fleetsync::resolve::NoSources,
+            sources,
             "fleetsync.yaml",
             &root,
             "staging",
             &commit.to_string(),
         )
         .unwrap();
-        state.apps.into_iter().find(|a| a.name == "api").unwrap()
+        state.apps.into_iter().find(|a| a.name == app).unwrap()
+    }
+
+    /// A copy of example-repo without a root: a team's repo that fleetsync only reads apps from.
+    fn team_repo(&self) -> ConfigRepo {
+        let team = ConfigRepo::example(&self.emulator);
+        for branch in ["main", "staging"] {
+            team.commit(branch, "fleetsync.yaml", |_| None);
+        }
+        team
     }
 
     /// Commits api 1.5.0 (example-repo has 1.4.2) to staging: a change to one app.
@@ -1348,10 +1367,7 @@ async fn a_push_to_a_repo_an_app_is_kept_in_syncs_only_that_app_where_it_is_read
     let s = setup().await;
     // The web team keeps web in its own repo; staging's root reads it from there (its
     // `staging` branch, by default), production's still lists its own copy.
-    let team = ConfigRepo::example(&s.emulator);
-    for branch in ["main", "staging"] {
-        team.commit(branch, "fleetsync.yaml", |_| None);
-    }
+    let team = s.team_repo();
     s.repo.commit("staging", "fleetsync.yaml", |t| {
         Some(t.unwrap().replace(
             "    path: apps/web\n",
@@ -1478,37 +1494,13 @@ async fn a_push_to_a_repo_an_app_is_kept_in_syncs_only_that_app_where_it_is_read
     .await;
 }
 
-/// Staging's web, read from `team`, resolved as a receiver would at the repos' current heads.
-fn staging_web_from(s: &Setup, team: &ConfigRepo) -> fleetsync::resolve::DesiredApp {
-    let local = fleetsync::repo::Local::open(&s.repo.path()).unwrap();
-    let main = local.snapshot(s.repo.head("main")).unwrap();
-    let root = fleetsync::resolve::read_root(&main, "fleetsync.yaml")
-        .unwrap()
-        .unwrap();
-    let head = s.repo.head("staging");
-    let sources = fleetsync::repo::LocalSources(vec![("team".into(), team.path())]);
-    let state = fleetsync::resolve::resolve_bound(
-        &local.snapshot(head).unwrap(),
-        &sources,
-        "fleetsync.yaml",
-        &root,
-        "staging",
-        &head.to_string(),
-    )
-    .unwrap();
-    state.apps.into_iter().find(|a| a.name == "web").unwrap()
-}
-
 /// Two receivers behind one load balancer, each seeing only some of the pushes: neither misses
 /// a reader the other indexed, neither skips an app because of what it enqueued before the
 /// other moved things, and a late job for an older team commit never undoes a newer one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receivers_that_each_see_some_pushes_keep_an_app_of_another_repo_current() {
     let s = setup().await;
-    let team = ConfigRepo::example(&s.emulator);
-    for branch in ["main", "staging"] {
-        team.commit(branch, "fleetsync.yaml", |_| None);
-    }
+    let team = s.team_repo();
     let image = |version: &'static str| {
         move |t: Option<&str>| {
             let t = t.unwrap();
@@ -1581,7 +1573,9 @@ async fn receivers_that_each_see_some_pushes_keep_an_app_of_another_repo_current
     assert!(status == 202 && sent_web(&body), "{body}");
     web_at(t3).await;
     s.drained().await;
-    let late = staging_web_from(&s, &team); // t3's web, as a slow receiver would enqueue it
+    // t3's web, as a slow receiver would enqueue it.
+    let sources = fleetsync::repo::LocalSources(vec![("team".into(), team.path())]);
+    let late = s.resolved_staging("web", s.repo.head("staging"), &sources);
     let t4 = team.commit("staging", "apps/web/taskdef.json", image("3.9.0"));
     let (status, body) = a.push_to(TEAM_URL, "staging", Some(t3), t4, "a-t4").await;
     assert!(status == 202 && sent_web(&body), "{body}");
