@@ -4,6 +4,7 @@
 //! the AWS error code kept, so nothing above it matches on `SdkError`.
 
 pub mod budget;
+mod join;
 mod raw;
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use budget::{Budget, Spend};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("ECS {operation} {target}: {code}: {message}")]
     Api {
@@ -133,6 +134,8 @@ pub struct Ecs {
     client: aws_sdk_ecs::Client,
     /// Shared by every clone, so all jobs of a worker pace their calls together.
     budget: Arc<Budget>,
+    /// Set on a worker's client: see [`Ecs::joining_reads`].
+    joiner: Option<Arc<join::Joiner>>,
 }
 
 impl Ecs {
@@ -145,7 +148,16 @@ impl Ecs {
         Ecs {
             client: aws_sdk_ecs::Client::new(config),
             budget: Arc::new(budget),
+            joiner: None,
         }
+    }
+
+    /// Reads of one service made by concurrent jobs within a few milliseconds of each other go
+    /// out together, ten to a DescribeServices call. For a worker; a one-shot command reads
+    /// what it needs in batches itself.
+    pub fn joining_reads(mut self) -> Self {
+        self.joiner = Some(Arc::default());
+        self
     }
 
     /// The service, or `None` when it does not exist or was deleted (INACTIVE).
@@ -154,6 +166,9 @@ impl Ecs {
         cluster: &str,
         service: &str,
     ) -> Result<Option<LiveService>> {
+        if let Some(joiner) = &self.joiner {
+            return joiner.describe(self, cluster, service).await;
+        }
         Ok(self
             .describe_services(cluster, &[service])
             .await?

@@ -526,7 +526,8 @@ async fn watch_rollout(
             }
             _ => {}
         }
-        if Instant::now() + poll > deadline {
+        let next = next_poll(poll);
+        if next > deadline {
             return Err(Error::RolloutTimeout {
                 service: service.to_owned(),
                 task_definition: target,
@@ -535,8 +536,17 @@ async fn watch_rollout(
                 rolled_back_to: None,
             });
         }
-        tokio::time::sleep(poll).await;
+        tokio::time::sleep_until(next).await;
     }
+}
+
+/// The next multiple of `poll` since the worker's first poll: every rollout the worker watches
+/// is read on the same ticks, so their reads join (ten services a DescribeServices call).
+fn next_poll(poll: Duration) -> Instant {
+    static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let first = *FIRST.get_or_init(Instant::now);
+    let ticks = first.elapsed().as_nanos() / poll.as_nanos().max(1) + 1;
+    first + poll * u32::try_from(ticks).unwrap_or(u32::MAX)
 }
 
 fn failure_reason(d: &ecs::Deployment, live: &LiveService) -> String {

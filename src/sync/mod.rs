@@ -181,7 +181,7 @@ impl Worker {
             Rate::per_second(config.worker.ecs_calls_per_second),
             Rate::per_second(config.worker.ecs_registers_per_second),
         );
-        let ecs = Ecs::with_budget(aws, budget);
+        let ecs = Ecs::with_budget(aws, budget).joining_reads();
         Ok(Worker {
             queue: Queue::new(aws, &config.queue_url),
             preflight: Preflight::with_ecs(aws, ecs.clone()),

@@ -232,10 +232,47 @@ async fn jobs_for_what_is_already_live_make_no_write_call_at_the_emulator() {
         .filter(|c| !c.starts_with("Describe") && !c.starts_with("List"))
         .collect();
     assert_eq!(writes, Vec::<&String>::new(), "all calls: {calls:?}");
+    assert!(
+        !calls.is_empty() && calls.len() <= APPS.len(),
+        "at most one read per job: {calls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_reads_of_single_services_made_at_once_go_out_ten_to_a_call() {
+    let emulator = Emulator::start().await;
+    emulator.create_clusters(&["staging"]).await;
+    let names: Vec<String> = (0..12).map(|i| format!("svc-{i:02}")).collect();
+    for name in &names {
+        service_made_by_hand(&emulator, name, &[("team", name)]).await;
+    }
+    let before = emulator.ecs_calls().len();
+
+    // As jobs started by one receive, or woken by one rollout poll tick, ask.
+    let ecs = fleetsync::ecs::Ecs::new(&emulator.aws).joining_reads();
+    let asked: Vec<String> = names
+        .iter()
+        .cloned()
+        .chain(["svc-00".into(), "never-created".into()])
+        .collect();
+    let reads: Vec<_> = asked
+        .iter()
+        .map(|name| {
+            let (ecs, name) = (ecs.clone(), name.clone());
+            tokio::spawn(async move { ecs.describe_service("staging", &name).await })
+        })
+        .collect();
+    for (name, read) in asked.iter().zip(reads) {
+        let live = read.await.unwrap().unwrap();
+        match name.as_str() {
+            "never-created" => assert!(live.is_none()),
+            _ => assert_eq!(live.expect(name).tags["team"], *name),
+        }
+    }
     assert_eq!(
-        calls,
-        vec!["DescribeServices"; APPS.len()],
-        "one read per job"
+        emulator.ecs_calls().split_off(before),
+        ["DescribeServices"; 2],
+        "14 reads of 13 services, ten services to a call"
     );
 }
 
