@@ -11,6 +11,8 @@ mod aws;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -61,10 +63,72 @@ impl fmt::Display for Finding {
     }
 }
 
-/// The AWS clients preflight reads with.
+/// How long the jobs of one delivery trust what preflight found present: the hundred jobs of
+/// one push naming one role ask IAM once, not a hundred times. A later push asks again, so a
+/// secret deleted since is refused before anything is written, as preflight promises. Absences
+/// are never remembered and a refusal always rests on fresh reads, so a fix is seen at once.
+pub const REMEMBER_FOUND: Duration = Duration::from_secs(300);
+
+/// Past this many entries, the expired ones are dropped.
+const MEMORY_SWEEP: usize = 4096;
+
+/// The AWS clients preflight reads with, and what they found present lately.
 pub struct Preflight {
     ecs: Ecs,
     lookups: Lookups,
+    memory: Memory,
+}
+
+/// Something found present: a role with its policies, a secret with its full ARN, or anything
+/// else whose existence is all that is checked.
+#[derive(Debug, Clone)]
+enum Found {
+    Present,
+    Role(Role),
+    Secret(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Cluster,
+    Subnet,
+    SecurityGroup,
+    Role,
+    Secret,
+    Parameter,
+    LogGroup,
+}
+
+/// Delivery, kind and name.
+type Key = (String, Kind, String);
+
+/// What was found present, and when.
+#[derive(Debug, Default)]
+struct Memory(Mutex<HashMap<Key, (Instant, Found)>>);
+
+impl Memory {
+    fn key(delivery: &str, kind: Kind, name: &str) -> Key {
+        (delivery.to_owned(), kind, name.to_owned())
+    }
+
+    fn recall(&self, delivery: &str, kind: Kind, name: &str) -> Option<Found> {
+        let memory = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, found) = memory.get(&Memory::key(delivery, kind, name))?;
+        (at.elapsed() < REMEMBER_FOUND).then(|| found.clone())
+    }
+
+    fn remember(&self, delivery: &str, kind: Kind, name: &str, found: Found) {
+        let mut memory = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if memory.len() >= MEMORY_SWEEP {
+            memory.retain(|_, (at, _)| at.elapsed() < REMEMBER_FOUND);
+        }
+        memory.insert(Memory::key(delivery, kind, name), (Instant::now(), found));
+    }
+
+    fn forget(&self, delivery: &str, kind: Kind, name: &str) {
+        let mut memory = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        memory.remove(&Memory::key(delivery, kind, name));
+    }
 }
 
 impl Preflight {
@@ -77,17 +141,19 @@ impl Preflight {
         Preflight {
             ecs,
             lookups: Lookups::new(config),
+            memory: Memory::default(),
         }
     }
 
-    /// A run of checks that shares answers (many apps name one cluster and one role); start a
-    /// new one for each job or plan, so a role created since is seen.
-    pub fn session(&self) -> Session<'_> {
+    /// A run of checks: one job's, or one plan's. Sessions of one `delivery` (the jobs of one
+    /// push) share what they found present.
+    pub fn session(&self, delivery: &str) -> Session<'_> {
         Session {
             ecs: &self.ecs,
             lookups: &self.lookups,
-            clusters: HashMap::new(),
-            roles: HashMap::new(),
+            memory: &self.memory,
+            delivery: delivery.to_owned(),
+            fresh: false,
         }
     }
 }
@@ -95,20 +161,82 @@ impl Preflight {
 pub struct Session<'a> {
     ecs: &'a Ecs,
     lookups: &'a Lookups,
-    clusters: HashMap<String, Option<String>>,
-    roles: HashMap<String, Option<Role>>,
+    memory: &'a Memory,
+    delivery: String,
+    /// Ask AWS even what the memory holds: the pass a refusal rests on.
+    fresh: bool,
 }
 
 impl Session<'_> {
     /// What the caller already knows: `cluster` exists and is ACTIVE (a service was found in
     /// it), so checking the app costs no DescribeClusters.
     pub fn cluster_is_active(&mut self, cluster: &str) {
-        self.clusters
-            .insert(cluster.to_owned(), Some("ACTIVE".to_owned()));
+        self.memory
+            .remember(&self.delivery, Kind::Cluster, cluster, Found::Present);
     }
 
     /// Every finding for `app`; `Err` only when AWS could not be asked (then nothing is known).
     pub async fn check(&mut self, app: &DesiredApp) -> Result<Vec<Finding>, Error> {
+        let found = self.check_pass(app).await?;
+        if found.is_empty() || self.fresh {
+            return Ok(found);
+        }
+        // A remembered role may lack a grant added since: refuse only on what AWS says now.
+        self.fresh = true;
+        let found = self.check_pass(app).await;
+        self.fresh = false;
+        found
+    }
+
+    /// What the memory holds of `name`, unless this pass must ask AWS.
+    fn recall(&self, kind: Kind, name: &str) -> Option<Found> {
+        if self.fresh {
+            return None;
+        }
+        self.memory.recall(&self.delivery, kind, name)
+    }
+
+    /// Remembers `name` when found, forgets it when not.
+    fn learned(&self, kind: Kind, name: &str, found: Option<Found>) {
+        match found {
+            Some(found) => self.memory.remember(&self.delivery, kind, name, found),
+            None => self.memory.forget(&self.delivery, kind, name),
+        }
+    }
+
+    /// The ids among `ids` that do not exist, asking AWS only about those not remembered.
+    async fn missing(&self, kind: Kind, ids: Vec<String>) -> Result<Vec<String>, Error> {
+        let unknown: Vec<String> = ids
+            .into_iter()
+            .filter(|id| self.recall(kind, id).is_none())
+            .collect();
+        if unknown.is_empty() {
+            return Ok(Vec::new());
+        }
+        let missing = match kind {
+            Kind::Subnet => self.lookups.missing_subnets(&unknown).await?,
+            _ => self.lookups.missing_security_groups(&unknown).await?,
+        };
+        for id in &unknown {
+            let found = (!missing.contains(id)).then_some(Found::Present);
+            self.learned(kind, id, found);
+        }
+        Ok(missing)
+    }
+
+    async fn exists(&self, kind: Kind, name: &str) -> Result<bool, Error> {
+        if self.recall(kind, name).is_some() {
+            return Ok(true);
+        }
+        let exists = match kind {
+            Kind::Parameter => self.lookups.parameter_exists(name).await?,
+            _ => self.lookups.log_group_exists(name).await?,
+        };
+        self.learned(kind, name, exists.then_some(Found::Present));
+        Ok(exists)
+    }
+
+    async fn check_pass(&mut self, app: &DesiredApp) -> Result<Vec<Finding>, Error> {
         let mut found = Findings {
             app: &app.name,
             list: Vec::new(),
@@ -154,11 +282,16 @@ impl Session<'_> {
         app: &DesiredApp,
         found: &mut Findings<'_>,
     ) -> Result<(), Error> {
-        let status = match self.clusters.get(&app.cluster) {
-            Some(status) => status.clone(),
+        let status = match self.recall(Kind::Cluster, &app.cluster) {
+            Some(_) => Some("ACTIVE".to_owned()),
             None => {
                 let status = self.ecs.cluster_status(&app.cluster).await?;
-                self.clusters.insert(app.cluster.clone(), status.clone());
+                let active = status.as_deref() == Some("ACTIVE");
+                self.learned(
+                    Kind::Cluster,
+                    &app.cluster,
+                    active.then_some(Found::Present),
+                );
                 status
             }
         };
@@ -198,7 +331,7 @@ impl Session<'_> {
         };
         let subnets = ids("subnets");
         if !subnets.is_empty() {
-            for missing in self.lookups.missing_subnets(&subnets).await? {
+            for missing in self.missing(Kind::Subnet, subnets).await? {
                 found.add(
                     "service.networkConfiguration.awsvpcConfiguration.subnets",
                     format!("subnet `{missing}` does not exist in this account and region"),
@@ -207,7 +340,7 @@ impl Session<'_> {
         }
         let groups = ids("securityGroups");
         if !groups.is_empty() {
-            for missing in self.lookups.missing_security_groups(&groups).await? {
+            for missing in self.missing(Kind::SecurityGroup, groups).await? {
                 found.add(
                     "service.networkConfiguration.awsvpcConfiguration.securityGroups",
                     format!("security group `{missing}` does not exist in this account and region"),
@@ -225,11 +358,11 @@ impl Session<'_> {
         found: &mut Findings<'_>,
     ) -> Result<Option<Role>, Error> {
         let name = arn.rsplit('/').next().unwrap_or(arn);
-        let role = match self.roles.get(name) {
-            Some(role) => role.clone(),
-            None => {
+        let role = match self.recall(Kind::Role, name) {
+            Some(Found::Role(role)) => Some(role),
+            _ => {
                 let role = self.lookups.role(name).await?;
-                self.roles.insert(name.to_owned(), role.clone());
+                self.learned(Kind::Role, name, role.clone().map(Found::Role));
                 role
             }
         };
@@ -265,14 +398,22 @@ impl Session<'_> {
         }
         // What IAM evaluates: a secret's full ARN (with its random suffix), a parameter's ARN.
         let (resource, action, described) = if let Some(id) = secrets_manager_id(reference) {
+            let arn = match self.recall(Kind::Secret, id) {
+                Some(Found::Secret(arn)) => Some(arn),
+                _ => {
+                    let arn = self.lookups.secret_arn(id).await?;
+                    self.learned(Kind::Secret, id, arn.clone().map(Found::Secret));
+                    arn
+                }
+            };
             (
-                self.lookups.secret_arn(id).await?,
+                arn,
                 "secretsmanager:GetSecretValue",
                 format!("secret `{id}`"),
             )
         } else {
             let name = parameter_name(reference);
-            let exists = self.lookups.parameter_exists(&name).await?;
+            let exists = self.exists(Kind::Parameter, &name).await?;
             (
                 exists.then(|| reference.to_owned()),
                 "ssm:GetParameters",
@@ -328,7 +469,7 @@ impl Session<'_> {
         let Some(group) = option("awslogs-group") else {
             return Ok(());
         };
-        if !self.lookups.log_group_exists(group).await? {
+        if !self.exists(Kind::LogGroup, group).await? {
             found.add(
                 &format!("{at}.logConfiguration.options.awslogs-group"),
                 format!(

@@ -241,7 +241,7 @@ async fn apply_once(
     }
 
     // Only before a write: a job whose spec is live costs no preflight reads.
-    let mut session = preflight.session();
+    let mut session = preflight.session(&job.delivery);
     if live.is_some() {
         session.cluster_is_active(&app.cluster); // DescribeServices found the service in it
     }

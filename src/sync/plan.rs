@@ -57,7 +57,7 @@ pub async fn plan(
     state: &DesiredState,
     at_commit: impl Fn(&str) -> Option<DesiredState>,
 ) -> Result<Vec<AppPlan>, Error> {
-    let mut session = preflight.session();
+    let mut session = preflight.session("plan");
     let mut plans = Vec::with_capacity(state.apps.len());
     // Most updated apps were synced from the same commit: resolve each such commit once.
     let mut earlier: HashMap<String, Option<DesiredState>> = HashMap::new();

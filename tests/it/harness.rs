@@ -93,11 +93,19 @@ impl Emulator {
         }
     }
 
-    /// The ECS calls served so far, as their action names, in order.
-    pub fn ecs_calls(&self) -> Vec<String> {
+    /// The AWS calls served so far, as "service Action", in order.
+    pub fn calls(&self) -> Vec<String> {
         std::fs::read_to_string(self.call_log.path())
             .unwrap()
             .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The ECS calls served so far, as their action names, in order.
+    pub fn ecs_calls(&self) -> Vec<String> {
+        self.calls()
+            .iter()
             .filter_map(|line| line.strip_prefix("ecs "))
             .map(str::to_owned)
             .collect()

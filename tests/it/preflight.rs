@@ -27,7 +27,7 @@ fn staging(emulator: &Emulator) -> Vec<DesiredApp> {
 
 async fn findings(emulator: &Emulator, app: &DesiredApp) -> Vec<String> {
     Preflight::new(&emulator.aws)
-        .session()
+        .session("d-1")
         .check(app)
         .await
         .unwrap()
@@ -51,7 +51,7 @@ async fn example_repo_passes_preflight_in_a_provisioned_account() {
     let emulator = Emulator::start().await;
     emulator.create_clusters(&["staging"]).await;
     let preflight = Preflight::new(&emulator.aws);
-    let mut session = preflight.session();
+    let mut session = preflight.session("d-1");
     for app in staging(&emulator) {
         assert_eq!(session.check(&app).await.unwrap(), [], "{}", app.name);
     }
@@ -174,4 +174,65 @@ async fn a_grant_written_as_aws_recommends_is_read_against_the_full_secret_arn()
         .await
         .unwrap();
     assert_eq!(findings(&emulator, &api).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_of_one_push_ask_aws_once_for_what_they_reference() {
+    let (emulator, api) = ready().await;
+    let preflight = Preflight::new(&emulator.aws);
+    let before = emulator.calls().len();
+    assert_eq!(preflight.session("push-1").check(&api).await.unwrap(), []);
+    let first = emulator.calls().split_off(before);
+    for read in [
+        "iam GetRole",
+        "secretsmanager DescribeSecret",
+        "ec2 DescribeSubnets",
+    ] {
+        assert!(first.iter().any(|c| c == read), "{read} in {first:?}");
+    }
+
+    // The push's next jobs, each with its own session, as the worker runs them.
+    let before = emulator.calls().len();
+    for _ in 0..3 {
+        assert_eq!(preflight.session("push-1").check(&api).await.unwrap(), []);
+    }
+    assert_eq!(emulator.calls().split_off(before), Vec::<String>::new());
+
+    // The next push asks again: what was deleted since is refused before any write.
+    emulator.delete_secret("staging/api/stripe-api-key").await;
+    let refused = preflight.session("push-2").check(&api).await.unwrap();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert!(
+        refused[0].message.contains("does not exist"),
+        "{refused:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_added_after_a_refusal_is_seen_by_the_next_job_of_the_same_push() {
+    let (emulator, api) = ready().await;
+    let iam = aws_sdk_iam::Client::new(&emulator.aws);
+    iam.delete_role_policy()
+        .role_name(EXEC_ROLE)
+        .policy_name("read-staging-secrets")
+        .send()
+        .await
+        .unwrap();
+    let preflight = Preflight::new(&emulator.aws);
+    let refused = preflight.session("push-1").check(&api).await.unwrap();
+    assert_eq!(refused.len(), 3, "{refused:#?}");
+
+    // The role the refusal read is remembered; the grant added since must still count.
+    let grant = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue", "ssm:GetParameters"],
+         "Resource": "*"},
+    ]});
+    iam.put_role_policy()
+        .role_name(EXEC_ROLE)
+        .policy_name("read-everything")
+        .policy_document(grant.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.session("push-1").check(&api).await.unwrap(), []);
 }
