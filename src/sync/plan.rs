@@ -62,9 +62,7 @@ pub async fn plan(
     // Most updated apps were synced from the same commit: resolve each such commit once.
     let mut earlier: HashMap<String, Option<DesiredState>> = HashMap::new();
     for app in &state.apps {
-        let live = ecs
-            .describe_service(&app.cluster, app.service_name())
-            .await?;
+        let live = super::live::service(ecs, &app.cluster, app.service_name()).await?;
         let action = match live {
             None => Action::Create,
             Some(live) if live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash) => {
