@@ -18,7 +18,7 @@ use crate::queue::job::{RECONCILE_DELIVERY, dependency_index};
 use crate::queue::{self, Enqueued, PruneJob, Queue, SyncJob};
 use crate::repo::{self, Mirror, MirrorSources};
 use crate::resolve::{self, DesiredApp, DesiredState, Problem, tag};
-use crate::sync::{self, status};
+use crate::sync::status;
 
 /// A watched config repo, ready to receive pushes.
 pub struct WatchedRepo {
@@ -576,7 +576,7 @@ impl Dispatcher {
                 ));
                 let names: Vec<&str> = state.apps.iter().map(|a| a.service_name()).collect();
                 // One environment's unreadable cluster does not stop the others.
-                let live = match sync::live::services(&self.ecs, &state.cluster, &names).await {
+                let live = match self.ecs.describe_services(&state.cluster, &names).await {
                     Ok(live) => live,
                     Err(e) => {
                         report.problems.push(EnvironmentProblems {
@@ -673,7 +673,9 @@ impl Dispatcher {
     ) -> Result<EnvironmentStatus, ResyncError> {
         let Resolved { branch, state, .. } = self.environment(repo_name, environment).await?;
         let names: Vec<&str> = state.apps.iter().map(|a| a.service_name()).collect();
-        let live = sync::live::services(&self.ecs, &state.cluster, &names)
+        let live = self
+            .ecs
+            .describe_services(&state.cluster, &names)
             .await
             .map_err(Error::Ecs)?;
         let apps = state

@@ -8,7 +8,7 @@ mod join;
 mod raw;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::types::{ServiceField, Tag, TaskDefinitionField, TaskDefinitionStatus};
@@ -103,7 +103,7 @@ pub struct LiveService {
     pub task_definition: String,
     pub desired_count: i32,
     pub running_count: i32,
-    pub tags: Tags,
+    pub tags: HashMap<String, String>,
     /// Newest first, as ECS lists them.
     pub deployments: Vec<Deployment>,
     /// Newest first; ECS keeps the last 100.
@@ -136,15 +136,7 @@ pub struct Ecs {
     budget: Arc<Budget>,
     /// Set on a worker's client: see [`Ecs::joining_reads`].
     joiner: Option<Arc<join::Joiner>>,
-    /// Tags of task definition revisions, by `family:revision`. A revision's tags are set when
-    /// it is registered and fleetsync never changes them, so each is read at most once.
-    revision_tags: Arc<Mutex<HashMap<String, Tags>>>,
 }
-
-pub type Tags = HashMap<String, String>;
-
-/// Past this many revisions, the tags cache starts over: a few MiB at most.
-const REVISION_TAGS_KEPT: usize = 10_000;
 
 impl Ecs {
     /// A client without pacing (one-shot commands; the receiver's few reads).
@@ -157,7 +149,6 @@ impl Ecs {
             client: aws_sdk_ecs::Client::new(config),
             budget: Arc::new(budget),
             joiner: None,
-            revision_tags: Arc::default(),
         }
     }
 
@@ -246,35 +237,6 @@ impl Ecs {
             arn,
             tags: tags(out.tags()),
         }))
-    }
-
-    /// The tags of a task definition revision (an ARN or `family:revision`), `None` when there
-    /// is no such revision. Read once per revision: see `revision_tags`.
-    pub async fn task_definition_tags(&self, task_definition: &str) -> Result<Option<Tags>> {
-        let id = task_definition_id(task_definition);
-        let known = self.revision_tags_lock().get(id).cloned();
-        if let Some(tags) = known {
-            return Ok(Some(tags));
-        }
-        let Some(read) = self.describe_task_definition(task_definition).await? else {
-            return Ok(None);
-        };
-        self.remember_revision_tags(id, read.tags.clone());
-        Ok(Some(read.tags))
-    }
-
-    fn revision_tags_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tags>> {
-        self.revision_tags.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// What the caller knows of a revision's tags: those it just registered it with.
-    pub fn remember_revision_tags(&self, task_definition: &str, tags: Tags) {
-        let id = task_definition_id(task_definition);
-        let mut known = self.revision_tags_lock();
-        if known.len() >= REVISION_TAGS_KEPT {
-            known.clear();
-        }
-        known.insert(id.to_owned(), tags);
     }
 
     /// Registers `input` (RegisterTaskDefinition JSON) as sent; returns the new revision's ARN.

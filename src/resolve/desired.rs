@@ -6,12 +6,6 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 /// Tags fleetsync puts on everything it deploys, so every ECS object says where it came from.
-///
-/// A task definition revision's tags describe the spec it was registered for; a service's tags
-/// say who owns it and describe the revision they name (`task-definition`). UpdateService takes
-/// no tags, so a change that moves a service to a newly registered revision leaves the
-/// service's tags as they were: while the service runs another revision than they name, that
-/// revision's tags say what runs (`sync::live`).
 pub mod tag {
     pub const PREFIX: &str = "fleetsync:";
     pub const ROOT: &str = "fleetsync:root";
@@ -22,8 +16,7 @@ pub mod tag {
     /// `repo@commit`. Emptied when the app moves back into the config repo; not written for
     /// other apps (two tags per app cost 14 MiB of the 10,000-app resolve).
     pub const SOURCE: &str = "fleetsync:source";
-    /// The hash of everything fleetsync sends for the app: on services, and on task definitions
-    /// for the spec they were registered for.
+    /// On services: the hash of everything fleetsync sends for the app.
     pub const SPEC_HASH: &str = "fleetsync:spec-hash";
     /// On task definitions: the hash of the RegisterTaskDefinition input alone.
     pub const TASK_DEFINITION_HASH: &str = "fleetsync:task-definition-hash";
@@ -157,14 +150,11 @@ impl DesiredApp {
         let spec_hash = hash(
             &json!({"registerTaskDefinition": task_definition, "createService": create_service}),
         );
-        // The revision also names the whole spec it is registered for: an update that only
-        // moves the service to a new revision then needs no TagResource (see `tag`).
-        let mut td_tags = provenance_tags(
+        let td_tags = provenance_tags(
             name,
             provenance,
             (tag::TASK_DEFINITION_HASH, &task_definition_hash),
         );
-        td_tags.push((tag::SPEC_HASH.to_owned(), spec_hash.clone()));
         append_tags(&mut task_definition, &td_tags);
         // The service also names its task definition's hash, so a change to the service
         // alone reuses the revision it runs without reading it.
@@ -228,27 +218,17 @@ impl DesiredApp {
     /// Every tag of the service (the app's own and fleetsync's), for TagResource after an
     /// update: UpdateService does not take tags.
     pub fn service_tags(&self) -> Vec<(String, String)> {
-        tags_in(&self.create_service)
+        let tags = self.create_service.get("tags").and_then(Value::as_array);
+        tags.into_iter()
+            .flatten()
+            .filter_map(|t| {
+                Some((
+                    t.get("key")?.as_str()?.to_owned(),
+                    t.get("value")?.as_str()?.to_owned(),
+                ))
+            })
+            .collect()
     }
-
-    /// Every tag of the task definition (the app's own and fleetsync's).
-    pub fn task_definition_tags(&self) -> Vec<(String, String)> {
-        tags_in(&self.register_task_definition)
-    }
-}
-
-/// The `tags` of an ECS input, as key and value.
-fn tags_in(input: &Map<String, Value>) -> Vec<(String, String)> {
-    let tags = input.get("tags").and_then(Value::as_array);
-    tags.into_iter()
-        .flatten()
-        .filter_map(|t| {
-            Some((
-                t.get("key")?.as_str()?.to_owned(),
-                t.get("value")?.as_str()?.to_owned(),
-            ))
-        })
-        .collect()
 }
 
 fn provenance_tags(app: &str, p: &Provenance, hash: (&str, &str)) -> Vec<(String, String)> {

@@ -5,19 +5,18 @@
 //! service say what is already there, so a retried job re-does only what is missing.
 
 use crate::resolve::SourceUse;
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{Error, live, status};
+use super::{Error, status};
 use crate::ecs::{self, Ecs, LiveService, task_definition_id};
 use crate::preflight::Preflight;
 use crate::queue::SyncJob;
 use crate::queue::job::RECONCILE_DELIVERY;
-use crate::resolve::{DesiredApp, tag};
+use crate::resolve::tag;
 
 /// What a job did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,13 +76,17 @@ struct Rollback {
     /// The task definition the service ran before; `None` when there is nothing to go back to.
     task_definition: Option<String>,
     /// The service's `spec-hash`, `task-definition-hash`, `revision` and `source` tags for that
-    /// task definition; `None` when the service's tags did not describe it, and that revision's
-    /// own tags are read if it comes to a rollback.
-    tags: Option<Vec<(String, String)>>,
+    /// task definition.
+    tags: Vec<(String, String)>,
 }
 
-/// The service tags a rollback restores: those that describe a revision.
-const ROLLBACK_TAGS: [&str; 4] = live::DESCRIBED_BY_REVISION;
+/// The service tags a rollback restores.
+const ROLLBACK_TAGS: [&str; 4] = [
+    tag::SPEC_HASH,
+    tag::TASK_DEFINITION_HASH,
+    tag::REVISION,
+    tag::SOURCE,
+];
 
 /// How many times a job is put back to wait for its `dependsOn` before it fails: with the
 /// default 5 s poll, over an hour, well past any dependency's rollout timeout.
@@ -165,7 +168,9 @@ async fn apply_once(
     poll: Duration,
 ) -> Result<Outcome, Error> {
     let app = &job.app;
-    let live = live::service(ecs, &app.cluster, app.service_name()).await?;
+    let live = ecs
+        .describe_service(&app.cluster, app.service_name())
+        .await?;
 
     if let Some(live_commit) = live.as_ref().and_then(|l| l.tags.get(tag::REVISION))
         && !live_commit.is_empty()
@@ -211,7 +216,10 @@ async fn apply_once(
             let rollback = Rollback {
                 service_arn: live.arn.clone(),
                 task_definition: previous_task_definition(live, &target),
-                tags: None, // what the service's tags said then is gone
+                // Unknown by now.
+                tags: ROLLBACK_TAGS
+                    .map(|k| (k.to_owned(), String::new()))
+                    .to_vec(),
             };
             let ours = Ours {
                 task_definition: &target,
@@ -242,16 +250,12 @@ async fn apply_once(
         return Err(Error::Preflight(findings));
     }
 
-    let (task_definition, describes_spec) =
+    let task_definition =
         match reusable_task_definition(ecs, job, live.as_ref(), attempt.number).await? {
-            Some(reused) => reused,
+            Some(arn) => arn,
             None => {
-                let arn = ecs
-                    .register_task_definition(&app.register_task_definition)
-                    .await?;
-                let tags = app.task_definition_tags().into_iter().collect();
-                ecs.remember_revision_tags(&arn, tags);
-                (arn, true)
+                ecs.register_task_definition(&app.register_task_definition)
+                    .await?
             }
         };
     info!(message = "Task definition ready.", %task_definition);
@@ -267,11 +271,12 @@ async fn apply_once(
         Rollback {
             service_arn: live.arn.clone(),
             task_definition: previous,
-            tags: described.then(|| {
-                ROLLBACK_TAGS
-                    .map(|k| (k.to_owned(), live.tags.get(k).cloned().unwrap_or_default()))
-                    .to_vec()
-            }),
+            tags: ROLLBACK_TAGS
+                .map(|k| {
+                    let value = live.tags.get(k).filter(|_| described);
+                    (k.to_owned(), value.cloned().unwrap_or_default())
+                })
+                .to_vec(),
         }
     });
     let (outcome, deployment) = match &live {
@@ -300,31 +305,25 @@ async fn apply_once(
                 Value::String(task_definition.clone()),
             );
             let deployment = ecs.update_service(&input).await?;
+            // Tagged after the update: a crash in between leaves the old hash, so the retry
+            // repeats the (idempotent) update instead of believing it happened.
+            let mut tags = app.service_tags();
+            tags.push((
+                tag::TASK_DEFINITION.into(),
+                task_definition_id(&task_definition).to_owned(),
+            ));
+            // An app moved back into the config repo no longer comes from elsewhere.
+            if app.source.is_none() && live.tags.get(tag::SOURCE).is_some_and(|s| !s.is_empty()) {
+                tags.push((tag::SOURCE.into(), String::new()));
+            }
             // A spec applied again after it failed (through the API, say) is no longer failed;
             // if this rollout fails too, the rollback marks it again.
-            let failed_before = live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash);
-            // A revision registered for this spec describes the service by itself
-            // (`sync::live`). Otherwise the service is tagged after the update: a crash in
-            // between leaves the old hash, so the retry repeats the (idempotent) update instead
-            // of believing it happened.
-            if !describes_spec || failed_before || !own_tags_live(live, app) {
-                let mut tags = app.service_tags();
-                tags.push((
-                    tag::TASK_DEFINITION.into(),
-                    task_definition_id(&task_definition).to_owned(),
-                ));
-                // An app moved back into the config repo no longer comes from elsewhere.
-                if app.source.is_none() && live.tags.get(tag::SOURCE).is_some_and(|s| !s.is_empty())
-                {
-                    tags.push((tag::SOURCE.into(), String::new()));
+            if live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash) {
+                for key in [tag::FAILED_SPEC_HASH, tag::FAILURE] {
+                    tags.push((key.into(), String::new()));
                 }
-                if failed_before {
-                    for key in [tag::FAILED_SPEC_HASH, tag::FAILURE] {
-                        tags.push((key.into(), String::new()));
-                    }
-                }
-                ecs.tag_resource(&live.arn, &tags).await?;
             }
+            ecs.tag_resource(&live.arn, &tags).await?;
             (
                 Outcome::Updated {
                     task_definition: task_definition.clone(),
@@ -350,14 +349,13 @@ async fn apply_once(
 /// first attempt may have registered and died) or when the service runs another revision than
 /// its tags say (a crash between update and tag, or a change in the console). Reused only
 /// within its root and environment, so a revision runs only in the cluster its tags name and
-/// prune can see every service that runs it. With it, whether its tags describe this very
-/// spec (it was registered for it), so that the service needs no tags of its own.
+/// prune can see every service that runs it.
 async fn reusable_task_definition(
     ecs: &Ecs,
     job: &SyncJob,
     live: Option<&LiveService>,
     attempt: u32,
-) -> Result<Option<(String, bool)>, Error> {
+) -> Result<Option<String>, Error> {
     let app = &job.app;
     let ours = |tags: &std::collections::HashMap<String, String>| {
         tags.get(tag::ROOT) == Some(&app.root)
@@ -369,9 +367,7 @@ async fn reusable_task_definition(
         && ours(&live.tags)
         && !task_definition_changed_elsewhere(live)
     {
-        // The service's spec is not this one (or the job would be a no-op): a change to the
-        // service alone, which its own tags must record.
-        return Ok(Some((live.task_definition.clone(), false)));
+        return Ok(Some(live.task_definition.clone()));
     }
     // A revision of this hash may exist when an earlier attempt or job registered it and then
     // failed: a retry, a create, a spec marked failed (reconcile sends it again), or a service
@@ -391,21 +387,7 @@ async fn reusable_task_definition(
             td.tags.get(tag::TASK_DEFINITION_HASH) == Some(&app.task_definition_hash)
                 && ours(&td.tags)
         })
-        .map(|td| {
-            let wanted: HashMap<_, _> = app.task_definition_tags().into_iter().collect();
-            let describes = live::DESCRIBED_BY_REVISION
-                .iter()
-                .all(|k| td.tags.get(*k) == wanted.get(*k));
-            (td.arn, describes)
-        }))
-}
-
-/// Whether the service already carries every tag of the app's that no revision stands in for
-/// (who owns it, and the app's own tags).
-fn own_tags_live(live: &LiveService, app: &DesiredApp) -> bool {
-    app.service_tags().iter().all(|(k, v)| {
-        live::DESCRIBED_BY_REVISION.contains(&k.as_str()) || live.tags.get(k) == Some(v)
-    })
+        .map(|td| td.arn))
 }
 
 /// The dependencies of `job` that do not yet run the spec it needs, with its rollout settled.
@@ -418,7 +400,7 @@ async fn waiting_for(ecs: &Ecs, job: &SyncJob) -> Result<Vec<String>, Error> {
         .values()
         .map(|d| d.service.as_str())
         .collect();
-    let live = live::services(ecs, &job.app.cluster, &services).await?;
+    let live = ecs.describe_services(&job.app.cluster, &services).await?;
     Ok(job
         .dependencies
         .iter()
@@ -611,10 +593,7 @@ async fn roll_back(ecs: &Ecs, job: &SyncJob, rollback: Option<Rollback>, failure
     }
     // The service runs the previous spec again: its tags must say so, or the next attempt would
     // believe the failed spec is live. The failed spec is marked so reconcile leaves it alone.
-    let mut tags = match tags {
-        Some(tags) => tags,
-        None => described_by(ecs, app, &previous).await,
-    };
+    let mut tags = tags;
     tags.push((
         tag::TASK_DEFINITION.into(),
         task_definition_id(&previous).to_owned(),
@@ -627,26 +606,4 @@ async fn roll_back(ecs: &Ecs, job: &SyncJob, rollback: Option<Rollback>, failure
         };
     }
     failure.rolled_back_to(&previous)
-}
-
-/// The tags `previous` stands in for when it is fleetsync's revision for this app (`live`);
-/// empty values, meaning "unknown", when it is not or cannot be read.
-async fn described_by(ecs: &Ecs, app: &DesiredApp, previous: &str) -> Vec<(String, String)> {
-    let revision = match ecs.task_definition_tags(previous).await {
-        Ok(tags) => tags.unwrap_or_default(),
-        Err(e) => {
-            warn!(message = "Cannot read the tags of the revision rolled back to.", error = %e);
-            HashMap::new()
-        }
-    };
-    let ours = revision.get(tag::ROOT) == Some(&app.root)
-        && revision.get(tag::ENVIRONMENT) == Some(&app.environment)
-        && revision.get(tag::APP) == Some(&app.name)
-        && revision.contains_key(tag::SPEC_HASH);
-    ROLLBACK_TAGS
-        .map(|k| {
-            let value = revision.get(k).filter(|_| ours);
-            (k.to_owned(), value.cloned().unwrap_or_default())
-        })
-        .to_vec()
 }

@@ -5,7 +5,6 @@
 //! crashed or failing worker never loses a job.
 
 mod apply;
-pub mod live;
 pub mod plan;
 mod prune;
 pub mod status;

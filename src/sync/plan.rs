@@ -62,7 +62,9 @@ pub async fn plan(
     // Most updated apps were synced from the same commit: resolve each such commit once.
     let mut earlier: HashMap<String, Option<DesiredState>> = HashMap::new();
     for app in &state.apps {
-        let live = super::live::service(ecs, &app.cluster, app.service_name()).await?;
+        let live = ecs
+            .describe_service(&app.cluster, app.service_name())
+            .await?;
         let action = match live {
             None => Action::Create,
             Some(live) if live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash) => {

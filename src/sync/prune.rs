@@ -32,7 +32,7 @@ pub struct Pruned {
 pub async fn prune(ecs: &Ecs, history: &impl History, job: &PruneJob) -> Result<Pruned, Error> {
     let names = ecs.list_services(&job.cluster).await?;
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let live = super::live::services(ecs, &job.cluster, &names).await?;
+    let live = ecs.describe_services(&job.cluster, &names).await?;
     let listed: HashSet<&str> = job.apps.iter().map(String::as_str).collect();
     let owned = |tags: &HashMap<String, String>| {
         tags.get(tag::ROOT) == Some(&job.root)

@@ -219,20 +219,7 @@ impl Emulator {
             .await
             .unwrap();
         let s = out.services().first()?;
-        let running = self
-            .ecs()
-            .describe_task_definition()
-            .task_definition(s.task_definition().unwrap())
-            .include(aws_sdk_ecs::types::TaskDefinitionField::Tags)
-            .send()
-            .await
-            .unwrap();
         Some(Live {
-            running: running
-                .tags()
-                .iter()
-                .map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned()))
-                .collect(),
             events: s
                 .events()
                 .iter()
@@ -277,17 +264,12 @@ pub struct Live {
     pub task_definition: String,
     /// Service events, newest first.
     pub events: Vec<String>,
-    /// The service's own tags.
     pub tags: std::collections::HashMap<String, String>,
-    /// The tags of the task definition revision it runs: the spec, commit and source it was
-    /// registered for, which is what runs.
-    pub running: std::collections::HashMap<String, String>,
 }
 
 impl Live {
-    /// The commit that runs.
     pub fn revision(&self) -> &str {
-        &self.running["fleetsync:revision"]
+        &self.tags["fleetsync:revision"]
     }
 }
 
