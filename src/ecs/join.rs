@@ -65,19 +65,66 @@ impl Joiner {
 }
 
 impl Ecs {
+    /// Reads what waits for `cluster`, ten services a call; each call answers its own readers,
+    /// so one failed call fails only them.
     async fn read_batch(&self, cluster: &str) {
         let Some(joiner) = &self.joiner else { return };
-        let waiting = joiner.take(cluster);
-        let mut names: Vec<&str> = waiting.iter().map(|(s, _)| s.as_str()).collect();
-        names.sort_unstable();
-        names.dedup();
-        let read = self.describe_services(cluster, &names).await;
-        for (service, reply) in waiting {
-            let answer = match &read {
-                Ok(found) => Ok(found.get(&service).cloned()),
-                Err(e) => Err(e.clone()),
-            };
-            let _ = reply.send(answer); // a job cancelled meanwhile no longer asks
+        let mut waiting = joiner.take(cluster);
+        waiting.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        while !waiting.is_empty() {
+            let rest = waiting.split_off(ten_services(&waiting));
+            let batch = std::mem::replace(&mut waiting, rest);
+            let mut names: Vec<&str> = batch.iter().map(|(s, _)| s.as_str()).collect();
+            names.dedup();
+            let read = self.describe_services(cluster, &names).await;
+            for (service, reply) in batch {
+                let answer = match &read {
+                    Ok(found) => Ok(found.get(&service).cloned()),
+                    Err(e) => Err(e.clone()),
+                };
+                let _ = reply.send(answer); // a job cancelled meanwhile no longer asks
+            }
         }
+    }
+}
+
+/// How many of `sorted` (readers by service name) the next call answers: those of the first
+/// ten distinct services.
+fn ten_services(sorted: &[(String, Reply)]) -> usize {
+    let mut distinct = 0;
+    for (i, (service, _)) in sorted.iter().enumerate() {
+        if i == 0 || sorted[i - 1].0 != *service {
+            distinct += 1;
+            if distinct > 10 {
+                return i;
+            }
+        }
+    }
+    sorted.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readers(names: &[&str]) -> Vec<(String, Reply)> {
+        names
+            .iter()
+            .map(|n| ((*n).to_owned(), oneshot::channel().0))
+            .collect()
+    }
+
+    #[test]
+    fn a_call_answers_every_reader_of_its_ten_services() {
+        let names: Vec<String> = (0..12).map(|i| format!("s{i:02}")).collect();
+        let mut sorted: Vec<&str> = names.iter().map(String::as_str).collect();
+        sorted.insert(1, "s00"); // two jobs read s00
+        assert_eq!(
+            ten_services(&readers(&sorted)),
+            11,
+            "s00 twice, then s01..s09"
+        );
+        assert_eq!(ten_services(&readers(&sorted[11..])), 2);
+        assert_eq!(ten_services(&readers(&[])), 0);
     }
 }

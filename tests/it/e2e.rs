@@ -248,22 +248,35 @@ async fn a_workers_reads_of_single_services_made_at_once_go_out_ten_to_a_call() 
     }
     let before = emulator.ecs_calls().len();
 
-    // As jobs started by one receive, or woken by one rollout poll tick, ask.
+    // As jobs started by one receive, or woken by one rollout poll tick, ask: all at once, in
+    // one task, so that every read is waiting before the first batch goes out.
     let ecs = fleetsync::ecs::Ecs::new(&emulator.aws).joining_reads();
     let asked: Vec<String> = names
         .iter()
         .cloned()
         .chain(["svc-00".into(), "never-created".into()])
         .collect();
-    let reads: Vec<_> = asked
+    let mut reads: Vec<_> = asked
         .iter()
-        .map(|name| {
-            let (ecs, name) = (ecs.clone(), name.clone());
-            tokio::spawn(async move { ecs.describe_service("staging", &name).await })
-        })
+        .map(|name| Box::pin(ecs.describe_service("staging", name)))
         .collect();
-    for (name, read) in asked.iter().zip(reads) {
-        let live = read.await.unwrap().unwrap();
+    let mut answers: Vec<_> = asked.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (read, answer) in reads.iter_mut().zip(&mut answers) {
+            if answer.is_none()
+                && let std::task::Poll::Ready(live) = read.as_mut().poll(cx)
+            {
+                *answer = Some(live);
+            }
+        }
+        match answers.iter().all(Option::is_some) {
+            true => std::task::Poll::Ready(()),
+            false => std::task::Poll::Pending,
+        }
+    })
+    .await;
+    for (name, answer) in asked.iter().zip(answers) {
+        let live = answer.unwrap().unwrap();
         match name.as_str() {
             "never-created" => assert!(live.is_none()),
             _ => assert_eq!(live.expect(name).tags["team"], *name),
@@ -273,6 +286,74 @@ async fn a_workers_reads_of_single_services_made_at_once_go_out_ten_to_a_call() 
         emulator.ecs_calls().split_off(before),
         ["DescribeServices"; 2],
         "14 reads of 13 services, ten services to a call"
+    );
+}
+
+/// The ECS calls (as the emulator logged them) of the job `push` starts, up to its last write:
+/// after it come only the rollout's polls.
+async fn ecs_calls_of(s: &Setup, push: impl std::future::Future<Output = u16>) -> Vec<String> {
+    let before = s.emulator.ecs_calls().len();
+    assert_eq!(push.await, 202);
+    s.drained().await; // a job is deleted once its rollout completed
+    let calls = s.emulator.ecs_calls().split_off(before);
+    let applied = 1 + calls
+        .iter()
+        .rposition(|c| c != "DescribeServices")
+        .expect("a write");
+    assert!(
+        calls.len() > applied,
+        "the rollout is watched after the last write: {calls:?}"
+    );
+    calls[..applied].to_vec()
+}
+
+/// What #5 counts: ECS calls per changed app besides rollout polls (its target is 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_image_costs_four_ecs_calls_and_a_service_change_three_besides_rollout_polls() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    let commit = |from: &'static str, to: &'static str| {
+        s.repo
+            .commit("staging", "apps/accounts/app.yaml", move |t| {
+                Some(t.unwrap().replace(from, to))
+            })
+    };
+
+    // UpdateService takes no tags: the service is tagged with what it now runs afterwards.
+    let image = commit("accounts:2.3.0", "accounts:2.4.0");
+    assert_eq!(
+        ecs_calls_of(&s, async {
+            receiver.push("staging", image, "image").await.0
+        })
+        .await,
+        [
+            "DescribeServices",
+            "RegisterTaskDefinition",
+            "UpdateService",
+            "TagResource"
+        ]
+    );
+    let live = s.emulator.service("staging", "accounts").await.unwrap();
+    assert_eq!(
+        (live.task_definition.as_str(), live.revision()),
+        ("staging-accounts:2", image.to_string().as_str())
+    );
+
+    // A change to the service alone runs the revision it has.
+    let count = commit("desiredCount: 2", "desiredCount: 3");
+    assert_eq!(
+        ecs_calls_of(&s, async {
+            receiver.push("staging", count, "count").await.0
+        })
+        .await,
+        ["DescribeServices", "UpdateService", "TagResource"]
+    );
+    let live = s.emulator.service("staging", "accounts").await.unwrap();
+    assert_eq!(
+        (live.task_definition.as_str(), live.revision()),
+        ("staging-accounts:2", count.to_string().as_str())
     );
 }
 
