@@ -493,6 +493,9 @@ async fn watch_rollout(
         rolled_back_to: None,
     };
     loop {
+        // Even the first look waits for a tick: a deployment just started has nothing to show,
+        // and on the tick its read joins the others'.
+        tokio::time::sleep_until(next_poll(poll)).await;
         let Some(live) = ecs.describe_service(&app.cluster, service).await? else {
             return Err(failed("the service was deleted during the rollout".into()));
         };
@@ -526,8 +529,7 @@ async fn watch_rollout(
             }
             _ => {}
         }
-        let next = next_poll(poll);
-        if next > deadline {
+        if next_poll(poll) > deadline {
             return Err(Error::RolloutTimeout {
                 service: service.to_owned(),
                 task_definition: target,
@@ -536,7 +538,6 @@ async fn watch_rollout(
                 rolled_back_to: None,
             });
         }
-        tokio::time::sleep_until(next).await;
     }
 }
 
