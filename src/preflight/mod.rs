@@ -69,7 +69,8 @@ impl fmt::Display for Finding {
 /// are never remembered and a refusal always rests on fresh reads, so a fix is seen at once.
 pub const REMEMBER_FOUND: Duration = Duration::from_secs(300);
 
-/// Past this many entries, the expired ones are dropped.
+/// Past this many entries, the expired ones are dropped; the next sweep waits for twice what
+/// is left, so a large push does not sweep on every answer.
 const MEMORY_SWEEP: usize = 4096;
 
 /// The AWS clients preflight reads with, and what they found present lately.
@@ -104,7 +105,14 @@ type Key = (String, Kind, String);
 
 /// What was found present, and when.
 #[derive(Debug, Default)]
-struct Memory(Mutex<HashMap<Key, (Instant, Found)>>);
+struct Memory(Mutex<Remembered>);
+
+#[derive(Debug, Default)]
+struct Remembered {
+    found: HashMap<Key, (Instant, Found)>,
+    /// The size at which expired entries are dropped next (at least `MEMORY_SWEEP`).
+    sweep_at: usize,
+}
 
 impl Memory {
     fn key(delivery: &str, kind: Kind, name: &str) -> Key {
@@ -113,21 +121,25 @@ impl Memory {
 
     fn recall(&self, delivery: &str, kind: Kind, name: &str) -> Option<Found> {
         let memory = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (at, found) = memory.get(&Memory::key(delivery, kind, name))?;
+        let (at, found) = memory.found.get(&Memory::key(delivery, kind, name))?;
         (at.elapsed() < REMEMBER_FOUND).then(|| found.clone())
     }
 
     fn remember(&self, delivery: &str, kind: Kind, name: &str, found: Found) {
         let mut memory = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if memory.len() >= MEMORY_SWEEP {
-            memory.retain(|_, (at, _)| at.elapsed() < REMEMBER_FOUND);
+        if memory.found.len() >= memory.sweep_at.max(MEMORY_SWEEP) {
+            memory
+                .found
+                .retain(|_, (at, _)| at.elapsed() < REMEMBER_FOUND);
+            memory.sweep_at = 2 * memory.found.len();
         }
-        memory.insert(Memory::key(delivery, kind, name), (Instant::now(), found));
+        let key = Memory::key(delivery, kind, name);
+        memory.found.insert(key, (Instant::now(), found));
     }
 
     fn forget(&self, delivery: &str, kind: Kind, name: &str) {
         let mut memory = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        memory.remove(&Memory::key(delivery, kind, name));
+        memory.found.remove(&Memory::key(delivery, kind, name));
     }
 }
 
