@@ -12,6 +12,7 @@ mod aws;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -166,6 +167,8 @@ impl Preflight {
             memory: &self.memory,
             delivery: delivery.to_owned(),
             fresh: false,
+            recalled: AtomicBool::new(false),
+            active_cluster: None,
         }
     }
 }
@@ -177,23 +180,28 @@ pub struct Session<'a> {
     delivery: String,
     /// Ask AWS even what the memory holds: the pass a refusal rests on.
     fresh: bool,
+    /// This pass used a remembered answer.
+    recalled: AtomicBool,
+    /// What the caller saw itself: see `cluster_is_active`.
+    active_cluster: Option<String>,
 }
 
 impl Session<'_> {
     /// What the caller already knows: `cluster` exists and is ACTIVE (a service was found in
     /// it), so checking the app costs no DescribeClusters.
     pub fn cluster_is_active(&mut self, cluster: &str) {
-        self.memory
-            .remember(&self.delivery, Kind::Cluster, cluster, Found::Present);
+        self.active_cluster = Some(cluster.to_owned());
     }
 
     /// Every finding for `app`; `Err` only when AWS could not be asked (then nothing is known).
     pub async fn check(&mut self, app: &DesiredApp) -> Result<Vec<Finding>, Error> {
+        self.recalled.store(false, Ordering::Relaxed);
         let found = self.check_pass(app).await?;
-        if found.is_empty() || self.fresh {
+        if found.is_empty() || !self.recalled.load(Ordering::Relaxed) {
             return Ok(found);
         }
-        // A remembered role may lack a grant added since: refuse only on what AWS says now.
+        // A remembered role may lack a grant added since: refuse only on what AWS says now (a
+        // pass that remembered nothing already did).
         self.fresh = true;
         let found = self.check_pass(app).await;
         self.fresh = false;
@@ -205,7 +213,11 @@ impl Session<'_> {
         if self.fresh {
             return None;
         }
-        self.memory.recall(&self.delivery, kind, name)
+        let found = self.memory.recall(&self.delivery, kind, name);
+        if found.is_some() {
+            self.recalled.store(true, Ordering::Relaxed);
+        }
+        found
     }
 
     /// Remembers `name` when found, forgets it when not.
@@ -294,9 +306,10 @@ impl Session<'_> {
         app: &DesiredApp,
         found: &mut Findings<'_>,
     ) -> Result<(), Error> {
-        let status = match self.recall(Kind::Cluster, &app.cluster) {
-            Some(_) => Some("ACTIVE".to_owned()),
-            None => {
+        let known = self.active_cluster.as_ref() == Some(&app.cluster);
+        let status = match known || self.recall(Kind::Cluster, &app.cluster).is_some() {
+            true => Some("ACTIVE".to_owned()),
+            false => {
                 let status = self.ecs.cluster_status(&app.cluster).await?;
                 let active = status.as_deref() == Some("ACTIVE");
                 self.learned(

@@ -36,6 +36,18 @@ async fn findings(emulator: &Emulator, app: &DesiredApp) -> Vec<String> {
         .collect()
 }
 
+/// Deletes the execution role's policy that lets it read staging's secrets.
+async fn revoke_secret_reads(emulator: &Emulator) -> aws_sdk_iam::Client {
+    let iam = aws_sdk_iam::Client::new(&emulator.aws);
+    iam.delete_role_policy()
+        .role_name(EXEC_ROLE)
+        .policy_name("read-staging-secrets")
+        .send()
+        .await
+        .unwrap();
+    iam
+}
+
 async fn ready() -> (Emulator, DesiredApp) {
     let emulator = Emulator::start().await;
     emulator.create_clusters(&["staging"]).await;
@@ -80,13 +92,7 @@ async fn a_missing_cluster_subnet_or_security_group_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execution_role_that_cannot_read_the_secrets_is_explained() {
     let (emulator, api) = ready().await;
-    let iam = aws_sdk_iam::Client::new(&emulator.aws);
-    iam.delete_role_policy()
-        .role_name(EXEC_ROLE)
-        .policy_name("read-staging-secrets")
-        .send()
-        .await
-        .unwrap();
+    revoke_secret_reads(&emulator).await;
     let found = findings(&emulator, &api).await;
     assert_eq!(found.len(), 3, "two secrets and one parameter: {found:#?}");
     assert_eq!(
@@ -211,16 +217,17 @@ async fn the_jobs_of_one_push_ask_aws_once_for_what_they_reference() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_added_after_a_refusal_is_seen_by_the_next_job_of_the_same_push() {
     let (emulator, api) = ready().await;
-    let iam = aws_sdk_iam::Client::new(&emulator.aws);
-    iam.delete_role_policy()
-        .role_name(EXEC_ROLE)
-        .policy_name("read-staging-secrets")
-        .send()
-        .await
-        .unwrap();
+    let iam = revoke_secret_reads(&emulator).await;
     let preflight = Preflight::new(&emulator.aws);
+    let before = emulator.calls().len();
     let refused = preflight.session("push-1").check(&api).await.unwrap();
     assert_eq!(refused.len(), 3, "{refused:#?}");
+    let roles_read = emulator.calls().split_off(before);
+    let roles_read = roles_read.iter().filter(|c| *c == "iam GetRole").count();
+    assert_eq!(
+        roles_read, 2,
+        "nothing was remembered, so the refusal's reads were fresh: each role read once"
+    );
 
     // The role the refusal read is remembered; the grant added since must still count.
     let grant = serde_json::json!({"Version": "2012-10-17", "Statement": [
