@@ -248,16 +248,20 @@ impl Session<'_> {
         Ok(missing)
     }
 
-    async fn exists(&self, kind: Kind, name: &str) -> Result<bool, Error> {
-        if self.recall(kind, name).is_some() {
-            return Ok(true);
+    /// What is known of `name`: remembered, or what `lookup` finds (then remembered or
+    /// forgotten).
+    async fn remembered(
+        &self,
+        kind: Kind,
+        name: &str,
+        lookup: impl Future<Output = Result<Option<Found>, Error>>,
+    ) -> Result<Option<Found>, Error> {
+        if let Some(found) = self.recall(kind, name) {
+            return Ok(Some(found));
         }
-        let exists = match kind {
-            Kind::Parameter => self.lookups.parameter_exists(name).await?,
-            _ => self.lookups.log_group_exists(name).await?,
-        };
-        self.learned(kind, name, exists.then_some(Found::Present));
-        Ok(exists)
+        let found = lookup.await?;
+        self.learned(kind, name, found.clone());
+        Ok(found)
     }
 
     async fn check_pass(&mut self, app: &DesiredApp) -> Result<Vec<Finding>, Error> {
@@ -383,13 +387,10 @@ impl Session<'_> {
         found: &mut Findings<'_>,
     ) -> Result<Option<Role>, Error> {
         let name = arn.rsplit('/').next().unwrap_or(arn);
-        let role = match self.recall(Kind::Role, name) {
+        let lookup = async { Ok(self.lookups.role(name).await?.map(Found::Role)) };
+        let role = match self.remembered(Kind::Role, name, lookup).await? {
             Some(Found::Role(role)) => Some(role),
-            _ => {
-                let role = self.lookups.role(name).await?;
-                self.learned(Kind::Role, name, role.clone().map(Found::Role));
-                role
-            }
+            _ => None,
         };
         let Some(role) = role else {
             found.add(
@@ -423,13 +424,10 @@ impl Session<'_> {
         }
         // What IAM evaluates: a secret's full ARN (with its random suffix), a parameter's ARN.
         let (resource, action, described) = if let Some(id) = secrets_manager_id(reference) {
-            let arn = match self.recall(Kind::Secret, id) {
+            let lookup = async { Ok(self.lookups.secret_arn(id).await?.map(Found::Secret)) };
+            let arn = match self.remembered(Kind::Secret, id, lookup).await? {
                 Some(Found::Secret(arn)) => Some(arn),
-                _ => {
-                    let arn = self.lookups.secret_arn(id).await?;
-                    self.learned(Kind::Secret, id, arn.clone().map(Found::Secret));
-                    arn
-                }
+                _ => None,
             };
             (
                 arn,
@@ -438,7 +436,14 @@ impl Session<'_> {
             )
         } else {
             let name = parameter_name(reference);
-            let exists = self.exists(Kind::Parameter, &name).await?;
+            let lookup = async {
+                let exists = self.lookups.parameter_exists(&name).await?;
+                Ok(exists.then_some(Found::Present))
+            };
+            let exists = self
+                .remembered(Kind::Parameter, &name, lookup)
+                .await?
+                .is_some();
             (
                 exists.then(|| reference.to_owned()),
                 "ssm:GetParameters",
@@ -494,7 +499,15 @@ impl Session<'_> {
         let Some(group) = option("awslogs-group") else {
             return Ok(());
         };
-        if !self.exists(Kind::LogGroup, group).await? {
+        let lookup = async {
+            let exists = self.lookups.log_group_exists(group).await?;
+            Ok(exists.then_some(Found::Present))
+        };
+        if self
+            .remembered(Kind::LogGroup, group, lookup)
+            .await?
+            .is_none()
+        {
             found.add(
                 &format!("{at}.logConfiguration.options.awslogs-group"),
                 format!(
