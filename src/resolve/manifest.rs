@@ -420,6 +420,12 @@ pub fn read_app(node: &Node, expected_name: &str, report: &mut Report<'_>) -> Op
         }
         if let Some(timeout) = fields.get("timeout") {
             match timeout.as_str().map(humantime::parse_duration) {
+                // A worker holds the job's message while it watches: SQS keeps a message
+                // hidden for at most 12 hours.
+                Some(Ok(d)) if d > MAX_ROLLOUT_TIMEOUT => report.at(
+                    timeout.pos,
+                    "`rollout.timeout` may be at most 12h: SQS hides a job from other workers for at most 12 hours while one watches its rollout",
+                ),
                 Some(Ok(d)) if !d.is_zero() => rollout.timeout = d,
                 _ => report.at(
                     timeout.pos,
@@ -434,6 +440,8 @@ pub fn read_app(node: &Node, expected_name: &str, report: &mut Report<'_>) -> Op
         rollout,
     })
 }
+
+const MAX_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
 
 fn header(map: &Fields<'_>, kind: &str, report: &mut Report<'_>) {
     if let Some((version, pos)) = map.required_str_at("apiVersion", report)

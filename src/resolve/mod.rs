@@ -39,6 +39,16 @@ pub trait Files {
 
 pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why a [`Files`] refuses a file whatever it holds (too large, a symlink, a submodule): a
+/// problem in the commit, reported at the file, where any other [`ReadError`] is worth a retry.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unusable(pub String);
+
+/// The largest manifest or task definition file read. A file packs far smaller in git than it
+/// inflates (8 MB of YAML packed to 22 KiB): [`Files`] check the size before reading.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
 /// The other repositories of the server config, which app entries with `source:` read.
 pub trait Sources {
     /// `repo` at `reference` (a branch, a tag or a full commit id): the commit it names and its
@@ -370,12 +380,23 @@ fn load(files: &dyn Files, path: &str) -> Result<Option<Option<Node>>, Error> {
 
 /// [`load`] for a file that problems name otherwise: `repo@ref:path` in another repository.
 fn load_as(files: &dyn Files, path: &str, shown: &str) -> Result<Option<Option<Node>>, Error> {
-    let Some(bytes) = files.read(path).map_err(|source| Error::Read {
-        path: shown.to_owned(),
-        source,
-    })?
-    else {
-        return Ok(None);
+    let bytes = match files.read(path) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(source) => {
+            return Err(match source.downcast_ref::<Unusable>() {
+                Some(Unusable(message)) => Error::Invalid(vec![Problem {
+                    file: shown.to_owned(),
+                    line: 1,
+                    column: 1,
+                    message: message.clone(),
+                }]),
+                None => Error::Read {
+                    path: shown.to_owned(),
+                    source,
+                },
+            });
+        }
     };
     let Ok(text) = std::str::from_utf8(&bytes) else {
         return Err(Error::Invalid(vec![Problem {

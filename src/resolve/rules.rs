@@ -104,6 +104,20 @@ pub fn check(
             ),
         }
     }
+    if let Some(controller) = service
+        .get("deploymentController")
+        .and_then(|c| c.get("type"))
+        .and_then(Value::as_str)
+        .filter(|t| *t != "ECS")
+    {
+        let pos = service_node
+            .and_then(|n| n.get("deploymentController"))
+            .map_or(Pos::at(1, 1), |n| n.pos);
+        Report::new(app_file, problems).at(
+            pos,
+            format!("`deploymentController.type: {controller}` hands deployments to another tool, and fleetsync deploys through ECS rolling updates: remove it or set it to ECS"),
+        );
+    }
     if network_mode == Some("awsvpc")
         && service
             .get("networkConfiguration")

@@ -54,20 +54,31 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// How deep collections may nest in one file. ECS inputs nest a handful of levels; the bound
+/// keeps every recursive walk of the tree (clone, drop, JSON conversion) far from the stack's
+/// end, whatever a commit holds: saphyr bounds flow nesting, not block nesting.
+pub const MAX_DEPTH: usize = 64;
+
+/// Nodes one file may hold, aliases' copies included: with [`MAX_DEPTH`], what one manifest can
+/// cost the receivers in memory and time.
+pub const MAX_NODES: usize = 250_000;
+
 /// Parses one YAML (or JSON) document. An empty document is an empty mapping's absence: `None`.
+/// Parsing stops at the first problem: what follows it costs nothing.
 pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     let mut builder = Builder::default();
-    Parser::new_from_str(text)
-        .load(&mut builder, true)
-        .map_err(|e| SyntaxError {
+    for next in Parser::new_from_str(text) {
+        let (event, span) = next.map_err(|e| SyntaxError {
             pos: Pos::at(e.marker().line(), e.marker().col() + 1),
             message: e.info().to_owned(),
         })?;
-    if let Some(message) = builder.error {
-        return Err(SyntaxError {
-            pos: builder.error_pos,
-            message,
-        });
+        builder.on_event(event, span);
+        if let Some(message) = builder.error {
+            return Err(SyntaxError {
+                pos: builder.error_pos,
+                message,
+            });
+        }
     }
     Ok(builder.done)
 }
@@ -165,12 +176,15 @@ fn plain_scalar(s: &str) -> Value {
 struct Builder {
     /// Open collections: the node under construction and, for mappings, a pending key.
     stack: Vec<(Node, Option<Node>)>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes with their [`Cost`], known before any alias copies them.
+    anchors: HashMap<usize, (Node, Cost)>,
     /// Anchor ids of the open collections, parallel to `stack`.
     open_anchors: Vec<usize>,
     done: Option<Node>,
-    /// Nodes copied by aliases so far.
-    aliased: usize,
+    /// What aliases copied so far.
+    aliased: Cost,
+    /// Nodes in the tree so far, copies included.
+    nodes: usize,
     error: Option<String>,
     error_pos: Pos,
 }
@@ -185,7 +199,8 @@ impl Builder {
 
     fn push_value(&mut self, node: Node, anchor: usize) {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            let cost = Cost::of(&node);
+            self.anchors.insert(anchor, (node.clone(), cost));
         }
         let Some((parent, pending_key)) = self.stack.last_mut() else {
             if self.done.is_some() {
@@ -236,26 +251,62 @@ impl Builder {
     }
 }
 
-/// Nodes an alias may copy in one file. Aliases share nothing once expanded, so a few nested
-/// anchors ("billion laughs") would otherwise exhaust memory.
+/// Nodes, and bytes of text, aliases may copy in one file. Aliases share nothing once expanded,
+/// so a few nested anchors ("billion laughs"), or one long string named many times, would
+/// otherwise exhaust memory.
 const MAX_ALIASED_NODES: usize = 10_000;
+const MAX_ALIASED_BYTES: usize = 1 << 20;
 
-fn size(node: &Node) -> usize {
-    match &node.kind {
-        Kind::Scalar(..) => 1,
-        Kind::Seq(items) => 1 + items.iter().map(size).sum::<usize>(),
-        Kind::Map(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| size(k) + size(v))
-                .sum::<usize>()
+/// What a copy of a subtree costs.
+#[derive(Clone, Copy, Default)]
+struct Cost {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Cost {
+    /// Recursive, within [`MAX_DEPTH`].
+    fn of(node: &Node) -> Cost {
+        let mut cost = Cost { nodes: 1, bytes: 0 };
+        let mut add = |c: Cost| {
+            cost.nodes += c.nodes;
+            cost.bytes += c.bytes;
+        };
+        match &node.kind {
+            Kind::Scalar(s, _) => add(Cost {
+                nodes: 0,
+                bytes: s.len(),
+            }),
+            Kind::Seq(items) => items.iter().for_each(|i| add(Cost::of(i))),
+            Kind::Map(entries) => entries.iter().for_each(|(k, v)| {
+                add(Cost::of(k));
+                add(Cost::of(v));
+            }),
         }
+        cost
     }
 }
 
 impl<'input> SpannedEventReceiver<'input> for Builder {
     fn on_event(&mut self, event: Event<'input>, span: Span) {
         let pos = Pos::of(span);
+        if matches!(
+            event,
+            Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..)
+        ) {
+            self.nodes += 1;
+            if self.nodes > MAX_NODES {
+                return self.fail(pos, format!("more than {MAX_NODES} values in one file"));
+            }
+        }
+        if matches!(event, Event::SequenceStart(..) | Event::MappingStart(..))
+            && self.stack.len() >= MAX_DEPTH
+        {
+            return self.fail(
+                pos,
+                format!("lists and mappings nest more than {MAX_DEPTH} levels deep"),
+            );
+        }
         match event {
             Event::Scalar(value, style, anchor, _) => {
                 let quoted = !matches!(style, ScalarStyle::Plain);
@@ -293,27 +344,29 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                     self.push_value(node, anchor);
                 }
             }
-            Event::Alias(anchor) => match self.anchors.get(&anchor).cloned() {
-                Some(node) => {
-                    self.aliased += size(&node);
-                    if self.aliased > MAX_ALIASED_NODES {
-                        self.fail(
-                            pos,
-                            format!("aliases expand to more than {MAX_ALIASED_NODES} nodes"),
-                        );
-                        self.push_value(
-                            Node {
-                                pos,
-                                kind: Kind::Scalar(String::new(), true),
-                            },
-                            0,
-                        );
-                    } else {
-                        self.push_value(Node { pos, ..node }, 0);
-                    }
+            Event::Alias(anchor) => {
+                let Some((node, cost)) = self.anchors.get(&anchor) else {
+                    return self.fail(pos, "alias to an unknown anchor");
+                };
+                // Counted before the copy is made: the copy is what a bomb costs.
+                self.aliased.nodes += cost.nodes;
+                self.aliased.bytes += cost.bytes;
+                self.nodes += cost.nodes;
+                if self.aliased.nodes > MAX_ALIASED_NODES {
+                    return self.fail(
+                        pos,
+                        format!("aliases expand to more than {MAX_ALIASED_NODES} nodes"),
+                    );
                 }
-                None => self.fail(pos, "alias to an unknown anchor"),
-            },
+                if self.aliased.bytes > MAX_ALIASED_BYTES {
+                    return self.fail(pos, "aliases copy more than 1 MiB of text");
+                }
+                let node = Node {
+                    pos,
+                    ..node.clone()
+                };
+                self.push_value(node, 0);
+            }
             Event::Nothing
             | Event::StreamStart
             | Event::StreamEnd
@@ -391,6 +444,45 @@ mod tests {
         }
         let err = parse(&bomb).unwrap_err();
         assert_eq!(err.message, "aliases expand to more than 10000 nodes");
+    }
+
+    /// A 10 KB app.yaml of 5,000 nested block lists aborted every receiver on a 2 MiB stack.
+    #[test]
+    fn deep_block_nesting_is_refused_at_its_line_without_overflowing_the_stack() {
+        let deep = "- ".repeat(5_000) + "x\n";
+        let err = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || parse(&deep).unwrap_err())
+            .unwrap()
+            .join()
+            .expect("parsing overflowed the stack");
+        assert_eq!(
+            (err.pos.line, err.message.as_str()),
+            (1, "lists and mappings nest more than 64 levels deep")
+        );
+        let fits = "- ".repeat(MAX_DEPTH) + "x\n";
+        assert!(parse(&fits).is_ok());
+    }
+
+    /// A 400 KB file of aliases took 17.5 s of CPU before the refusal: parsing went on past it.
+    #[test]
+    fn alias_copies_are_refused_before_they_are_made_and_parsing_stops_there() {
+        let long = "y".repeat(64 * 1024);
+        let mut text = format!("a: &a {long}\nl:\n");
+        for _ in 0..20_000 {
+            text.push_str("  - *a\n");
+        }
+        let err = parse(&text).unwrap_err();
+        // The 17th copy passes 1 MiB: nothing after that line is read.
+        assert_eq!(
+            (err.pos.line, err.message.as_str()),
+            (19, "aliases copy more than 1 MiB of text")
+        );
+        let wide = "- x\n".repeat(MAX_NODES + 1);
+        assert_eq!(
+            parse(&wide).unwrap_err().message,
+            "more than 250000 values in one file"
+        );
     }
 
     #[test]

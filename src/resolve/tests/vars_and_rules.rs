@@ -216,3 +216,34 @@ fn more_tags_than_ecs_leaves_room_for_are_refused() {
         "{found:?}"
     );
 }
+
+/// Rules whose breach only the queue or ECS would show, long after the push was answered: a
+/// watch SQS cannot hold a message for, and deployments handed to another tool.
+#[test]
+fn a_rollout_sqs_cannot_hold_and_a_foreign_deployment_controller_are_located() {
+    let long = app("api", "api:1") + "rollout: { timeout: 13h }\n";
+    assert_eq!(
+        problems(&repo().with("apps/api/app.yaml", &long)),
+        [
+            "apps/api/app.yaml:9:21: `rollout.timeout` may be at most 12h: SQS hides a job from other workers for at most 12 hours while one watches its rollout"
+        ]
+    );
+    let foreign = app("api", "api:1") + "  deploymentController: { type: CODE_DEPLOY }\n";
+    assert_eq!(
+        problems(&repo().with("apps/api/app.yaml", &foreign)),
+        [
+            "apps/api/app.yaml:9:25: `deploymentController.type: CODE_DEPLOY` hands deployments to another tool, and fleetsync deploys through ECS rolling updates: remove it or set it to ECS"
+        ]
+    );
+    let fine =
+        app("api", "api:1") + "  deploymentController: { type: ECS }\nrollout: { timeout: 12h }\n";
+    assert!(
+        resolve(
+            &repo().with("apps/api/app.yaml", &fine),
+            DEFAULT_ROOT,
+            "staging",
+            "c0ffee"
+        )
+        .is_ok()
+    );
+}
