@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use clap::{Parser, Subcommand};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
@@ -188,9 +188,19 @@ async fn serve(path: &str) -> anyhow::Result<ExitCode> {
     let mut router = webhook::router(dispatcher.clone(), &config);
     if let Some(source) = &config.api_token_hashes {
         let tokens = api::TokenHashes::load(source).map_err(anyhow::Error::msg)?;
-        router = router.merge(api::router(dispatcher, tokens));
+        router = router.merge(api::router(dispatcher.clone(), tokens));
     }
-    webhook::serve(listener, router, shutdown).await?;
+    webhook::serve(listener, router, config.webhooks.header_timeout, shutdown).await?;
+    // Pushes whose Git host stopped waiting are still being enqueued: let them finish.
+    dispatcher.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(30), dispatcher.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            message = "Receiver stopped with pushes still being enqueued; reconcile enqueues what they missed."
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -72,6 +72,12 @@ pub struct WebhookConfig {
     pub timestamp_tolerance: Duration,
     /// Header carrying the generic provider's HMAC-SHA256 of the body.
     pub generic_signature_header: String,
+    /// How long a client may take to send its request headers, and then its body: a stalled
+    /// client is cut off, never left holding what real deliveries need.
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    /// Bytes of bodies not yet verified held at once, over all clients; past it: 503.
+    pub unverified_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +142,11 @@ struct RawWebhooks {
     #[serde(default)]
     trust_forwarded_for: bool,
     #[serde(default, with = "humantime_serde_opt")]
+    header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    body_timeout: Option<Duration>,
+    unverified_body_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
     replay_window: Option<Duration>,
     replay_capacity: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -176,6 +187,16 @@ struct RawWorker {
     rollout_poll_interval: Option<Duration>,
     ecs_calls_per_second: Option<f64>,
     ecs_registers_per_second: Option<f64>,
+    account_budget: Option<RawAccountBudget>,
+    max_workers: Option<u32>,
+}
+
+/// ECS throttles per account and Region, not per process: the rate all workers share.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAccountBudget {
+    calls_per_second: f64,
+    registers_per_second: f64,
 }
 
 /// `10s`-style durations in the config file.
@@ -284,13 +305,38 @@ impl Config {
                 "`worker.{field}` must be at least 0.01 (calls per second)"
             ))),
         };
+        // A worker's share of the account's budget: every worker may be running at once.
+        let (calls, registers) = match (&raw.worker.account_budget, raw.worker.max_workers) {
+            (None, None) => (
+                rate(raw.worker.ecs_calls_per_second, 20.0, "ecsCallsPerSecond")?,
+                rate(
+                    raw.worker.ecs_registers_per_second,
+                    1.0,
+                    "ecsRegistersPerSecond",
+                )?,
+            ),
+            (Some(budget), Some(workers @ 1..))
+                if raw.worker.ecs_calls_per_second.is_none()
+                    && raw.worker.ecs_registers_per_second.is_none() =>
+            {
+                let share = |r: f64, field: &str| {
+                    rate(Some(r / f64::from(workers)), 0.0, field)
+                        .map_err(|_| invalid(format!("`worker.accountBudget.{field}` divided by `worker.maxWorkers` ({workers}) must be at least 0.01 calls per second")))
+                };
+                (
+                    share(budget.calls_per_second, "callsPerSecond")?,
+                    share(budget.registers_per_second, "registersPerSecond")?,
+                )
+            }
+            _ => {
+                return Err(invalid(
+                    "`worker.accountBudget` needs `worker.maxWorkers` (at least 1), the most workers the deployment runs, and replaces `ecsCallsPerSecond` and `ecsRegistersPerSecond`".into(),
+                ));
+            }
+        };
         let worker = WorkerConfig {
-            ecs_calls_per_second: rate(raw.worker.ecs_calls_per_second, 20.0, "ecsCallsPerSecond")?,
-            ecs_registers_per_second: rate(
-                raw.worker.ecs_registers_per_second,
-                1.0,
-                "ecsRegistersPerSecond",
-            )?,
+            ecs_calls_per_second: calls,
+            ecs_registers_per_second: registers,
             concurrency: raw.worker.concurrency.unwrap_or(4).max(1),
             visibility_timeout: raw
                 .worker
@@ -308,7 +354,8 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
             mirror_dir: raw.mirror_dir,
             queue_url: raw.queue_url,
-            max_body_bytes: raw.max_body_bytes.unwrap_or(1 << 20),
+            // GitHub's cap for push events: it never redelivers a delivery refused as too large.
+            max_body_bytes: raw.max_body_bytes.unwrap_or(25 << 20),
             repos,
             worker,
             api_token_hashes: raw
@@ -332,6 +379,12 @@ impl Config {
                 rate_per_second: raw.webhooks.rate_per_second.unwrap_or(50.0),
                 rate_burst: raw.webhooks.rate_burst.unwrap_or(100.0),
                 trust_forwarded_for: raw.webhooks.trust_forwarded_for,
+                header_timeout: raw
+                    .webhooks
+                    .header_timeout
+                    .unwrap_or(Duration::from_secs(10)),
+                body_timeout: raw.webhooks.body_timeout.unwrap_or(Duration::from_secs(10)),
+                unverified_body_bytes: raw.webhooks.unverified_body_bytes.unwrap_or(64 << 20),
                 replay_window: raw
                     .webhooks
                     .replay_window
@@ -445,6 +498,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_account_budget_is_shared_by_the_most_workers_that_run() {
+        let with = |worker: &str| {
+            Config::parse(Path::new("c.yaml"), &format!("{MINIMAL}worker:\n{worker}"))
+        };
+        let config = with(
+            "  accountBudget: { callsPerSecond: 40, registersPerSecond: 2 }\n  maxWorkers: 8\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                config.worker.ecs_calls_per_second,
+                config.worker.ecs_registers_per_second
+            ),
+            (5.0, 0.25)
+        );
+        let err = with("  accountBudget: { callsPerSecond: 40, registersPerSecond: 2 }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs `worker.maxWorkers`"), "{err}");
+    }
+
+    #[test]
     fn clone_html_and_ssh_urls_share_an_identity() {
         for url in [
             "https://github.com/Acme/platform-config",
@@ -473,7 +548,7 @@ mod tests {
             "https://github.com/acme/platform-config"
         );
         assert_eq!(config.repos[0].root, "fleetsync.yaml");
-        assert_eq!(config.max_body_bytes, 1 << 20);
+        assert_eq!(config.max_body_bytes, 25 << 20);
         let err = Config::parse(Path::new("c.yaml"), &format!("{MINIMAL}lisen: x\n")).unwrap_err();
         assert!(
             err.to_string()

@@ -32,8 +32,9 @@ pub struct Dispatcher {
     pub queue: Queue,
     /// Read only, by reconcile: which services drifted from Git.
     pub ecs: Ecs,
-    /// API sync requests so far, for their delivery ids.
-    requests: AtomicU64,
+    /// Pushes being turned into jobs, each in a task of its own so that a Git host giving up
+    /// waiting does not cut one short; the receiver waits for them before it exits.
+    pub tasks: tokio_util::task::TaskTracker,
     /// One lock per (repo, branch), held from fetch to enqueue. One entry per branch ever
     /// pushed: small, and bounded by the repo's branches.
     branches: std::sync::Mutex<HashMap<String, Arc<BranchState>>>,
@@ -180,6 +181,23 @@ pub enum Outcome {
     },
 }
 
+/// What a push did, and the environment branches reading it that could not be resolved
+/// (`repo/branch`): reconcile enqueues them once they can be read.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    pub outcome: Outcome,
+    pub unresolved: Vec<String>,
+}
+
+impl Pushed {
+    fn alone(outcome: Outcome) -> Self {
+        Pushed {
+            outcome,
+            unresolved: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EnvironmentProblems {
     /// `None` when the root app itself is broken, so no environment could be read.
@@ -208,6 +226,10 @@ pub enum Error {
     Ecs(#[from] crate::ecs::Error),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The fetch URL does not serve the commit the push names yet (a lagging mirror or Geo
+    /// secondary): answering now would record an old head as the push's.
+    #[error("the fetched branch `{branch}` does not have the pushed commit {after} yet")]
+    Lagging { branch: String, after: String },
 }
 
 impl Error {
@@ -218,9 +240,20 @@ impl Error {
             Error::Queue(_) => "the job queue did not accept the jobs",
             Error::Ecs(_) => "cannot read ECS",
             Error::Read(_) | Error::Internal(_) => "internal error",
+            Error::Lagging { .. } => {
+                "the config repo's fetch URL does not have the pushed commit yet"
+            }
         }
     }
 }
+
+/// How long a push waits before fetching again, each time the fetch did not bring the commit
+/// it names: a lagging mirror usually catches up within seconds.
+const LAGGING_FETCH_RETRIES: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(250),
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(3),
+];
 
 impl Dispatcher {
     /// Reads every repo's secret and opens its mirror: a missing or empty secret stops the
@@ -245,7 +278,7 @@ impl Dispatcher {
             repos,
             queue: Queue::new(aws, &config.queue_url),
             ecs: Ecs::new(aws),
-            requests: AtomicU64::new(0),
+            tasks: tokio_util::task::TaskTracker::new(),
             branches: Default::default(),
             dead_letters: Default::default(),
             sources: Arc::new(MirrorSources(sources)),
@@ -269,17 +302,29 @@ impl Dispatcher {
         &self,
         repo: &WatchedRepo,
         branch: &str,
-        before: &str,
+        (before, after): (&str, &str),
         delivery: &str,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Pushed, Error> {
         if !repo::is_valid_branch(branch) {
-            return Ok(Outcome::Ignored {
+            return Ok(Pushed::alone(Outcome::Ignored {
                 reason: format!("`{branch}` is not a valid branch name"),
+            }));
+        }
+        let moved = Moved::Branch { before };
+        let mut own = self.push_branch(repo, branch, moved, delivery).await?;
+        for wait in LAGGING_FETCH_RETRIES {
+            if self.has_commit(repo, branch, after).await? {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            own = self.push_branch(repo, branch, moved, delivery).await?;
+        }
+        if !self.has_commit(repo, branch, after).await? {
+            return Err(Error::Lagging {
+                branch: branch.to_owned(),
+                after: after.to_owned(),
             });
         }
-        let own = self
-            .push_branch(repo, branch, Moved::Branch { before }, delivery)
-            .await?;
         let about_own = !matches!(own, Outcome::Ignored { .. });
         // The head fetched: readers must read it or a later one.
         let head = match &own {
@@ -301,21 +346,21 @@ impl Dispatcher {
             && !head.is_empty()
             && *done == head
         {
-            return Ok(if about_own {
+            return Ok(Pushed::alone(if about_own {
                 own
             } else {
                 answer.clone().unwrap_or(own)
-            });
+            }));
         }
         // Until this pass succeeds no head counts as sent: a pass that fails half-way may
         // have sent some readers a later head than the one remembered.
         *sent = None;
-        let (readers, complete) = self.readers_of(&repo.config.name, branch).await;
+        let (readers, mut complete) = self.readers_of(&repo.config.name, branch).await;
         if readers.is_empty() {
             if complete {
                 *sent = Some((head, None));
             }
-            return Ok(own);
+            return Ok(Pushed::alone(own));
         }
         let mut outcome = own;
         let moved = Moved::Source {
@@ -323,11 +368,21 @@ impl Dispatcher {
             branch,
             before,
         };
+        let mut unresolved = Vec::new();
         for (reader, reader_branch) in readers {
-            let theirs = self
+            // One reader that cannot be read must not fail the push, nor every other push that
+            // it reads: it is named in the answer and left to reconcile.
+            match self
                 .push_branch(reader, &reader_branch, moved, delivery)
-                .await?;
-            outcome = combine(outcome, theirs);
+                .await
+            {
+                Ok(theirs) => outcome = combine(outcome, theirs),
+                Err(e) => {
+                    warn!(message = "Cannot resolve an environment branch that reads the branch pushed; reconcile will.", %delivery, repo = %reader.config.name, branch = %reader_branch, error = %e);
+                    unresolved.push(format!("{}/{reader_branch}", reader.config.name));
+                    complete = false;
+                }
+            }
         }
         if !about_own {
             // The answer names the branch pushed, at the head its readers read.
@@ -345,7 +400,34 @@ impl Dispatcher {
         if complete {
             *sent = Some((head, (!about_own).then(|| outcome.clone())));
         }
-        Ok(outcome)
+        Ok(Pushed {
+            outcome,
+            unresolved,
+        })
+    }
+
+    /// Whether the mirror has the commit a push to `branch` names. Anything that is not a
+    /// commit id, or a branch gone since, is taken as had: there is nothing to wait for.
+    async fn has_commit(
+        &self,
+        repo: &WatchedRepo,
+        branch: &str,
+        commit: &str,
+    ) -> Result<bool, Error> {
+        let Ok(oid) = git2::Oid::from_str(commit) else {
+            return Ok(true);
+        };
+        if commit.len() != 40 || oid.is_zero() {
+            return Ok(true);
+        }
+        let (mirror, branch) = (repo.mirror.clone(), branch.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let local = mirror.local()?;
+            Ok(local.branch_head(&branch)?.is_none() || local.contains(oid))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(Error::Fetch)
     }
 
     /// [`Dispatcher::push`] for one branch, which moved itself or whose environments read a
@@ -543,7 +625,14 @@ impl Dispatcher {
                 // calls below must not hold webhook deliveries up.
                 let state = self.branch_state(&repo.config.name, &branch);
                 let _turn = state.last.lock().await;
-                self.plan(repo, &branch).await?
+                match self.plan(repo, &branch).await {
+                    Ok(plan) => plan,
+                    Err(e) => {
+                        warn!(message = "Cannot read an environment branch; reconciling the others.", repo = %repo.config.name, %branch, error = %e);
+                        report.unread.push(format!("{branch}: {e}"));
+                        continue;
+                    }
+                }
             };
             let Plan::Resolved { results, .. } = plan else {
                 continue;
@@ -635,7 +724,9 @@ impl Dispatcher {
         } = self.environment(repo_name, environment).await?;
         let index = dependency_index(&state.apps);
         // Its own delivery id: an explicit request is never deduplicated into an earlier one.
-        let delivery = format!("api-{}", self.requests.fetch_add(1, Ordering::Relaxed));
+        // Unique across receivers and restarts: SQS drops for five minutes a job whose
+        // deduplication id (made from this) it has seen, even once the first was deleted.
+        let delivery = format!("api-{}", uuid::Uuid::new_v4().simple());
         let delivery = format!("{delivery}-{}", std::process::id());
         let prune = app
             .is_none()
@@ -798,7 +889,8 @@ impl Dispatcher {
                         in_sync = r.in_sync,
                         quarantined = r.quarantined,
                         prune = r.prune,
-                        invalid_environments = r.problems.len()
+                        invalid_environments = r.problems.len(),
+                        unread_branches = r.unread.len()
                     ),
                     Err(e) => {
                         warn!(message = "Reconcile failed; next interval tries again.", repo = %repo.config.name, error = %e)
@@ -1113,6 +1205,9 @@ pub struct Reconciled {
     /// Prune jobs sent, one per environment of a root with `prune: true`.
     pub prune: usize,
     pub problems: Vec<EnvironmentProblems>,
+    /// Branches that could not be fetched or read, with why: the next interval tries again,
+    /// and the repo's other branches are reconciled meanwhile.
+    pub unread: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

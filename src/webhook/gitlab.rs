@@ -16,21 +16,27 @@ const PROJECT_URLS: &[&[&str]] = &[
     &["repository", "homepage"],
 ];
 
-/// The signed scheme wins when both are present: it also binds the body and a timestamp.
+/// Both schemes, as far as the headers carry them: once a project adds a signing token next to
+/// its secret token, GitLab sends both, and the secret configured decides which one is checked.
 pub fn check<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> Option<Check<'a>> {
-    if let (Some(id), Some(timestamp), Some(signatures)) = (
+    let signed = match (
         header(headers, "webhook-id"),
         header(headers, "webhook-timestamp"),
         header(headers, "webhook-signature"),
     ) {
-        return Some(Check::StandardWebhooks {
+        (Some(id), Some(timestamp), Some(signatures)) => Some(Box::new(Check::StandardWebhooks {
             id,
             timestamp,
             signatures,
             body,
-        });
+        })),
+        _ => None,
+    };
+    let token = header(headers, "x-gitlab-token");
+    if signed.is_none() && token.is_none() {
+        return None;
     }
-    header(headers, "x-gitlab-token").map(Check::Token)
+    Some(Check::TokenOrSigned { token, signed })
 }
 
 pub fn parse(

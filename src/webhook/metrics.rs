@@ -35,6 +35,17 @@ impl Metrics {
         ));
     }
 
+    /// A push whose reading environment branches could not all be resolved (left to
+    /// reconcile).
+    pub fn unresolved_readers(&self, provider: &str) {
+        self.add((
+            "fleetsync_webhook_unresolved_readers_total",
+            label(provider),
+            "outcome",
+            "left_to_reconcile",
+        ));
+    }
+
     fn add(&self, key: Key) {
         *self
             .counters

@@ -47,7 +47,11 @@ struct Receiver {
 /// The receiver's routes. Separate from [`serve`] so tests can call it without a socket.
 pub fn router(dispatcher: Arc<Dispatcher>, config: &Config) -> Router {
     let metrics = Arc::new(metrics::Metrics::default());
-    let guard = Arc::new(guard::Guard::new(&config.webhooks, metrics.clone()));
+    let guard = Arc::new(guard::Guard::new(
+        &config.webhooks,
+        config.max_body_bytes,
+        metrics.clone(),
+    ));
     let receiver = Arc::new(Receiver {
         dispatcher,
         config: config.webhooks.clone(),
@@ -69,16 +73,53 @@ pub fn router(dispatcher: Arc<Dispatcher>, config: &Config) -> Router {
         .with_state(receiver)
 }
 
-/// Serves until `shutdown` fires, then finishes in-flight deliveries.
+/// Serves until `shutdown` fires, then finishes in-flight deliveries. A client gets
+/// `header_timeout` to send its request headers (the body's own timeout is the guard's); one that
+/// stalls is disconnected. HTTP/1.1 only: what Git hosts and load balancers send.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    header_timeout: std::time::Duration,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    warn!(message = "Cannot accept a connection.", error = %e);
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            router.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(message = "Connection ended with an error.", error = %e);
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 async fn render_metrics(State(rx): State<Arc<Receiver>>) -> String {
@@ -144,20 +185,18 @@ async fn deliver(
         );
     };
     let mut stale = false;
-    let verified: Vec<&WatchedRepo> = rx
-        .dispatcher
-        .repos
-        .iter()
-        .filter(
-            |r| match check.verify(r.secret.expose(), rx.config.timestamp_tolerance) {
+    let verified: Vec<usize> = (0..rx.dispatcher.repos.len())
+        .filter(|&i| {
+            let secret = rx.dispatcher.repos[i].secret.expose();
+            match check.verify(secret, rx.config.timestamp_tolerance) {
                 Ok(()) => true,
                 Err(Mismatch::StaleTimestamp) => {
                     stale = true;
                     false
                 }
                 Err(Mismatch::BadSignature) => false,
-            },
-        )
+            }
+        })
         .collect();
     if stale && verified.is_empty() {
         return refused(
@@ -195,10 +234,33 @@ async fn deliver(
             pr.number, pr.action
         )),
         Delivery::Pushes(pushes) => {
-            handle_pushes(&rx.dispatcher, &verified, pushes, &delivery).await
+            // In a task of its own: a Git host that gives up waiting (GitHub after 10 s) drops
+            // this handler, and a push must not be left half enqueued when it does.
+            let dispatcher = rx.dispatcher.clone();
+            let id = delivery.clone();
+            let work = rx.dispatcher.tasks.spawn(async move {
+                let verified: Vec<&WatchedRepo> =
+                    verified.iter().map(|&i| &dispatcher.repos[i]).collect();
+                handle_pushes(&dispatcher, &verified, pushes, &id).await
+            });
+            match work.await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    warn!(message = "Delivery handling failed; it can be delivered again.", %delivery, error = %e);
+                    unavailable("the delivery could not be handled")
+                }
+            }
         }
     };
+    if status == StatusCode::UNAUTHORIZED {
+        rx.metrics.refused(&name, outcome);
+        info!(message = "Delivery refused.", provider = %name, %delivery, reason = %outcome);
+        return (status, axum::Json(body)).into_response();
+    }
     rx.metrics.handled(&name, outcome);
+    if body.get("unresolvedReaders").is_some() {
+        rx.metrics.unresolved_readers(&name);
+    }
     info!(message = "Delivery handled.", provider = %name, %delivery, %outcome, status = status.as_u16());
     if status != StatusCode::SERVICE_UNAVAILABLE
         && let Some(key) = replay
@@ -209,6 +271,11 @@ async fn deliver(
 }
 
 type Answer = (StatusCode, Value, &'static str);
+
+fn unavailable(reason: &str) -> Answer {
+    let body = json!({"status": "refused", "reason": format!("not enqueued, deliver again later: {reason}")});
+    (StatusCode::SERVICE_UNAVAILABLE, body, "unavailable")
+}
 
 fn ignored(reason: String) -> Answer {
     (
@@ -235,8 +302,8 @@ async fn handle_pushes(
     }
     let rank = |s: StatusCode| {
         [
+            StatusCode::UNAUTHORIZED,
             StatusCode::SERVICE_UNAVAILABLE,
-            StatusCode::UNPROCESSABLE_ENTITY,
             StatusCode::ACCEPTED,
         ]
         .iter()
@@ -268,6 +335,23 @@ async fn handle_push(
             .any(|u| repo_identity(u).as_deref() == Some(r.config.identity.as_str()))
     });
     let Some(repo) = watched else {
+        // Signed with another watched repo's secret: the Git host's delivery log must tell
+        // this repo's owner that its secret is wrong, not that it is not watched.
+        if let Some(configured) = dispatcher.repos.iter().find(|r| {
+            push.repository_urls
+                .iter()
+                .any(|u| repo_identity(u).as_deref() == Some(r.config.identity.as_str()))
+        }) {
+            let reason = format!(
+                "signature does not match the secret of repo `{}`; check the webhook secret",
+                configured.config.name
+            );
+            return (
+                StatusCode::UNAUTHORIZED,
+                json!({"status": "refused", "reason": reason}),
+                "bad_signature",
+            );
+        }
         let url = push
             .repository_urls
             .first()
@@ -281,7 +365,13 @@ async fn handle_push(
         return ignored(format!("branch `{branch}` was deleted; nothing to deploy"));
     }
     let name = &repo.config.name;
-    match dispatcher.push(repo, branch, &push.before, delivery).await {
+    let moved = (push.before.as_str(), push.after.as_str());
+    let pushed = dispatcher.push(repo, branch, moved, delivery).await;
+    let unresolved = match &pushed {
+        Ok(p) if !p.unresolved.is_empty() => json!(p.unresolved),
+        _ => Value::Null,
+    };
+    let mut answer = match pushed.map(|p| p.outcome) {
         Ok(Outcome::Ignored { reason }) => ignored(reason),
         Ok(Outcome::Enqueued {
             branch,
@@ -301,15 +391,21 @@ async fn handle_push(
             for p in &problems {
                 warn!(message = "Config repo does not resolve; environment not synced.", %delivery, repo = %name, %branch, %commit, environment = ?p.environment, problems = %p.problems.join("\n"));
             }
+            // 200: the delivery was received and handled; the problem is in the commit. A Git
+            // host disables a hook after a few non-2xx answers in a row (GitLab after four),
+            // which would stop the very push that fixes it.
             let body = json!({"status": "invalid", "repo": name, "branch": branch, "commit": commit, "problems": problems, "jobs": jobs});
-            (StatusCode::UNPROCESSABLE_ENTITY, body, "invalid")
+            (StatusCode::OK, body, "invalid")
         }
         Err(e) => {
             warn!(message = "Delivery not accepted; it can be delivered again.", %delivery, repo = %name, %branch, error = %e);
-            let body = json!({"status": "refused", "reason": format!("not enqueued, deliver again later: {}", e.public_reason())});
-            (StatusCode::SERVICE_UNAVAILABLE, body, "unavailable")
+            unavailable(e.public_reason())
         }
+    };
+    if !unresolved.is_null() {
+        answer.1["unresolvedReaders"] = unresolved;
     }
+    answer
 }
 
 fn anonymous_delivery() -> String {

@@ -149,9 +149,13 @@ pub fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .filter(|v| !v.is_empty())
 }
 
-/// The `payload` field of a form-encoded delivery (GitHub's and Gitea's optional format).
+/// The `payload` field of a form-encoded delivery (GitHub's and Gitea's optional format). Only a
+/// body that starts with it is read as a form: Content-Type is not signed, and a JSON body
+/// decoded as a form would be read as something else than what was signed.
 fn form_payload(headers: &HeaderMap, body: &[u8]) -> Option<Vec<u8>> {
-    if !header(headers, "content-type")?.starts_with("application/x-www-form-urlencoded") {
+    if !header(headers, "content-type")?.starts_with("application/x-www-form-urlencoded")
+        || !body.starts_with(b"payload=")
+    {
         return None;
     }
     form_urlencoded::parse(body)

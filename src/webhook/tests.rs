@@ -112,6 +112,37 @@ fn gitea_form_deliveries_are_signed_over_the_json_payload() {
     );
 }
 
+/// Content-Type is not signed: a JSON push whose commit message carries `&payload=` must not be
+/// re-read as the form its sender made up by changing the header.
+#[test]
+fn only_a_body_that_starts_as_a_form_is_read_as_one() {
+    let forged = r#"{"ref":"refs/heads/main","before":"0000000000000000000000000000000000000000","after":"1111111111111111111111111111111111111111","repository":{"clone_url":"https://github.com/evil/x"},"z":{"a":""#;
+    let body = serde_json::json!({
+        "ref": "refs/heads/staging",
+        "before": "0000000000000000000000000000000000000000",
+        "after": "2222222222222222222222222222222222222222",
+        "repository": {"clone_url": "https://github.com/acme/platform-config"},
+        "head_commit": {"message": format!("x&payload={}", urlencode(forged))},
+    })
+    .to_string();
+    let h = headers(&[
+        ("x-github-event", "push"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ]);
+    // What a form decoder makes of it: the made-up push, closed by the JSON's own ending.
+    let smuggled = form_urlencoded::parse(body.as_bytes())
+        .find(|(k, _)| k == "payload")
+        .unwrap()
+        .1;
+    assert!(serde_json::from_str::<serde_json::Value>(&smuggled).is_ok());
+    let push = single_push(Provider::GitHub.parse(&h, body.as_bytes()).unwrap());
+    assert_eq!(push.branch(), Some("staging"));
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
 /// go-playground/webhooks' Gogs vector.
 #[test]
 fn gogs_push_verifies_and_normalises() {
@@ -240,34 +271,38 @@ fn gitlab_token_push_tag_and_merge_request() {
     );
 }
 
+/// A project with a signing token next to its secret token sends both schemes; each secret
+/// configured checks its own. Choosing by the headers refused every delivery of a project
+/// configured with its plain token.
 #[test]
-fn gitlab_standard_webhooks_signature_wins_over_the_token() {
+fn gitlab_checks_the_scheme_its_configured_secret_names() {
     let body = br#"{"test": 2432232314}"#;
-    let h = headers(&[
+    let signing = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let both = headers(&[
         ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
         ("webhook-timestamp", "1614265330"),
         (
             "webhook-signature",
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
         ),
-        ("x-gitlab-token", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("x-gitlab-token", "s3cret"),
     ]);
+    assert_eq!(verify(Provider::GitLab, &both, body, signing), Ok(()));
+    assert_eq!(verify(Provider::GitLab, &both, body, "s3cret"), Ok(()));
     assert_eq!(
-        verify(
-            Provider::GitLab,
-            &h,
-            body,
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-        ),
-        Ok(())
+        verify(Provider::GitLab, &both, body, "other"),
+        Err(Mismatch::BadSignature)
     );
-    let check = Provider::GitLab.check(&h, body, "").unwrap();
+    let check = Provider::GitLab.check(&both, body, "").unwrap();
     assert_eq!(
-        check.verify(
-            b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            Duration::from_secs(300)
-        ),
+        check.verify(signing.as_bytes(), Duration::from_secs(300)),
         Err(Mismatch::StaleTimestamp)
+    );
+    // A signing secret is never matched by a token that merely equals it.
+    let token_only = headers(&[("x-gitlab-token", signing)]);
+    assert_eq!(
+        verify(Provider::GitLab, &token_only, body, signing),
+        Err(Mismatch::BadSignature)
     );
 }
 

@@ -279,3 +279,73 @@ fn the_receiver_gets_its_api_token_digests_from_secrets_manager() {
         .collect();
     assert_eq!(readable, ["WebhookSecret", "ApiTokenHashes"]);
 }
+
+/// Behind the load balancer every peer address is one of its nodes: the shipped receiver config
+/// must key its limits on the client the balancer names, or one client's failures would
+/// rate-limit every Git host delivery through that node. The config parses as `serve` reads it.
+#[test]
+fn the_receiver_behind_the_load_balancer_trusts_its_forwarded_for() {
+    let template = template();
+    let definitions = resources(&template, "AWS::ECS::TaskDefinition");
+    let (_, receiver) = definitions
+        .iter()
+        .find(|(name, _)| name == "ReceiverTaskDefinition")
+        .unwrap();
+    let text = tagged(&receiver["ContainerDefinitions"][0]["Environment"][0]["Value"]).unwrap();
+    let text = ["${JobQueue}", "${ConfigRepoName}", "${ConfigRepoUrl}"]
+        .iter()
+        .zip([
+            "https://sqs/q.fifo",
+            "platform",
+            "https://github.com/acme/platform-config",
+        ])
+        .fold(text.to_owned(), |t, (k, v)| t.replace(k, v))
+        .replace("env:FLEETSYNC_WEBHOOK_SECRET", "file:/nonexistent");
+    let config =
+        fleetsync::config::Config::parse(std::path::Path::new("FLEETSYNC_CONFIG"), &text).unwrap();
+    assert!(config.webhooks.trust_forwarded_for);
+}
+
+/// Four workers each spending their own ECS budget sent four times what the account allows:
+/// the shipped worker config divides the account's budget by the most workers that run.
+#[test]
+fn the_workers_share_one_account_budget() {
+    let template = template();
+    let definitions = resources(&template, "AWS::ECS::TaskDefinition");
+    let (_, worker) = definitions
+        .iter()
+        .find(|(name, _)| name == "WorkerTaskDefinition")
+        .unwrap();
+    let text = tagged(&worker["ContainerDefinitions"][0]["Environment"][0]["Value"]).unwrap();
+    let parameter = |name: &str| template["Parameters"][name]["Default"].as_u64().unwrap();
+    let text = [
+        ("${JobQueue}", "https://sqs/q.fifo".to_owned()),
+        ("${ConfigRepoName}", "platform".to_owned()),
+        (
+            "${ConfigRepoUrl}",
+            "https://github.com/acme/platform-config".to_owned(),
+        ),
+        (
+            "${EcsCallsPerSecond}",
+            parameter("EcsCallsPerSecond").to_string(),
+        ),
+        (
+            "${EcsRegistersPerSecond}",
+            parameter("EcsRegistersPerSecond").to_string(),
+        ),
+        ("${WorkerMaxCount}", parameter("WorkerMaxCount").to_string()),
+    ]
+    .iter()
+    .fold(text.to_owned(), |t, (k, v)| t.replace(k, v));
+    let config =
+        fleetsync::config::Config::parse(std::path::Path::new("FLEETSYNC_CONFIG"), &text).unwrap();
+    let workers = parameter("WorkerMaxCount") as f64;
+    assert_eq!(
+        config.worker.ecs_calls_per_second * workers,
+        parameter("EcsCallsPerSecond") as f64
+    );
+    assert_eq!(
+        config.worker.ecs_registers_per_second * workers,
+        parameter("EcsRegistersPerSecond") as f64
+    );
+}

@@ -474,6 +474,7 @@ impl Receiver {
         tokio::spawn(fleetsync::webhook::serve(
             listener,
             router,
+            config.webhooks.header_timeout,
             shutdown.clone(),
         ));
         Receiver {

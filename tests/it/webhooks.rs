@@ -201,42 +201,26 @@ async fn generic_ci_trigger_enqueues_and_replays_are_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_answered_and_counted_by_reason() {
-    let s = setup("webhooks:\n  maxHeaders: 20\n  ratePerSecond: 0.001\n  rateBurst: 4\n").await;
+    let s = setup("webhooks:\n  maxHeaders: 20\n  ratePerSecond: 0.001\n  rateBurst: 3\n").await;
     let body = push_payload("staging", s.repo.head("staging"));
-    assert_eq!(
-        s.receiver.deliver(&body, Some("sha256=00"), "bad").await.0,
-        401
-    );
     assert_eq!(s.receiver.post("svn", &[], &body).await.0, 404);
     let many: Vec<(String, String)> = (0..30)
         .map(|i| (format!("x-extra-{i}"), "1".to_owned()))
         .collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(s.receiver.post("github", &many, &body).await.0, 431);
-    // The 431 was refused before the rate was counted: two of the burst of four are spent; two
-    // more, and the rate refills almost nothing.
-    let (status, _) = s.receiver.deliver(&body, Some("sha256=00"), "fourth").await;
-    assert_eq!(status, 401);
-    assert_eq!(
-        s.receiver
-            .deliver(&body, Some("sha256=00"), "fifth")
-            .await
-            .0,
-        401
-    );
-    assert_eq!(
-        s.receiver
-            .deliver(&body, Some("sha256=00"), "sixth")
-            .await
-            .0,
-        429
-    );
+    // Only failed verifications spend the rate: the 404 and the 431 spent none of three.
+    for delivery in ["bad-1", "bad-2", "bad-3"] {
+        let (status, _) = s.receiver.deliver(&body, Some("sha256=00"), delivery).await;
+        assert_eq!(status, 401);
+    }
+    let (status, _) = s.receiver.deliver(&body, Some("sha256=00"), "bad-4").await;
+    assert_eq!(status, 429);
 
     let metrics = s.receiver.metrics().await;
     for line in [
-        "fleetsync_webhook_refusals_total{provider=\"github\",reason=\"bad_signature\"} 3",
+        "fleetsync_webhook_refusals_total{provider=\"github\",reason=\"bad_signature\"} 4",
         "fleetsync_webhook_refusals_total{provider=\"github\",reason=\"too_many_headers\"} 1",
-        "fleetsync_webhook_refusals_total{provider=\"github\",reason=\"rate_limited\"} 1",
         "fleetsync_webhook_refusals_total{provider=\"unknown\",reason=\"unknown_provider\"} 1",
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
@@ -244,36 +228,202 @@ async fn refusals_are_answered_and_counted_by_reason() {
     assert!(!metrics.contains(SECRET));
 }
 
+/// One client over the rate made every Git host delivery from the same address 429: behind a
+/// load balancer without trustForwardedFor, that is every delivery. Unverified traffic must not
+/// spend what verified deliveries need.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_past_the_in_flight_limit_get_503() {
-    let s = setup("webhooks:\n  maxInFlight: 1\n").await;
-    // A client that sends its headers and then stalls holds the only slot.
+async fn a_flood_of_unsigned_requests_does_not_rate_limit_a_signed_push() {
+    let s = setup("webhooks:\n  ratePerSecond: 1\n  rateBurst: 5\n").await;
+    let head = s.repo.head("staging");
+    let body = push_payload("staging", head);
+    let mut limited = 0;
+    for i in 0..200 {
+        let (status, _) = s
+            .receiver
+            .deliver(&body, Some("sha256=00"), &format!("flood-{i}"))
+            .await;
+        assert!(status == 401 || status == 429, "{status}");
+        limited += usize::from(status == 429);
+    }
+    assert!(
+        limited > 150,
+        "the flood was rate-limited: {limited} of 200"
+    );
+    let (status, reply) = s.receiver.push("staging", head, "real").await;
+    assert_enqueued(status, &reply, head);
+}
+
+/// `axum::serve` had no timers: 256 stalled requests held every place and every real delivery
+/// got 503. A body is now read before a delivery takes a place, within bodyTimeout, and
+/// headers within headerTimeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_holds_no_place_and_is_cut_off() {
+    let s = setup("webhooks:\n  maxInFlight: 1\n  headerTimeout: 1s\n  bodyTimeout: 1s\n").await;
     let address = s.receiver.url.trim_start_matches("http://").to_owned();
-    let mut stalled = std::net::TcpStream::connect(&address).unwrap();
-    write!(
-        stalled,
-        "POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{"
-    )
+    let stall = |request: &str| {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        stream.flush().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+    };
+    let mut stalled_body =
+        stall("POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{");
+    let mut stalled_headers = stall("POST /webhooks/github HTTP/1.1\r\nHost: x\r\n");
+
+    let head = s.repo.head("staging");
+    let (status, reply) = s.receiver.push("staging", head, "while-stalled").await;
+    assert_enqueued(status, &reply, head);
+
+    let answer = tokio::task::spawn_blocking(move || {
+        let read_all = |stream: &mut std::net::TcpStream| {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(stream, &mut text);
+            text
+        };
+        (read_all(&mut stalled_body), read_all(&mut stalled_headers))
+    })
+    .await
     .unwrap();
-    stalled.flush().unwrap();
+    assert!(
+        answer.0.starts_with("HTTP/1.1 408"),
+        "a stalled body is answered 408: {answer:?}"
+    );
+    assert!(
+        !answer.1.starts_with("HTTP/1.1 2"),
+        "a stalled header is cut off: {answer:?}"
+    );
+}
+
+/// Bodies not yet verified are held within one memory budget, whatever maxInFlight allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_not_yet_verified_share_one_memory_budget() {
+    let s = setup("webhooks:\n  unverifiedBodyBytes: 8192\n  bodyTimeout: 30s\n").await;
+    let address = s.receiver.url.trim_start_matches("http://").to_owned();
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    let part = format!(
+        "POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n{}",
+        " ".repeat(7 * 1024)
+    );
+    slow.write_all(part.as_bytes()).unwrap();
+    slow.flush().unwrap();
     let body = push_payload("staging", s.repo.head("staging"));
-    let status = eventually(
+    let (status, reply) = eventually(
         Duration::from_secs(10),
-        "the stalled request to hold the slot",
+        "the slow body to hold the budget",
         || async {
-            let (status, _) = s.receiver.deliver(&body, Some("sha256=00"), "x").await;
-            (status == 503).then_some(status)
+            let answer = s.receiver.deliver(&body, Some("sha256=00"), "x").await;
+            (answer.0 == 503).then_some(answer)
         },
     )
     .await;
-    assert_eq!(status, 503);
-    drop(stalled);
-    let status = eventually(Duration::from_secs(10), "the slot to free up", || async {
+    assert_eq!(
+        (status, reply["reason"].as_str()),
+        (
+            503,
+            Some("too many bodies being received; deliver again later")
+        )
+    );
+    drop(slow);
+    let status = eventually(Duration::from_secs(10), "the budget to free up", || async {
         let (status, _) = s.receiver.deliver(&body, Some("sha256=00"), "x").await;
         (status != 503).then_some(status)
     })
     .await;
     assert_eq!(status, 401);
+}
+
+/// A push of a configured repo signed with another repo's secret answered 200 "not watched",
+/// so the Git host's delivery log never said the secret was wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_signed_with_another_repos_secret_is_401() {
+    let s = setup("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let other_secret = dir.path().join("other-secret");
+    std::fs::write(&other_secret, "another repo's secret").unwrap();
+    let platform_secret = dir.path().join("platform-secret");
+    std::fs::write(&platform_secret, SECRET).unwrap();
+    let text = format!(
+        "listen: 127.0.0.1:0\nmirrorDir: {}\nqueueUrl: {}\nrepos:\n  - name: platform\n    url: {REPO_URL}\n    fetchUrl: {}\n    secret: file:{}\n  - name: team\n    url: https://github.com/acme/team\n    fetchUrl: {}\n    secret: file:{}\n",
+        dir.path().join("m").display(),
+        s.queue_url,
+        s.repo.file_url(),
+        platform_secret.display(),
+        s.repo.file_url(),
+        other_secret.display(),
+    );
+    let two = fleetsync::config::Config::parse(&dir.path().join("c.yaml"), &text).unwrap();
+    let receiver = Receiver::start(&two, &s.emulator.aws).await;
+    let body = push_payload("staging", s.repo.head("staging"));
+    let signature = sign(b"another repo's secret", &body);
+    let (status, reply) = receiver.deliver(&body, Some(&signature), "crossed").await;
+    assert_eq!(status, 401, "{reply}");
+    assert_eq!(
+        reply["reason"],
+        "signature does not match the secret of repo `platform`; check the webhook secret"
+    );
+    assert_eq!(s.emulator.queue_depth(&s.queue_url).await, 0);
+}
+
+/// A GitLab project with a signing token next to its secret token sends both schemes; a
+/// receiver configured with the plain token answered 401 to every delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_deliveries_carrying_both_schemes_verify_by_the_configured_secret() {
+    let s = setup("").await;
+    let head = s.repo.head("staging");
+    let mut payload = fixture("gitlab/go-gitlab.webhooks.push.json");
+    payload["ref"] = "refs/heads/staging".into();
+    payload["after"] = head.to_string().into();
+    payload["project"]["git_http_url"] = format!("{REPO_URL}.git").into();
+    let body = serde_json::to_vec(&payload).unwrap();
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let headers = [
+        ("x-gitlab-event", "Push Hook"),
+        ("x-gitlab-token", SECRET),
+        ("webhook-id", "msg_1"),
+        ("webhook-timestamp", timestamp.as_str()),
+        (
+            "webhook-signature",
+            "v1,c2lnbmVkIHdpdGggYSBzaWduaW5nIHRva2Vu",
+        ),
+    ];
+    let (status, reply) = s.receiver.post("gitlab", &headers, &body).await;
+    assert_enqueued(status, &reply, head);
+}
+
+/// A lagging fetch URL (a mirror, a Geo secondary) was answered 202 with the old head, and
+/// the redelivery within the replay window was a "duplicate".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_the_fetch_url_does_not_have_yet_is_503_and_not_remembered() {
+    let s = setup("").await;
+    let before = s.repo.head("staging");
+    // The commit exists upstream but the fetch URL's branch does not point at it yet.
+    let pushed = s
+        .repo
+        .commit("staging", "README.md", |_| Some("next\n".into()));
+    s.repo
+        .repo
+        .reference("refs/heads/staging", before, true, "lagging mirror")
+        .unwrap();
+    let (status, reply) = s.receiver.push("staging", pushed, "lagging").await;
+    assert_eq!(status, 503, "{reply}");
+    assert_eq!(
+        reply["reason"],
+        "not enqueued, deliver again later: the config repo's fetch URL does not have the pushed commit yet"
+    );
+    s.repo
+        .repo
+        .reference("refs/heads/staging", pushed, true, "caught up")
+        .unwrap();
+    let (status, reply) = s.receiver.push("staging", pushed, "lagging").await;
+    assert_eq!(status, 202, "the redelivery is not a duplicate: {reply}");
+    assert_eq!(reply["commit"], pushed.to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
