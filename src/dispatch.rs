@@ -1496,6 +1496,7 @@ mod tests {
             tags,
             deployments: Vec::new(),
             events: Vec::new(),
+            draining: false,
         }
     }
 

@@ -66,10 +66,15 @@ where
         SdkError::ServiceError(service) => {
             let e = service.err();
             let code = e.code().unwrap_or("Unknown").to_owned();
+            let message = e.message().unwrap_or_default().to_owned();
+            // RegisterTaskDefinition's ClientException when several registrations of one
+            // family race: the next attempt gets its revision.
+            let contended = message.contains("Too many concurrent attempts");
             let retryable = code.contains("Throttl")
                 || code == "ServerException"
-                || code == "ServiceUnavailable";
-            (code, e.message().unwrap_or_default().to_owned(), retryable)
+                || code == "ServiceUnavailable"
+                || contended;
+            (code, message, retryable)
         }
         SdkError::TimeoutError(_) => (
             "Timeout".into(),
@@ -108,6 +113,8 @@ pub struct LiveService {
     pub deployments: Vec<Deployment>,
     /// Newest first; ECS keeps the last 100.
     pub events: Vec<String>,
+    /// Being deleted (DRAINING): neither updated nor created again until it is INACTIVE.
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -487,6 +494,7 @@ fn live_service(s: &aws_sdk_ecs::types::Service) -> LiveService {
             .iter()
             .filter_map(|e| e.message().map(str::to_owned))
             .collect(),
+        draining: s.status() == Some("DRAINING"),
     }
 }
 

@@ -68,7 +68,7 @@ impl PruneJob {
 
     /// FIFO group: one per environment, apart from its apps' (`:` is in no app name).
     pub fn group_id(&self) -> String {
-        format!("{}/{}:prune", self.root, self.environment)
+        fifo_group(format!("{}/{}:prune", self.root, self.environment))
     }
 
     pub fn deduplication_id(&self) -> String {
@@ -80,6 +80,23 @@ impl PruneJob {
         hasher.update(b"prune");
         hex::encode(hasher.finalize())
     }
+}
+
+/// A FIFO group id SQS accepts: at most 128 ASCII letters, digits and punctuation. A name that
+/// does not fit (a root called "Platform Team", a long one) keeps a readable start and is told
+/// apart by its digest: a group SQS refused would fail every push of the repo.
+fn fifo_group(readable: String) -> String {
+    const MAX: usize = 128;
+    if readable.len() <= MAX && readable.bytes().all(|b| b.is_ascii_graphic()) {
+        return readable;
+    }
+    let digest = hex::encode(Sha256::digest(readable.as_bytes()));
+    let start: String = readable
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .take(MAX - 1 - digest.len())
+        .collect();
+    format!("{start}~{digest}")
 }
 
 /// How the delivery ids of reconcile's jobs start (`reconcile:<digest of what it saw>`).
@@ -154,10 +171,10 @@ impl SyncJob {
 
     /// FIFO group: one app of one environment is never synced by two workers at once.
     pub fn group_id(&self) -> String {
-        format!(
+        fifo_group(format!(
             "{}/{}/{}",
             self.app.root, self.app.environment, self.app.name
-        )
+        ))
     }
 
     /// One delivery of one app at one commit and spec is one job, however many times the Git
@@ -198,6 +215,23 @@ mod tests {
             commit: "c0ffee".into(),
             apps: vec!["api".into()],
         }
+    }
+
+    #[test]
+    fn group_ids_always_fit_what_sqs_accepts() {
+        let fits = |g: &str| g.len() <= 128 && g.bytes().all(|b| b.is_ascii_graphic());
+        assert_eq!(
+            fifo_group("platform/staging/api".into()),
+            "platform/staging/api"
+        );
+        let spaced = fifo_group("Platform Team/staging/api".into());
+        assert!(
+            fits(&spaced) && spaced.starts_with("Platform_Team/staging/api~"),
+            "{spaced}"
+        );
+        assert_ne!(spaced, fifo_group("Platform_Team/staging/api".into()));
+        let long = fifo_group(format!("{}/staging/ünïcode", "r".repeat(300)));
+        assert!(fits(&long), "{long}");
     }
 
     #[test]

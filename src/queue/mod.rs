@@ -84,6 +84,8 @@ pub struct Enqueued {
 #[derive(Debug)]
 pub struct Received {
     pub message_id: String,
+    /// Its FIFO group: messages of one group run one after another.
+    pub group: String,
     pub receipt: String,
     pub receive_count: u32,
     pub job: Result<Job, String>,
@@ -198,6 +200,10 @@ impl Queue {
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .visibility_timeout(secs(visibility))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            // The SDK retries a receive whose answer was lost with the same attempt id, so SQS
+            // hands back the same messages instead of hiding them for the visibility timeout.
+            .receive_request_attempt_id(uuid::Uuid::new_v4().simple().to_string())
             .send()
             .await
             .map_err(|e| api_error("ReceiveMessage", &self.url, e))?;
@@ -212,8 +218,15 @@ impl Queue {
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(1);
                 let job = Job::parse(m.body().unwrap_or_default());
+                let message_id = m.message_id().unwrap_or_default().to_owned();
+                let group = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                    .cloned()
+                    .unwrap_or_else(|| message_id.clone());
                 Some(Received {
-                    message_id: m.message_id().unwrap_or_default().to_owned(),
+                    group,
+                    message_id,
                     receipt,
                     receive_count,
                     job,

@@ -100,6 +100,8 @@ pub struct Attempt {
     /// The attempt at which waiting for `dependsOn` ends in failure: before the queue's redrive
     /// policy would move the job to the dead-letter queue unmarked.
     pub last_wait: u32,
+    /// This receive has waited for `dependsOn` as long as a job may: the next wait fails it.
+    pub out_of_patience: bool,
 }
 
 impl Attempt {
@@ -107,6 +109,7 @@ impl Attempt {
         Attempt {
             number: 1,
             last_wait: MAX_DEPENDENCY_WAITS,
+            out_of_patience: false,
         }
     }
 }
@@ -150,11 +153,12 @@ async fn record_failure(ecs: &Ecs, job: &SyncJob, failure: &Error) {
 }
 
 fn failure_tags(job: &SyncJob, failure: &Error) -> Vec<(String, String)> {
+    let delivery = status::delivery_digest(&job.delivery);
     vec![
         (tag::FAILED_SPEC_HASH.to_owned(), job.app.spec_hash.clone()),
         (
             tag::FAILURE.to_owned(),
-            format!("{} {}", failure.code(), job.app.commit),
+            format!("{} {} {delivery}", failure.code(), job.app.commit),
         ),
     ]
 }
@@ -171,6 +175,13 @@ async fn apply_once(
     let live = ecs
         .describe_service(&app.cluster, app.service_name())
         .await?;
+    if live.as_ref().is_some_and(|l| l.draining) {
+        // Deleted by prune (or by hand) moments ago: ECS refuses to update it and to create
+        // its name again until it is INACTIVE.
+        return Err(Error::Draining {
+            service: app.service_name().to_owned(),
+        });
+    }
 
     if let Some(live_commit) = live.as_ref().and_then(|l| l.tags.get(tag::REVISION))
         && !live_commit.is_empty()
@@ -192,6 +203,39 @@ async fn apply_once(
         return Ok(Outcome::Superseded {
             by: format!("{}@{by}", source.repo),
         });
+    }
+
+    // A redelivery of this very job after its rollout failed (a crash between the rollback and
+    // the delete, an expired receipt): the failed spec is never deployed again, and a rollback
+    // a crash cut short is finished.
+    if let Some(live) = &live
+        && let Some(mark) = status::marked_failure(live, &app.spec_hash)
+        && status::is_rollout(mark.code)
+        && mark.commit == Some(app.commit.as_str())
+        && mark.delivery == Some(status::delivery_digest(&job.delivery).as_str())
+    {
+        if live.tags.get(tag::SPEC_HASH) != Some(&app.spec_hash) {
+            return Ok(Outcome::Quarantined);
+        }
+        let target = live.task_definition.clone();
+        let rollback = Rollback {
+            service_arn: live.arn.clone(),
+            task_definition: previous_task_definition(live, &target),
+            // Unknown by now.
+            tags: ROLLBACK_TAGS
+                .map(|k| (k.to_owned(), String::new()))
+                .to_vec(),
+        };
+        let failure = Error::RolloutFailed {
+            service: app.service_name().to_owned(),
+            task_definition: task_definition_id(&target).to_owned(),
+            reason: format!(
+                "{}; the rollback was finished by a later attempt",
+                mark.code
+            ),
+            rolled_back_to: None,
+        };
+        return Err(roll_back(ecs, job, Some(rollback), failure).await);
     }
 
     // Reconcile may have queued this spec while its rollout was failing (behind it in the
@@ -230,14 +274,21 @@ async fn apply_once(
         return Ok(Outcome::Unchanged);
     }
 
-    // `dependsOn`: applied only once every dependency runs this commit's spec, settled.
-    let waiting = waiting_for(ecs, job).await?;
+    // `dependsOn`: applied only once every dependency runs this commit's spec (or a newer
+    // commit's of the branch), settled.
+    let waiting = waiting_for(ecs, history, job).await?;
     if !waiting.is_empty() {
-        return Err(if attempt.number >= attempt.last_wait {
-            Error::DependenciesNotLive { on: waiting }
-        } else {
-            Error::Waiting { on: waiting }
-        });
+        return Err(
+            if attempt.number >= attempt.last_wait || attempt.out_of_patience {
+                Error::DependenciesNotLive {
+                    on: waiting.into_iter().map(|(name, _)| name).collect(),
+                }
+            } else {
+                Error::Waiting {
+                    on: waiting.into_iter().map(|(_, why)| why).collect(),
+                }
+            },
+        );
     }
 
     // Only before a write: a job whose spec is live costs no preflight reads.
@@ -390,8 +441,15 @@ async fn reusable_task_definition(
         .map(|td| td.arn))
 }
 
-/// The dependencies of `job` that do not yet run the spec it needs, with its rollout settled.
-async fn waiting_for(ecs: &Ecs, job: &SyncJob) -> Result<Vec<String>, Error> {
+/// The dependencies of `job` that do not yet run the spec it needs, with its rollout settled,
+/// each with what it waits for. A dependency that runs a newer commit of the branch, settled,
+/// is as good: a later push moved it on. One whose needed spec failed for good fails the job
+/// now: waiting could only end in failure, and would hold the job's FIFO group meanwhile.
+async fn waiting_for(
+    ecs: &Ecs,
+    history: &impl History,
+    job: &SyncJob,
+) -> Result<Vec<(String, String)>, Error> {
     if job.dependencies.is_empty() {
         return Ok(Vec::new());
     }
@@ -401,16 +459,39 @@ async fn waiting_for(ecs: &Ecs, job: &SyncJob) -> Result<Vec<String>, Error> {
         .map(|d| d.service.as_str())
         .collect();
     let live = ecs.describe_services(&job.app.cluster, &services).await?;
-    Ok(job
-        .dependencies
-        .iter()
-        .filter(|(_, d)| {
-            !live
-                .get(&d.service)
-                .is_some_and(|l| l.tags.get(tag::SPEC_HASH) == Some(&d.spec_hash) && settled(l))
-        })
-        .map(|(name, _)| name.clone())
-        .collect())
+    let mut waiting = Vec::new();
+    for (name, dependency) in &job.dependencies {
+        let Some(live) = live.get(&dependency.service) else {
+            waiting.push((name.clone(), format!("{name} to be created")));
+            continue;
+        };
+        let runs_spec = live.tags.get(tag::SPEC_HASH) == Some(&dependency.spec_hash);
+        if !runs_spec && let Some(failure) = status::marked_failure(live, &dependency.spec_hash) {
+            return Err(Error::DependencyFailed {
+                app: name.clone(),
+                failure: failure.code.to_owned(),
+            });
+        }
+        let moved_on = !runs_spec
+            && match live.tags.get(tag::REVISION) {
+                Some(revision) if !revision.is_empty() && *revision != job.app.commit => {
+                    history.superseded_by(job, revision).await.as_ref() == Some(revision)
+                }
+                _ => false,
+            };
+        if !runs_spec && !moved_on {
+            waiting.push((name.clone(), format!("{name} to run this commit's spec")));
+        } else if !settled(live) {
+            let state = live
+                .deployments
+                .iter()
+                .find(|d| d.status == "PRIMARY")
+                .and_then(|d| d.rollout_state.as_deref())
+                .unwrap_or("no deployment");
+            waiting.push((name.clone(), format!("{name}'s rollout ({state})")));
+        }
+    }
+    Ok(waiting)
 }
 
 /// The service's current deployment is done: COMPLETED, or where ECS reports no rollout state
@@ -543,7 +624,7 @@ async fn watch_rollout(
 
 /// The next multiple of `poll` since the worker's first poll: every rollout the worker watches
 /// is read on the same ticks, so their reads join (ten services a DescribeServices call).
-fn next_poll(poll: Duration) -> Instant {
+pub(super) fn next_poll(poll: Duration) -> Instant {
     static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let first = *FIRST.get_or_init(Instant::now);
     let ticks = first.elapsed().as_nanos() / poll.as_nanos().max(1) + 1;
@@ -582,6 +663,17 @@ async fn roll_back(ecs: &Ecs, job: &SyncJob, rollback: Option<Rollback>, failure
     let on = |field: &str| breaker.and_then(|b| b.get(field)) == Some(&Value::Bool(true));
     let ecs_rolls_back =
         matches!(failure, Error::RolloutFailed { .. }) && on("enable") && on("rollback");
+    // Marked first: a crash before the rollback's writes must leave a mark that stops a
+    // redelivery of this job from deploying the failed spec again.
+    if let Err(e) = ecs
+        .tag_resource(&service_arn, &failure_tags(job, &failure))
+        .await
+    {
+        return Error::RollbackFailed {
+            original: Box::new(failure),
+            rollback: e,
+        };
+    }
     if !ecs_rolls_back
         && let Err(e) = ecs
             .set_task_definition(&app.cluster, app.service_name(), &previous)

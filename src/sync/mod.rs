@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 pub use apply::{Attempt, History, MAX_DEPENDENCY_WAITS, Outcome, apply};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
@@ -52,9 +52,21 @@ pub enum Error {
         events: Vec<String>,
         rolled_back_to: Option<String>,
     },
-    /// A `dependsOn` app is not live at this commit's spec yet; nothing was written.
-    #[error("waiting for {} to run this commit's spec", .on.join(", "))]
+    /// A `dependsOn` app is not live at this commit's spec yet; nothing was written. `on` says
+    /// what each waits for ("migrate's rollout (IN_PROGRESS)").
+    #[error("waiting for {}", .on.join(", "))]
     Waiting { on: Vec<String> },
+    /// The service is being deleted; nothing was written. It is created again once ECS has
+    /// finished deleting it.
+    #[error(
+        "service {service} is being deleted (DRAINING); it is created again once it is INACTIVE"
+    )]
+    Draining { service: String },
+    /// A `dependsOn` app's spec at this commit failed for good; nothing was written.
+    #[error(
+        "{app}, which this app depends on, failed at this commit ({failure}); fix it and push again"
+    )]
+    DependencyFailed { app: String, failure: String },
     /// Still waiting at [`Attempt::last_wait`].
     #[error("{} never ran this commit's spec; check their own jobs (rolled back? refused?)", .on.join(", "))]
     DependenciesNotLive { on: Vec<String> },
@@ -97,8 +109,9 @@ impl Error {
         match self {
             Error::Ecs(e) => e.is_retryable(),
             Error::PreflightLookup(e) => e.is_retryable(),
-            Error::Waiting { .. } => true,
+            Error::Waiting { .. } | Error::Draining { .. } => true,
             Error::Preflight(_)
+            | Error::DependencyFailed { .. }
             | Error::DependenciesNotLive { .. }
             | Error::RolloutFailed { .. }
             | Error::RolloutTimeout { .. }
@@ -114,7 +127,9 @@ impl Error {
             Error::RolloutFailed { .. } => "RolloutFailed",
             Error::RolloutTimeout { .. } => "RolloutTimeout",
             Error::Waiting { .. } => "WaitingForDependencies",
+            Error::Draining { .. } => "ServiceDraining",
             Error::DependenciesNotLive { .. } => "DependenciesNotLive",
+            Error::DependencyFailed { .. } => "DependencyFailed",
             Error::Preflight(_) => "PreflightRefused",
             Error::RollbackFailed { original, .. } => original.code(),
         }
@@ -157,6 +172,25 @@ pub struct Worker {
 
 /// Bare mirrors by repo name.
 pub struct Mirrors(HashMap<String, Arc<Mirror>>);
+
+/// What the jobs of one worker share: its concurrency places, the places of jobs waiting for
+/// their `dependsOn` in the worker, and its shutdown.
+#[derive(Clone)]
+struct Ctx {
+    permits: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    /// Cancelled when the shutdown grace ran out.
+    abort: CancellationToken,
+}
+
+/// Jobs of one worker waiting for their `dependsOn` at once, off its concurrency places: each
+/// costs a share of one DescribeServices per poll tick and nothing else.
+const MAX_WAITING: usize = 256;
+
+/// How long one receive of a job waits for its `dependsOn` in the worker before it fails as
+/// `DependenciesNotLive`: well past any dependency's rollout.
+const DEPENDENCY_PATIENCE: Duration = Duration::from_secs(3600);
 
 /// Long poll length. A poll cannot be called off: at shutdown the worker waits for the one under
 /// way, so this bounds how long stopping takes. An idle worker costs six calls a minute.
@@ -221,8 +255,13 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
         self.learn_redrive_policy().await;
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let ctx = Ctx {
+            permits: permits.clone(),
+            waiting: Arc::new(Semaphore::new(MAX_WAITING)),
+            shutdown: shutdown.clone(),
+            abort: CancellationToken::new(),
+        };
         let tracker = TaskTracker::new();
-        let abort = CancellationToken::new();
         let mut failures = 0u32;
         loop {
             let first = tokio::select! {
@@ -269,12 +308,30 @@ impl Worker {
                     }
                 }
             };
+            // SQS hands over as many messages of one FIFO group as it can, in order: they run
+            // one after another, as the group promises. Two jobs of one app at once could both
+            // create its service, or land the older commit last.
+            let mut groups: Vec<(String, Vec<(Received, OwnedSemaphorePermit)>)> = Vec::new();
             for (message, permit) in messages.into_iter().zip(held) {
+                match groups.iter_mut().find(|(g, _)| *g == message.group) {
+                    Some((_, batch)) => batch.push((message, permit)),
+                    None => groups.push((message.group.clone(), vec![(message, permit)])),
+                }
+            }
+            for (_, batch) in groups {
                 let worker = self.clone();
-                let abort = abort.clone();
+                let ctx = ctx.clone();
                 tracker.spawn(async move {
-                    worker.handle(message, abort).await;
-                    drop(permit);
+                    for (message, permit) in batch {
+                        if ctx.shutdown.is_cancelled() {
+                            // Not started: another worker takes it at once.
+                            worker
+                                .set_visibility(&message.receipt, Duration::ZERO)
+                                .await;
+                            continue;
+                        }
+                        worker.handle(message, permit, &ctx).await;
+                    }
                 });
             }
         }
@@ -284,45 +341,41 @@ impl Worker {
             running = tracker.len()
         );
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            abort.cancel();
+            ctx.abort.cancel();
             tracker.wait().await;
         }
     }
 
-    async fn handle(&self, message: Received, abort: CancellationToken) {
+    async fn handle(&self, message: Received, permit: OwnedSemaphorePermit, ctx: &Ctx) {
         let Received {
             message_id,
             receipt,
             receive_count,
             job,
+            ..
         } = message;
         match job {
             Ok(Job::Sync(job)) => {
                 let app = &job.app;
                 let span = tracing::info_span!("job", %message_id, environment = %app.environment, app = %app.name, commit = %app.commit);
-                let work = apply(
-                    &self.ecs,
-                    &self.preflight,
-                    &self.mirrors,
-                    &job,
-                    Attempt {
-                        number: receive_count,
-                        last_wait: self.last_wait.load(Ordering::Relaxed),
-                    },
-                    self.config.rollout_poll_interval,
-                );
-                self.run_job(work, &receipt, receive_count, abort)
+                let work = self.sync(&job, receive_count, permit, ctx);
+                self.run_job(work, &receipt, receive_count, &ctx.abort)
                     .instrument(span)
                     .await;
             }
             Ok(Job::Prune(job)) => {
                 let span = tracing::info_span!("prune", %message_id, environment = %job.environment, commit = %job.commit);
-                let work = prune::prune(&self.ecs, &self.mirrors, &job);
-                self.run_job(work, &receipt, receive_count, abort)
+                let work = async {
+                    let pruned = prune::prune(&self.ecs, &self.mirrors, &job).await;
+                    drop(permit);
+                    Some(pruned)
+                };
+                self.run_job(work, &receipt, receive_count, &ctx.abort)
                     .instrument(span)
                     .await;
             }
             Err(reason) => {
+                drop(permit);
                 // Left in the queue: it returns after the visibility timeout and the redrive
                 // policy moves it to the dead-letter queue, where it can be inspected.
                 error!(message = "Unreadable job left for the dead-letter queue.", %message_id, %reason);
@@ -330,17 +383,66 @@ impl Worker {
         }
     }
 
+    /// Applies a sync job. A job that waits for its `dependsOn` waits here, off its concurrency
+    /// place, and looks again on the worker's poll ticks (joining the rollout polls' reads), so
+    /// it starts within a tick of its dependencies settling; `None` when shutdown came first.
+    async fn sync(
+        &self,
+        job: &SyncJob,
+        receive_count: u32,
+        permit: OwnedSemaphorePermit,
+        ctx: &Ctx,
+    ) -> Option<Result<Outcome, Error>> {
+        let poll = self.config.rollout_poll_interval;
+        let since = tokio::time::Instant::now();
+        let mut permit = Some(permit);
+        loop {
+            let attempt = Attempt {
+                number: receive_count,
+                last_wait: self.last_wait.load(Ordering::Relaxed),
+                out_of_patience: since.elapsed() >= DEPENDENCY_PATIENCE,
+            };
+            let result = apply(
+                &self.ecs,
+                &self.preflight,
+                &self.mirrors,
+                job,
+                attempt,
+                poll,
+            )
+            .await;
+            let Err(Error::Waiting { on }) = &result else {
+                return Some(result);
+            };
+            // Bounded: past it, waits go back to the queue as they used to.
+            let Ok(waiting) = ctx.waiting.clone().try_acquire_owned() else {
+                return Some(result);
+            };
+            info!(message = "Job waits for its dependencies.", waiting_for = %on.join(", "));
+            drop(permit.take());
+            tokio::select! {
+                () = tokio::time::sleep_until(apply::next_poll(poll)) => {}
+                () = ctx.shutdown.cancelled() => return None,
+            }
+            permit = tokio::select! {
+                p = ctx.permits.clone().acquire_owned() => Some(p.expect("the semaphore is never closed")),
+                () = ctx.shutdown.cancelled() => return None,
+            };
+            drop(waiting);
+        }
+    }
+
     /// Runs one job's work while heartbeating its message, then deletes the message, hides it
-    /// for a retry, or releases it, by how the work ended.
+    /// for a retry, or releases it, by how the work ended (`None`: released).
     async fn run_job<T: std::fmt::Debug>(
         &self,
-        work: impl Future<Output = Result<T, Error>>,
+        work: impl Future<Output = Option<Result<T, Error>>>,
         receipt: &str,
         receive_count: u32,
-        abort: CancellationToken,
+        abort: &CancellationToken,
     ) {
         let result = tokio::select! {
-            r = work => Some(r),
+            r = work => r,
             () = self.heartbeat(receipt) => None,
             () = abort.cancelled() => None,
         };
@@ -353,7 +455,7 @@ impl Worker {
                 // Sooner than failures: dependencies usually settle within a few polls.
                 let delay = (self.config.rollout_poll_interval * 2u32.pow(receive_count.min(16)))
                     .clamp(Duration::from_secs(1), Duration::from_secs(300));
-                info!(message = "Job waits for its dependencies.", reason = %e, retry_in = ?delay);
+                info!(message = "Job waits for its dependencies in the queue.", reason = %e, retry_in = ?delay);
                 self.set_visibility(receipt, delay).await;
             }
             Some(Err(e)) if e.is_retryable() => {

@@ -134,6 +134,15 @@ pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
 pub struct Marked<'a> {
     pub code: &'a str,
     pub commit: Option<&'a str>,
+    /// [`delivery_digest`] of the job that failed; marks written before it existed have none.
+    pub delivery: Option<&'a str>,
+}
+
+/// What a failure mark keeps of a job's delivery id: a redelivery of that job is told from a
+/// new push or sync of the same commit, within the tag's 256 characters whatever the id.
+pub fn delivery_digest(delivery: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(delivery.as_bytes())[..8])
 }
 
 /// The failure marked on `live` for the spec `spec_hash`, if any.
@@ -150,11 +159,13 @@ pub fn marked_failure<'a>(live: &'a LiveService, spec_hash: &str) -> Option<Mark
         .map(String::as_str)
         .filter(|f| !f.is_empty())
         .unwrap_or("RolloutFailed");
-    let (code, commit) = match failure.split_once(' ') {
-        Some((code, commit)) => (code, Some(commit)),
-        None => (failure, None),
-    };
-    Some(Marked { code, commit })
+    let mut parts = failure.splitn(3, ' ');
+    let code = parts.next().unwrap_or_default();
+    Some(Marked {
+        code,
+        commit: parts.next(),
+        delivery: parts.next(),
+    })
 }
 
 /// Whether reconcile leaves `spec_hash` alone on `live`: its rollout failed there. A spec
@@ -163,7 +174,7 @@ pub fn quarantined(live: &LiveService, spec_hash: &str) -> bool {
     marked_failure(live, spec_hash).is_some_and(|m| is_rollout(m.code))
 }
 
-fn is_rollout(code: &str) -> bool {
+pub(super) fn is_rollout(code: &str) -> bool {
     code.starts_with("Rollout")
 }
 
@@ -201,6 +212,7 @@ mod tests {
                 running_count: 1,
             }],
             events: vec!["(service api) was unable to place a task.".into()],
+            draining: false,
         }
     }
 

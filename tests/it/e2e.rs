@@ -1725,3 +1725,195 @@ async fn receivers_that_each_see_some_pushes_keep_an_app_of_another_repo_current
         (live.task_definition, live.tags)
     );
 }
+
+/// SQS returns as many messages of one FIFO group as it can in one receive. The worker ran each
+/// as its own task: two pushes' jobs for staging/api read the service at once and both wrote
+/// (two CreateService calls for a new app, which real ECS refuses; two updates that could land
+/// the older commit last). Messages of one group now run one after another, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_jobs_of_one_app_received_together_run_one_after_another() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    worker.cancel();
+    // Two pushes of api while no worker runs: its two jobs are the queue's first messages, so
+    // one receive hands both over.
+    let first = s.repo.head("staging");
+    let one = s.commit_new_api_image();
+    let (status, body) = receiver.push_from("staging", Some(first), one, "one").await;
+    assert_eq!(
+        (status, body["jobs"].as_array().unwrap().len()),
+        (202, 1),
+        "{body}"
+    );
+    let two = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.5.0", "api:1.6.0"))
+    });
+    let (status, body) = receiver.push_from("staging", Some(one), two, "two").await;
+    assert_eq!(
+        (status, body["jobs"].as_array().unwrap().len()),
+        (202, 1),
+        "{body}"
+    );
+    let writes_before = s.emulator.ecs_calls().len();
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.drained().await;
+    let api = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(
+        api.revision(),
+        two.to_string(),
+        "the newer commit landed last"
+    );
+    assert!(
+        !api.tags.contains_key("fleetsync:failed-spec-hash"),
+        "{api:?}"
+    );
+    // The second job started once the first had updated and tagged the service.
+    let writes: Vec<String> = s.emulator.ecs_calls()[writes_before..]
+        .iter()
+        .filter(|c| {
+            ["RegisterTaskDefinition", "UpdateService", "TagResource"].contains(&c.as_str())
+        })
+        .cloned()
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            "RegisterTaskDefinition",
+            "UpdateService",
+            "TagResource",
+            "RegisterTaskDefinition",
+            "UpdateService",
+            "TagResource"
+        ]
+    );
+}
+
+/// A job waiting on a dependency whose rollout failed waited 20 times (about 75 minutes), and
+/// held every newer job of its FIFO group meanwhile. It now fails at once, marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_dependency_failed_at_its_commit_fails_at_once() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let before = s.staging_deployed(&receiver).await;
+    let web_before = s.emulator.service("staging", "web").await.unwrap();
+
+    // One commit breaks api and changes web, which dependsOn api.
+    s.commit_broken_api();
+    let pushed = s.repo.commit("staging", "apps/web/taskdef.json", |t| {
+        Some(t.unwrap().replace("web:3.8.1", "web:3.9.0"))
+    });
+    let (status, body) = receiver.push("staging", pushed, "broken").await;
+    assert_eq!(status, 202, "{body}");
+    s.drained().await;
+
+    let api = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(
+        api.task_definition, before.task_definition,
+        "api rolled back"
+    );
+    let web = s.emulator.service("staging", "web").await.unwrap();
+    assert_eq!(
+        web.task_definition, web_before.task_definition,
+        "web never applied"
+    );
+    assert!(
+        web.tags["fleetsync:failure"].starts_with(&format!("DependencyFailed {pushed} ")),
+        "{web:?}"
+    );
+}
+
+/// Only reconcile's jobs were quarantined: a push job redelivered after its rollback (a crash
+/// between rollback and delete, an expired receipt) deployed the broken image again and
+/// cleared the failure mark. The mark is written before the rollback, and a redelivery of
+/// the job it names finishes an unfinished rollback or does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_rolled_back_job_never_deploys_the_failed_spec_again() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let worker = start_worker(&s.config, &s.emulator.aws);
+    let before = s.staging_deployed(&receiver).await;
+    let broken = s.commit_broken_api();
+    assert_eq!(receiver.push("staging", broken, "broken").await.0, 202);
+    s.drained().await;
+    worker.cancel();
+    let rolled_back = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(rolled_back.task_definition, before.task_definition);
+
+    let worker = fleetsync::sync::Worker::from_config(&s.config, &s.emulator.aws).unwrap();
+    let job = fleetsync::queue::SyncJob::new(
+        "platform",
+        "staging",
+        "broken",
+        s.resolved_staging_api(broken),
+    );
+    let redeliver = || {
+        fleetsync::sync::apply(
+            &worker.ecs,
+            &worker.preflight,
+            &worker.mirrors,
+            &job,
+            fleetsync::sync::Attempt::first(),
+            Duration::from_millis(50),
+        )
+    };
+    let writes = |calls: Vec<String>| {
+        calls
+            .into_iter()
+            .filter(|c| c == "RegisterTaskDefinition" || c == "UpdateService")
+            .count()
+    };
+    let calls_before = writes(s.emulator.ecs_calls());
+    assert_eq!(
+        redeliver().await.unwrap(),
+        fleetsync::sync::Outcome::Quarantined
+    );
+    assert_eq!(
+        writes(s.emulator.ecs_calls()),
+        calls_before,
+        "nothing written"
+    );
+
+    // A crash right after the mark, before the rollback's writes: the service still runs the
+    // failed revision and its tags say so. The redelivery finishes the rollback.
+    let ecs = s.emulator.ecs();
+    let arn = ecs
+        .describe_services()
+        .cluster("staging")
+        .services("api")
+        .send()
+        .await
+        .unwrap()
+        .services()[0]
+        .service_arn()
+        .unwrap()
+        .to_owned();
+    ecs.update_service()
+        .cluster("staging")
+        .service("api")
+        .task_definition("staging-api:2")
+        .send()
+        .await
+        .unwrap();
+    ecs.tag_resource()
+        .resource_arn(&arn)
+        .tags(
+            aws_sdk_ecs::types::Tag::builder()
+                .key("fleetsync:spec-hash")
+                .value(&job.app.spec_hash)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let err = redeliver().await.unwrap_err();
+    assert!(
+        err.to_string().contains("rolled back to staging-api:1"),
+        "{err}"
+    );
+    let api = s.emulator.service("staging", "api").await.unwrap();
+    assert!(api.task_definition.ends_with("staging-api:1"), "{api:?}");
+    assert_ne!(api.tags["fleetsync:spec-hash"], job.app.spec_hash);
+}
