@@ -866,4 +866,36 @@ mod tests {
             .fold(head, |_, p| p.id());
         assert!(local.contains(first), "history stays readable");
     }
+
+    /// libgit2 has no network timeouts of its own: a server that accepts and never answers (a
+    /// half-open connection) froze the fetch, and every later push to the repo queued behind
+    /// it. The read timeout ends it with an error a redelivery can retry.
+    #[test]
+    fn a_server_that_never_answers_fails_the_fetch_instead_of_freezing_it() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/platform.git", silent.local_addr().unwrap());
+        let held = std::thread::spawn(move || {
+            // Accept and hold the connections, answering nothing.
+            let mut open = Vec::new();
+            for stream in silent.incoming().take(4) {
+                open.push(stream);
+            }
+        });
+        let mirrors = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(mirrors.path(), "platform", &url).unwrap();
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(mirror.fetch_branch("main").map_err(|e| e.to_string()));
+        });
+        let bound = std::time::Duration::from_millis(READ_TIMEOUT_MS as u64 * 4);
+        let fetched = result
+            .recv_timeout(bound)
+            .expect("the fetch is still frozen past four read timeouts");
+        let err = fetched.unwrap_err();
+        assert!(
+            err.starts_with("cannot fetch `main` from http://127.0.0.1:"),
+            "{err}"
+        );
+        drop(held);
+    }
 }

@@ -1917,3 +1917,54 @@ async fn a_redelivered_rolled_back_job_never_deploys_the_failed_spec_again() {
     assert!(api.task_definition.ends_with("staging-api:1"), "{api:?}");
     assert_ne!(api.tags["fleetsync:spec-hash"], job.app.spec_hash);
 }
+
+/// An environment branch that could not be read made every push to every repo it reads answer
+/// 503 (it was resolved as a reader of each): one broken repo stopped the others' deliveries.
+/// The push is answered 2xx, the branch named, and reconcile reads the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_cannot_be_read_does_not_fail_the_push_it_reads() {
+    let s = setup().await;
+    let team = s.team_repo();
+    s.repo.commit("staging", "fleetsync.yaml", |t| {
+        Some(t.unwrap().replace(
+            "    path: apps/web\n",
+            "    source: { repo: team, path: apps/web }\n",
+        ))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_repos(
+        dir.path(),
+        &[
+            ("platform", REPO_URL, &s.repo.file_url()),
+            ("team", TEAM_URL, &team.file_url()),
+        ],
+        &s.queue_url,
+        "",
+    );
+    let receiver = Receiver::start(&config, &s.emulator.aws).await;
+    let head = s.repo.head("staging");
+    assert_eq!(receiver.push("staging", head, "initial").await.0, 202);
+
+    // The config repo's fetch URL breaks; the team ships.
+    let gone = s.repo.path().with_extension("gone");
+    std::fs::rename(s.repo.path(), &gone).unwrap();
+    let team_head = team.head("staging");
+    let shipped = team.commit("staging", "apps/web/taskdef.json", |t| {
+        Some(t.unwrap().replace("web:3.8.1", "web:3.9.0"))
+    });
+    let (status, body) = receiver
+        .push_to(TEAM_URL, "staging", Some(team_head), shipped, "team-1")
+        .await;
+    assert!((200..300).contains(&status), "{status} {body}");
+    assert_eq!(
+        body["unresolvedReaders"],
+        serde_json::json!(["platform/staging"]),
+        "{body}"
+    );
+    let metrics = receiver.metrics().await;
+    assert!(
+        metrics.contains("fleetsync_webhook_unresolved_readers_total{provider=\"github\",outcome=\"left_to_reconcile\"} 1"),
+        "{metrics}"
+    );
+    std::fs::rename(&gone, s.repo.path()).unwrap();
+}
