@@ -10,7 +10,8 @@
 //! ```
 //!
 //! - [`webhook`]: Git host deliveries, verified before parsing, normalised to one push event.
-//! - [`dispatch`]: a push → fetch → resolve every environment on the branch → jobs.
+//! - [`dispatch`]: a trigger (a push, reconcile, an API sync) → fetch → resolve every environment
+//!   on the branch → jobs; one file per trigger.
 //! - [`repo`]: bare mirrors fetched with git2, read at a commit without a checkout.
 //! - [`resolve`]: App-of-Apps manifests at a commit → desired state. Pure.
 //! - [`queue`]: SQS jobs; [`queue::job::SyncJob`] is the only type on the wire.

@@ -114,12 +114,15 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
         receiver_sqs.iter().all(|a| sqs.contains(*a)) && ecs.contains("ecs:DescribeServices"),
         "{sqs:?}"
     );
-    let dispatch =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/dispatch.rs")).unwrap();
+    let dispatch: String = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/dispatch"))
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect();
     let ecs_calls: Vec<_> = dispatch
         .match_indices("self.ecs.")
         .map(|(i, _)| &dispatch[i + 9..i + 27])
         .collect();
+    assert!(!ecs_calls.is_empty(), "reconcile and status read services");
     assert!(
         ecs_calls
             .iter()
@@ -280,29 +283,50 @@ fn the_receiver_gets_its_api_token_digests_from_secrets_manager() {
     assert_eq!(readable, ["WebhookSecret", "ApiTokenHashes"]);
 }
 
-/// Behind the load balancer every peer address is one of its nodes: the shipped receiver config
-/// must key its limits on the client the balancer names, or one client's failures would
-/// rate-limit every Git host delivery through that node. The config parses as `serve` reads it.
-#[test]
-fn the_receiver_behind_the_load_balancer_trusts_its_forwarded_for() {
+/// The FLEETSYNC_CONFIG a task definition of the template passes its container, with the
+/// template's `${…}` filled in from the parameters' defaults (and the stack's own resources
+/// stubbed), parsed as `serve` and `worker` parse it.
+fn shipped_config(definition: &str) -> fleetsync::config::Config {
     let template = template();
     let definitions = resources(&template, "AWS::ECS::TaskDefinition");
-    let (_, receiver) = definitions
+    let (_, task) = definitions
         .iter()
-        .find(|(name, _)| name == "ReceiverTaskDefinition")
+        .find(|(name, _)| name == definition)
         .unwrap();
-    let text = tagged(&receiver["ContainerDefinitions"][0]["Environment"][0]["Value"]).unwrap();
-    let text = ["${JobQueue}", "${ConfigRepoName}", "${ConfigRepoUrl}"]
-        .iter()
-        .zip([
-            "https://sqs/q.fifo",
-            "platform",
+    let mut text = tagged(&task["ContainerDefinitions"][0]["Environment"][0]["Value"])
+        .unwrap()
+        .to_owned();
+    let Value::Mapping(parameters) = &template["Parameters"] else {
+        panic!("no Parameters")
+    };
+    for (name, parameter) in parameters {
+        if let Some(default) = parameter["Default"].as_u64() {
+            text = text.replace(
+                &format!("${{{}}}", name.as_str().unwrap()),
+                &default.to_string(),
+            );
+        }
+    }
+    let text = text
+        .replace("${JobQueue}", "https://sqs/q.fifo")
+        .replace("${ConfigRepoName}", "platform")
+        .replace(
+            "${ConfigRepoUrl}",
             "https://github.com/acme/platform-config",
-        ])
-        .fold(text.to_owned(), |t, (k, v)| t.replace(k, v))
-        .replace("env:FLEETSYNC_WEBHOOK_SECRET", "file:/nonexistent");
-    let config =
-        fleetsync::config::Config::parse(std::path::Path::new("FLEETSYNC_CONFIG"), &text).unwrap();
+        );
+    fleetsync::config::Config::parse(std::path::Path::new("FLEETSYNC_CONFIG"), &text).unwrap()
+}
+
+fn default_of(name: &str) -> f64 {
+    template()["Parameters"][name]["Default"].as_u64().unwrap() as f64
+}
+
+/// Behind the load balancer every peer address is one of its nodes: the shipped receiver config
+/// must key its limits on the client the balancer names, or one client's failures would
+/// rate-limit every Git host delivery through that node.
+#[test]
+fn the_receiver_behind_the_load_balancer_trusts_its_forwarded_for() {
+    let config = shipped_config("ReceiverTaskDefinition");
     assert!(config.webhooks.trust_forwarded_for);
 }
 
@@ -310,42 +334,14 @@ fn the_receiver_behind_the_load_balancer_trusts_its_forwarded_for() {
 /// the shipped worker config divides the account's budget by the most workers that run.
 #[test]
 fn the_workers_share_one_account_budget() {
-    let template = template();
-    let definitions = resources(&template, "AWS::ECS::TaskDefinition");
-    let (_, worker) = definitions
-        .iter()
-        .find(|(name, _)| name == "WorkerTaskDefinition")
-        .unwrap();
-    let text = tagged(&worker["ContainerDefinitions"][0]["Environment"][0]["Value"]).unwrap();
-    let parameter = |name: &str| template["Parameters"][name]["Default"].as_u64().unwrap();
-    let text = [
-        ("${JobQueue}", "https://sqs/q.fifo".to_owned()),
-        ("${ConfigRepoName}", "platform".to_owned()),
-        (
-            "${ConfigRepoUrl}",
-            "https://github.com/acme/platform-config".to_owned(),
-        ),
-        (
-            "${EcsCallsPerSecond}",
-            parameter("EcsCallsPerSecond").to_string(),
-        ),
-        (
-            "${EcsRegistersPerSecond}",
-            parameter("EcsRegistersPerSecond").to_string(),
-        ),
-        ("${WorkerMaxCount}", parameter("WorkerMaxCount").to_string()),
-    ]
-    .iter()
-    .fold(text.to_owned(), |t, (k, v)| t.replace(k, v));
-    let config =
-        fleetsync::config::Config::parse(std::path::Path::new("FLEETSYNC_CONFIG"), &text).unwrap();
-    let workers = parameter("WorkerMaxCount") as f64;
+    let worker = shipped_config("WorkerTaskDefinition").worker;
+    let workers = default_of("WorkerMaxCount");
     assert_eq!(
-        config.worker.ecs_calls_per_second * workers,
-        parameter("EcsCallsPerSecond") as f64
+        worker.ecs_calls_per_second * workers,
+        default_of("EcsCallsPerSecond")
     );
     assert_eq!(
-        config.worker.ecs_registers_per_second * workers,
-        parameter("EcsRegistersPerSecond") as f64
+        worker.ecs_registers_per_second * workers,
+        default_of("EcsRegistersPerSecond")
     );
 }

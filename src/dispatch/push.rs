@@ -1,0 +1,380 @@
+//! The push trigger: a verified push to a branch, fetched, resolved and enqueued, then the
+//! same for every environment branch that reads the branch pushed (`source:`). Pushes to one
+//! branch are serialised and coalesced.
+
+use super::*;
+
+/// How long a push waits before fetching again, each time the fetch did not bring the commit
+/// it names: a lagging mirror usually catches up within seconds.
+const LAGGING_FETCH_RETRIES: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(250),
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(3),
+];
+
+/// How long an enqueued head answers later pushes of the same head without enqueuing again.
+const SAME_HEAD_WINDOW: Duration = Duration::from_secs(60);
+
+impl Dispatcher {
+    /// Turns a push to `branch` into jobs.
+    ///
+    /// Pushes to one branch are handled one at a time, so an older head can never be enqueued
+    /// after a newer one by this receiver. A push that waited while another fetch of its branch
+    /// started after it arrived is already covered by that fetch (its commit was in the branch
+    /// before its webhook was sent), so it gets that answer: a burst of pushes costs one fetch
+    /// for the first and one for all the rest.
+    ///
+    /// The environment branches of any repo whose apps are read from the branch pushed
+    /// (`source:`) are resolved again too, each as if it had been pushed.
+    pub async fn push(
+        &self,
+        repo: &WatchedRepo,
+        branch: &str,
+        (before, after): (&str, &str),
+        delivery: &str,
+    ) -> Result<Pushed, Error> {
+        if !repo::is_valid_branch(branch) {
+            return Ok(Pushed::alone(Outcome::Ignored {
+                reason: format!("`{branch}` is not a valid branch name"),
+            }));
+        }
+        let moved = Moved::Branch { before };
+        let mut own = self.push_branch(repo, branch, moved, delivery).await?;
+        for wait in LAGGING_FETCH_RETRIES {
+            if self.has_commit(repo, branch, after).await? {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            own = self.push_branch(repo, branch, moved, delivery).await?;
+        }
+        if !self.has_commit(repo, branch, after).await? {
+            return Err(Error::Lagging {
+                branch: branch.to_owned(),
+                after: after.to_owned(),
+            });
+        }
+        let about_own = !matches!(own, Outcome::Ignored { .. });
+        // The head fetched: readers must read it or a later one.
+        let head = match &own {
+            Outcome::Enqueued { commit, .. } | Outcome::Invalid { commit, .. } => commit.clone(),
+            Outcome::Ignored { .. } => {
+                let mirror = repo.mirror.clone();
+                let b = branch.to_owned();
+                tokio::task::spawn_blocking(move || mirror.local()?.branch_head(&b))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?
+                    .map_err(Error::Fetch)?
+                    .map(|h| h.to_string())
+                    .unwrap_or_default()
+            }
+        };
+        let state = self.branch_state(&repo.config.name, branch);
+        let mut sent = state.readers_sent.lock().await;
+        if let Some((done, answer)) = &*sent
+            && !head.is_empty()
+            && *done == head
+        {
+            return Ok(Pushed::alone(if about_own {
+                own
+            } else {
+                answer.clone().unwrap_or(own)
+            }));
+        }
+        // Until this pass succeeds no head counts as sent: a pass that fails half-way may
+        // have sent some readers a later head than the one remembered.
+        *sent = None;
+        let (readers, mut complete) = self.readers_of(&repo.config.name, branch).await;
+        if readers.is_empty() {
+            if complete {
+                *sent = Some((head, None));
+            }
+            return Ok(Pushed::alone(own));
+        }
+        let mut outcome = own;
+        let moved = Moved::Source {
+            repo: &repo.config.name,
+            branch,
+            before,
+        };
+        let mut unresolved = Vec::new();
+        for (reader, reader_branch) in readers {
+            // One reader that cannot be read must not fail the push, nor every other push that
+            // it reads: it is named in the answer and left to reconcile.
+            match self
+                .push_branch(reader, &reader_branch, moved, delivery)
+                .await
+            {
+                Ok(theirs) => outcome = combine(outcome, theirs),
+                Err(e) => {
+                    warn!(message = "Cannot resolve an environment branch that reads the branch pushed; reconcile will.", %delivery, repo = %reader.config.name, branch = %reader_branch, error = %e);
+                    unresolved.push(format!("{}/{reader_branch}", reader.config.name));
+                    complete = false;
+                }
+            }
+        }
+        if !about_own {
+            // The answer names the branch pushed, at the head its readers read.
+            if let Outcome::Enqueued {
+                branch: b, commit, ..
+            }
+            | Outcome::Invalid {
+                branch: b, commit, ..
+            } = &mut outcome
+            {
+                branch.clone_into(b);
+                commit.clone_from(&head);
+            }
+        }
+        if complete {
+            *sent = Some((head, (!about_own).then(|| outcome.clone())));
+        }
+        Ok(Pushed {
+            outcome,
+            unresolved,
+        })
+    }
+
+    /// Whether the mirror has the commit a push to `branch` names. Anything that is not a
+    /// commit id, or a branch gone since, is taken as had: there is nothing to wait for.
+    pub(super) async fn has_commit(
+        &self,
+        repo: &WatchedRepo,
+        branch: &str,
+        commit: &str,
+    ) -> Result<bool, Error> {
+        let Ok(oid) = git2::Oid::from_str(commit) else {
+            return Ok(true);
+        };
+        if commit.len() != 40 || oid.is_zero() {
+            return Ok(true);
+        }
+        let (mirror, branch) = (repo.mirror.clone(), branch.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let local = mirror.local()?;
+            Ok(local.branch_head(&branch)?.is_none() || local.contains(oid))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(Error::Fetch)
+    }
+
+    /// [`Dispatcher::push`] for one branch, which moved itself or whose environments read a
+    /// branch that moved. In the second case only those environments are enqueued.
+    pub(super) async fn push_branch(
+        &self,
+        repo: &WatchedRepo,
+        branch: &str,
+        moved: Moved<'_>,
+        delivery: &str,
+    ) -> Result<Outcome, Error> {
+        let state = self.branch_state(&repo.config.name, branch);
+        let ticket = state.arrivals.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut last = state.last.lock().await;
+        if let Some(last) = &*last
+            && ticket <= last.covered
+        {
+            return Ok(last.outcome.clone());
+        }
+        let covered = match moved {
+            Moved::Branch { .. } => state.arrivals.load(Ordering::SeqCst),
+            Moved::Source { .. } => 0,
+        };
+        match self
+            .push_now(repo, branch, moved, delivery, last.as_ref())
+            .await
+        {
+            Ok((outcome, resolved, enqueued)) => {
+                *last = Some(LastAnswer {
+                    covered,
+                    outcome: outcome.clone(),
+                    resolved,
+                    at: Instant::now(),
+                    enqueued,
+                });
+                Ok(outcome)
+            }
+            Err(e) => {
+                // Failures are not shared: each waiting push tries for itself.
+                *last = None;
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn push_now(
+        &self,
+        repo: &WatchedRepo,
+        branch: &str,
+        moved: Moved<'_>,
+        delivery: &str,
+        last: Option<&LastAnswer>,
+    ) -> Result<(Outcome, Option<Resolution>, Specs), Error> {
+        let plan = self.plan(repo, branch).await?;
+
+        let (commit, bindings, results) = match plan {
+            Plan::Ignored(reason) => {
+                return Ok((Outcome::Ignored { reason }, None, Specs::new()));
+            }
+            Plan::Resolved {
+                commit,
+                bindings,
+                results,
+            } => (commit, bindings, results),
+        };
+        let sources = results
+            .iter()
+            .filter_map(|r| r.result.as_ref().ok())
+            .flat_map(|state| &state.sources)
+            .map(|s| ((s.repo.clone(), s.reference.clone()), s.commit.clone()))
+            .collect();
+        let resolution = Resolution {
+            head: commit.clone(),
+            bindings,
+            sources,
+        };
+        // The same heads enqueued moments ago (the rest of a burst): those jobs are durable in
+        // SQS already. Past the window a redelivery enqueues again, e.g. after a queue purge.
+        let same_head = last.is_some_and(|last| last.resolved.as_ref() == Some(&resolution));
+        let resolved = Some(resolution.clone());
+        if let Some(last) = last
+            && same_head
+            && last.covered > 0 // an answer about every environment of the branch
+            && matches!(last.outcome, Outcome::Enqueued { .. })
+            && last.at.elapsed() < SAME_HEAD_WINDOW
+        {
+            return Ok((last.outcome.clone(), resolved, last.enqueued.clone()));
+        }
+        // Past the window the same head is sent again in full: "sync again". The memory is
+        // used only when this receiver enqueued exactly what the push moved from: had anything
+        // else moved in between (the branch, another repo read, the bindings), another
+        // receiver may have enqueued something else since.
+        let continues = last
+            .and_then(|last| last.resolved.as_ref())
+            .is_some_and(|r| *r == resolution.parent(moved));
+        let results = match moved {
+            Moved::Branch { .. } => results,
+            // Only the environments that read what moved; the others did not change.
+            Moved::Source { repo, branch, .. } => results
+                .into_iter()
+                .filter(|r| r.reads.contains(&(repo.to_owned(), branch.to_owned())))
+                .collect(),
+        };
+        let known = match last {
+            Some(last) if continues => last.enqueued.clone(),
+            _ => Specs::new(),
+        };
+        let mut specs = known.clone();
+        let mut jobs = Vec::new();
+        let mut prunes = Vec::new();
+        let mut unchanged = 0;
+        let mut problems = Vec::new();
+        for EnvironmentResult {
+            environment,
+            result,
+            ..
+        } in results
+        {
+            match result {
+                Ok(state) => {
+                    prunes.extend(prune_job(&repo.config.name, branch, delivery, &state));
+                    let before = known.get(&state.environment);
+                    let hashes = specs.entry(state.environment.clone()).or_default();
+                    hashes.clear();
+                    let index = dependency_index(&state.apps);
+                    for app in state.apps {
+                        hashes.insert(app.name.clone(), app.spec_hash.clone());
+                        if before.and_then(|b| b.get(&app.name)) == Some(&app.spec_hash) {
+                            unchanged += 1;
+                        } else {
+                            jobs.push(
+                                SyncJob::new(&repo.config.name, branch, delivery, app)
+                                    .with_dependencies(&index),
+                            );
+                        }
+                    }
+                }
+                Err(found) => problems.push(EnvironmentProblems {
+                    environment,
+                    problems: found.iter().map(Problem::to_string).collect(),
+                }),
+            }
+        }
+        let enqueued = self.queue.send(&jobs).await?;
+        self.queue.send_prune(&prunes).await?;
+        info!(message = "Jobs enqueued.", repo = %repo.config.name, %branch, %commit, jobs = enqueued.len(), unchanged, prune = prunes.len(), invalid_environments = problems.len());
+        let branch = branch.to_owned();
+        let outcome = if problems.is_empty() {
+            Outcome::Enqueued {
+                branch,
+                commit,
+                jobs: enqueued,
+                unchanged,
+            }
+        } else {
+            Outcome::Invalid {
+                branch,
+                commit,
+                problems,
+                jobs: enqueued,
+            }
+        };
+        Ok((outcome, resolved, specs))
+    }
+}
+
+/// Two answers to one push as one: every job, every problem.
+fn combine(a: Outcome, b: Outcome) -> Outcome {
+    match (a, b) {
+        (Outcome::Ignored { .. }, other) | (other, Outcome::Ignored { .. }) => other,
+        (
+            Outcome::Enqueued {
+                branch,
+                commit,
+                mut jobs,
+                unchanged,
+            },
+            Outcome::Enqueued {
+                jobs: more,
+                unchanged: also,
+                ..
+            },
+        ) => {
+            jobs.extend(more);
+            Outcome::Enqueued {
+                branch,
+                commit,
+                jobs,
+                unchanged: unchanged + also,
+            }
+        }
+        (a, b) => {
+            let (branch, commit) = match &a {
+                Outcome::Enqueued { branch, commit, .. }
+                | Outcome::Invalid { branch, commit, .. } => (branch.clone(), commit.clone()),
+                Outcome::Ignored { .. } => Default::default(),
+            };
+            let mut jobs = Vec::new();
+            let mut problems = Vec::new();
+            for o in [a, b] {
+                match o {
+                    Outcome::Enqueued { jobs: j, .. } => jobs.extend(j),
+                    Outcome::Invalid {
+                        jobs: j,
+                        problems: p,
+                        ..
+                    } => {
+                        jobs.extend(j);
+                        problems.extend(p);
+                    }
+                    Outcome::Ignored { .. } => {}
+                }
+            }
+            Outcome::Invalid {
+                branch,
+                commit,
+                problems,
+                jobs,
+            }
+        }
+    }
+}

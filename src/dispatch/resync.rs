@@ -1,0 +1,209 @@
+//! The API's trigger and reads: a sync asked for by a person (`POST /api/v1/sync`), an
+//! environment's status (`GET /api/v1/status`) and the dead-letter count.
+
+use super::*;
+
+/// How long a count of the dead-letter queue is shown before SQS is asked again.
+const DEAD_LETTERS_TTL: Duration = Duration::from_secs(15);
+
+impl Dispatcher {
+    /// Enqueues every app of `environment` (or just `app`) at its branch head, whatever this
+    /// receiver enqueued before: a sync asked for by a person through the API. A whole
+    /// environment of a pruning root is pruned too.
+    pub async fn resync(
+        &self,
+        repo_name: &str,
+        environment: &str,
+        app: Option<&str>,
+    ) -> Result<Vec<Enqueued>, ResyncError> {
+        // The branch's turn is held until the jobs are enqueued, as for a push.
+        let Resolved {
+            repo,
+            branch,
+            state,
+            _turn,
+        } = self.environment(repo_name, environment).await?;
+        let index = dependency_index(&state.apps);
+        // Its own delivery id: an explicit request is never deduplicated into an earlier one.
+        // Unique across receivers and restarts: SQS drops for five minutes a job whose
+        // deduplication id (made from this) it has seen, even once the first was deleted.
+        let delivery = format!("api-{}", uuid::Uuid::new_v4().simple());
+        let delivery = format!("{delivery}-{}", std::process::id());
+        let prune = app
+            .is_none()
+            .then(|| prune_job(&repo.config.name, &branch, &delivery, &state))
+            .flatten();
+        let jobs: Vec<_> = state
+            .apps
+            .into_iter()
+            .filter(|a| app.is_none_or(|name| a.name == name))
+            .map(|a| {
+                SyncJob::new(&repo.config.name, &branch, &delivery, a).with_dependencies(&index)
+            })
+            .collect();
+        if let Some(name) = app
+            && jobs.is_empty()
+        {
+            return Err(ResyncError::Unknown(format!(
+                "no app `{name}` in environment `{environment}`"
+            )));
+        }
+        let enqueued = self.queue.send(&jobs).await.map_err(Error::Queue)?;
+        self.queue
+            .send_prune(Vec::from_iter(prune).as_slice())
+            .await
+            .map_err(Error::Queue)?;
+        Ok(enqueued)
+    }
+
+    /// Each app of `environment` at its branch head next to its service in ECS, and the jobs
+    /// waiting in the dead-letter queue.
+    pub async fn status(
+        &self,
+        repo_name: &str,
+        environment: &str,
+    ) -> Result<EnvironmentStatus, ResyncError> {
+        let Resolved { branch, state, .. } = self.environment(repo_name, environment).await?;
+        let names: Vec<&str> = state.apps.iter().map(|a| a.service_name()).collect();
+        let live = self
+            .ecs
+            .describe_services(&state.cluster, &names)
+            .await
+            .map_err(Error::Ecs)?;
+        let apps = state
+            .apps
+            .iter()
+            .map(|app| status::app_status(app, live.get(app.service_name())))
+            .collect();
+        Ok(EnvironmentStatus {
+            environment: state.environment,
+            branch,
+            commit: state.commit,
+            cluster: state.cluster,
+            apps,
+            dead_letters: self.dead_letters().await,
+        })
+    }
+
+    /// Jobs in the dead-letter queue, read at most every [`DEAD_LETTERS_TTL`] however often
+    /// metrics are scraped; `None` when there is no dead-letter queue or it cannot be read.
+    pub async fn dead_letters(&self) -> Option<u64> {
+        let mut cached = self.dead_letters.lock().await;
+        if let Some((at, count)) = *cached
+            && at.elapsed() < DEAD_LETTERS_TTL
+        {
+            return count;
+        }
+        // Bounded: scrapes and status requests wait behind this one.
+        let count = match tokio::time::timeout(DEAD_LETTERS_TTL / 5, self.queue.dead_letters())
+            .await
+        {
+            Ok(Ok(count)) => count,
+            Ok(Err(e)) => {
+                warn!(message = "Cannot count the dead-letter queue.", error = %e);
+                None
+            }
+            Err(_) => {
+                warn!(message = "Cannot count the dead-letter queue: SQS did not answer in time.");
+                None
+            }
+        };
+        *cached = Some((Instant::now(), count));
+        count
+    }
+
+    /// `environment` of `repo_name` resolved at its branch head, as of the bindings on the
+    /// default branch, with its branch's turn: pushes to the branch wait until it is dropped.
+    pub(super) async fn environment(
+        &self,
+        repo_name: &str,
+        environment: &str,
+    ) -> Result<Resolved<'_>, ResyncError> {
+        let Some(repo) = self.repos.iter().find(|r| r.config.name == repo_name) else {
+            let known: Vec<_> = self.repos.iter().map(|r| r.config.name.as_str()).collect();
+            return Err(ResyncError::Unknown(format!(
+                "no repo `{repo_name}` in the server config; known: {}",
+                known.join(", ")
+            )));
+        };
+        let (mirror, config) = (repo.mirror.clone(), repo.config.clone());
+        let bindings = tokio::task::spawn_blocking(move || environment_bindings(&mirror, &config))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??
+            .unwrap_or_default();
+        let Some(branch) = bindings
+            .iter()
+            .find(|(name, _)| name == environment)
+            .map(|(_, branch)| branch.clone())
+        else {
+            let known: Vec<_> = bindings.iter().map(|(name, _)| name.as_str()).collect();
+            return Err(ResyncError::Unknown(format!(
+                "no environment `{environment}` in repo `{repo_name}`; declared on its default branch: {}",
+                known.join(", ")
+            )));
+        };
+        let entry = self.branch_state(&repo.config.name, &branch);
+        let guard = entry.last.clone().lock_owned().await;
+        let turn = (entry, guard);
+        let Plan::Resolved { results, .. } = self.plan(repo, &branch).await? else {
+            return Err(ResyncError::Unknown(format!(
+                "branch `{branch}` of environment `{environment}` does not exist"
+            )));
+        };
+        let Some(EnvironmentResult { result, .. }) = results
+            .into_iter()
+            .find(|r| r.environment.as_deref().is_none_or(|n| n == environment))
+        else {
+            return Err(ResyncError::Unknown(format!(
+                "environment `{environment}` is not bound to branch `{branch}`"
+            )));
+        };
+        let state = result.map_err(|problems| {
+            ResyncError::Invalid(problems.iter().map(Problem::to_string).collect())
+        })?;
+        Ok(Resolved {
+            repo,
+            branch,
+            state,
+            _turn: turn,
+        })
+    }
+}
+
+/// An environment resolved at its branch head, and the branch's turn.
+pub(super) struct Resolved<'a> {
+    repo: &'a WatchedRepo,
+    branch: String,
+    state: DesiredState,
+    /// The branch's entry too: while it is held, `branch_state` does not forget it.
+    _turn: (
+        Arc<BranchState>,
+        tokio::sync::OwnedMutexGuard<Option<LastAnswer>>,
+    ),
+}
+
+/// What `GET /api/v1/status` shows for an environment.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentStatus {
+    pub environment: String,
+    pub branch: String,
+    pub commit: String,
+    pub cluster: String,
+    pub apps: Vec<status::AppStatus>,
+    /// Jobs of any environment in the dead-letter queue; absent when it cannot be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<u64>,
+}
+
+/// Why an API sync enqueued nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    /// No such repo, environment or app: the message says which, and what exists.
+    #[error("{0}")]
+    Unknown(String),
+    #[error("the environment does not resolve")]
+    Invalid(Vec<String>),
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
