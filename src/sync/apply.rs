@@ -80,6 +80,20 @@ struct Rollback {
     tags: Vec<(String, String)>,
 }
 
+impl Rollback {
+    /// Back to what `live` ran before `target`, when the attempt that knew its tags is gone:
+    /// they are cleared, so reconcile reads the service as drifted rather than trust them.
+    fn to_before(live: &LiveService, target: &str) -> Rollback {
+        Rollback {
+            service_arn: live.arn.clone(),
+            task_definition: previous_task_definition(live, target),
+            tags: ROLLBACK_TAGS
+                .map(|k| (k.to_owned(), String::new()))
+                .to_vec(),
+        }
+    }
+}
+
 /// The service tags a rollback restores.
 const ROLLBACK_TAGS: [&str; 4] = [
     tag::SPEC_HASH,
@@ -218,14 +232,7 @@ async fn apply_once(
             return Ok(Outcome::Quarantined);
         }
         let target = live.task_definition.clone();
-        let rollback = Rollback {
-            service_arn: live.arn.clone(),
-            task_definition: previous_task_definition(live, &target),
-            // Unknown by now.
-            tags: ROLLBACK_TAGS
-                .map(|k| (k.to_owned(), String::new()))
-                .to_vec(),
-        };
+        let rollback = Rollback::to_before(live, &target);
         let failure = Error::RolloutFailed {
             service: app.service_name().to_owned(),
             task_definition: task_definition_id(&target).to_owned(),
@@ -257,17 +264,12 @@ async fn apply_once(
         // service needs no second look: a no-op job is one read.
         if app.rollout.wait && !settled(live) {
             let target = live.task_definition.clone();
-            let rollback = Rollback {
-                service_arn: live.arn.clone(),
-                task_definition: previous_task_definition(live, &target),
-                // Unknown by now.
-                tags: ROLLBACK_TAGS
-                    .map(|k| (k.to_owned(), String::new()))
-                    .to_vec(),
-            };
+            let rollback = Rollback::to_before(live, &target);
+            // The attempt that started it is gone; its update recorded the deployment's id.
+            let recorded = live.tags.get(tag::DEPLOYMENT).filter(|d| !d.is_empty());
             let ours = Ours {
                 task_definition: &target,
-                deployment: None, // the attempt that started it is gone
+                deployment: recorded.map(String::as_str),
             };
             watch_or_roll_back(ecs, job, ours, Some(rollback), poll).await?;
         }
@@ -362,6 +364,10 @@ async fn apply_once(
             tags.push((
                 tag::TASK_DEFINITION.into(),
                 task_definition_id(&task_definition).to_owned(),
+            ));
+            tags.push((
+                tag::DEPLOYMENT.into(),
+                deployment.clone().unwrap_or_default(),
             ));
             // An app moved back into the config repo no longer comes from elsewhere.
             if app.source.is_none() && live.tags.get(tag::SOURCE).is_some_and(|s| !s.is_empty()) {
@@ -573,11 +579,27 @@ async fn watch_rollout(
         reason,
         rolled_back_to: None,
     };
+    // ECS reads are eventually consistent: right after a create the service may read as
+    // missing, right after an update the deployments may be those from before it. Within this
+    // grace "not there yet" is a reason to look again, never a verdict.
+    let settling = Instant::now() + READ_AFTER_WRITE_GRACE;
+    let mut seen_ours = false;
     loop {
         // Even the first look waits for a tick: a deployment just started has nothing to show,
         // and on the tick its read joins the others'.
         tokio::time::sleep_until(next_poll(poll)).await;
+        let timed_out = |live: Option<&LiveService>| Error::RolloutTimeout {
+            service: service.to_owned(),
+            task_definition: target.clone(),
+            timeout,
+            events: live.map_or_else(Vec::new, |l| l.events.iter().take(3).cloned().collect()),
+            rolled_back_to: None,
+        };
+        let early = Instant::now() < settling && !seen_ours;
         let Some(live) = ecs.describe_service(&app.cluster, service).await? else {
+            if early {
+                continue;
+            }
             return Err(failed("the service was deleted during the rollout".into()));
         };
         // Followed by id, not by "whichever is PRIMARY": when the circuit breaker rolls back,
@@ -589,12 +611,24 @@ async fn watch_rollout(
         let by_id = ours
             .deployment
             .and_then(|id| live.deployments.iter().find(|d| d.id == id));
+        seen_ours |= by_id.is_some();
+        if by_id.is_none() && ours.deployment.is_some() && early {
+            // The deployments listed may be those from before our update: the old COMPLETED
+            // one of the same task definition must not pass for ours.
+            if next_poll(poll) > deadline {
+                return Err(timed_out(Some(&live)));
+            }
+            continue;
+        }
         let by_task_definition = || {
             live.deployments
                 .iter()
                 .find(|d| task_definition_id(&d.task_definition) == target)
         };
         let Some(deployment) = by_id.or_else(by_task_definition) else {
+            if early {
+                continue;
+            }
             let now = task_definition_id(&live.task_definition);
             return Err(failed(format!("another deployment ({now}) replaced it")));
         };
@@ -611,16 +645,14 @@ async fn watch_rollout(
             _ => {}
         }
         if next_poll(poll) > deadline {
-            return Err(Error::RolloutTimeout {
-                service: service.to_owned(),
-                task_definition: target,
-                timeout,
-                events: live.events.iter().take(3).cloned().collect(),
-                rolled_back_to: None,
-            });
+            return Err(timed_out(Some(&live)));
         }
     }
 }
+
+/// How long after fleetsync's own write a watch reads a missing service, or no deployment of
+/// its own, as "not there yet" (ECS's eventual consistency) rather than as a verdict.
+const READ_AFTER_WRITE_GRACE: Duration = Duration::from_secs(15);
 
 /// The next multiple of `poll` since the worker's first poll: every rollout the worker watches
 /// is read on the same ticks, so their reads join (ten services a DescribeServices call).
@@ -691,6 +723,8 @@ async fn roll_back(ecs: &Ecs, job: &SyncJob, rollback: Option<Rollback>, failure
         tag::TASK_DEFINITION.into(),
         task_definition_id(&previous).to_owned(),
     ));
+    // The deployment that runs now is not one fleetsync's update started.
+    tags.push((tag::DEPLOYMENT.into(), String::new()));
     tags.extend(failure_tags(job, &failure));
     if let Err(e) = ecs.tag_resource(&service_arn, &tags).await {
         return Error::RollbackFailed {

@@ -87,4 +87,15 @@ async fn a_sync_asked_for_through_the_api_enqueues_that_environment_or_app() {
         "{body}"
     );
     assert_eq!(emulator.queue_depth(&queue_url).await, 5);
+
+    // Another receiver (or this one restarted) asked for the same sync: its own job too. Ids
+    // were `api-<counter>`, the same on every receiver's first sync, and SQS dropped the
+    // second for five minutes after the first, while the API answered with job ids.
+    let api = r#"{"repo": "platform", "environment": "staging", "app": "api"}"#;
+    for _ in 0..2 {
+        let fresh = Receiver::start(&config, &emulator.aws).await;
+        let (status, body) = call(&fresh, Some(TOKEN), api).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    assert_eq!(emulator.queue_depth(&queue_url).await, 7);
 }

@@ -100,6 +100,31 @@ impl Setup {
         team
     }
 
+    /// Staging's root reads web from a team repo (its `staging` branch, by default);
+    /// production's still lists its own copy. The config watches both repos.
+    fn web_read_from_team_repo(
+        &self,
+    ) -> (ConfigRepo, fleetsync::config::Config, tempfile::TempDir) {
+        let team = self.team_repo();
+        self.repo.commit("staging", "fleetsync.yaml", |t| {
+            Some(t.unwrap().replace(
+                "    path: apps/web\n",
+                "    source: { repo: team, path: apps/web }\n",
+            ))
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with_repos(
+            dir.path(),
+            &[
+                ("platform", REPO_URL, &self.repo.file_url()),
+                ("team", TEAM_URL, &team.file_url()),
+            ],
+            &self.queue_url,
+            "",
+        );
+        (team, config, dir)
+    }
+
     /// Commits api 1.5.0 (example-repo has 1.4.2) to staging: a change to one app.
     fn commit_new_api_image(&self) -> git2::Oid {
         self.repo.commit("staging", "apps/api/taskdef.json", |t| {
@@ -1498,23 +1523,7 @@ async fn a_push_to_a_repo_an_app_is_kept_in_syncs_only_that_app_where_it_is_read
     let s = setup().await;
     // The web team keeps web in its own repo; staging's root reads it from there (its
     // `staging` branch, by default), production's still lists its own copy.
-    let team = s.team_repo();
-    s.repo.commit("staging", "fleetsync.yaml", |t| {
-        Some(t.unwrap().replace(
-            "    path: apps/web\n",
-            "    source: { repo: team, path: apps/web }\n",
-        ))
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_with_repos(
-        dir.path(),
-        &[
-            ("platform", REPO_URL, &s.repo.file_url()),
-            ("team", TEAM_URL, &team.file_url()),
-        ],
-        &s.queue_url,
-        "",
-    );
+    let (team, config, _dir) = s.web_read_from_team_repo();
     let receiver = Receiver::start(&config, &s.emulator.aws).await;
     let _worker = start_worker(&config, &s.emulator.aws);
     let head = s.repo.head("staging");
@@ -1924,23 +1933,7 @@ async fn a_redelivered_rolled_back_job_never_deploys_the_failed_spec_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_cannot_be_read_does_not_fail_the_push_it_reads() {
     let s = setup().await;
-    let team = s.team_repo();
-    s.repo.commit("staging", "fleetsync.yaml", |t| {
-        Some(t.unwrap().replace(
-            "    path: apps/web\n",
-            "    source: { repo: team, path: apps/web }\n",
-        ))
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_with_repos(
-        dir.path(),
-        &[
-            ("platform", REPO_URL, &s.repo.file_url()),
-            ("team", TEAM_URL, &team.file_url()),
-        ],
-        &s.queue_url,
-        "",
-    );
+    let (team, config, _dir) = s.web_read_from_team_repo();
     let receiver = Receiver::start(&config, &s.emulator.aws).await;
     let head = s.repo.head("staging");
     assert_eq!(receiver.push("staging", head, "initial").await.0, 202);
@@ -1967,4 +1960,66 @@ async fn a_reader_that_cannot_be_read_does_not_fail_the_push_it_reads() {
         "{metrics}"
     );
     std::fs::rename(&gone, s.repo.path()).unwrap();
+}
+
+/// ECS reads are eventually consistent (what Terraform's AWS provider and the ECS CLI retry
+/// for): right after CreateService the service may read as missing, right after UpdateService
+/// the deployments may be those from before it. The emulator's stale reads stand in for that
+/// part of AWS. Taken as final, they marked new services RolloutFailed ("deleted during the
+/// rollout") and, for a change to service fields alone, passed the old COMPLETED deployment off
+/// as the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_right_after_a_write_are_looked_at_again_not_taken_as_a_verdict() {
+    let emulator = Emulator::start_with(&[("FLEETSYNC_EMULATOR_STALE_READS", "2")]).await;
+    let queue_url = emulator.create_queue("fleetsync.fifo").await;
+    let s = setup_on(emulator, queue_url).await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    for app in APPS {
+        let live = s.emulator.service("staging", app).await.unwrap();
+        assert!(
+            !live.tags.contains_key("fleetsync:failed-spec-hash"),
+            "{app}: {live:?}"
+        );
+    }
+
+    // A change to service fields alone: the same task definition, a new deployment.
+    let first = s.repo.head("staging");
+    let scaled = s.repo.commit("staging", "apps/api/app.yaml", |t| {
+        Some(t.unwrap().replace("desiredCount: 2", "desiredCount: 3"))
+    });
+    let (status, body) = receiver
+        .push_from("staging", Some(first), scaled, "scaled")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    s.drained().await;
+    let described = s
+        .emulator
+        .ecs()
+        .describe_services()
+        .cluster("staging")
+        .services("api")
+        .include(aws_sdk_ecs::types::ServiceField::Tags)
+        .send()
+        .await
+        .unwrap();
+    let api = &described.services()[0];
+    let deployments = api.deployments();
+    assert_eq!(
+        deployments.len(),
+        1,
+        "the rollout completed: {deployments:?}"
+    );
+    let recorded = api
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("fleetsync:deployment"))
+        .and_then(|t| t.value());
+    assert_eq!(
+        recorded,
+        deployments[0].id(),
+        "the job followed its own deployment"
+    );
+    assert_eq!(api.desired_count(), 3);
 }

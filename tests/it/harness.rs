@@ -38,6 +38,12 @@ pub struct Emulator {
 
 impl Emulator {
     pub async fn start() -> Emulator {
+        Self::start_with(&[]).await
+    }
+
+    /// With the emulator's optional AWS behaviours switched on by their variables
+    /// (scripts/emulator.py: `FLEETSYNC_EMULATOR_STALE_READS`, `FLEETSYNC_EMULATOR_THROTTLE`).
+    pub async fn start_with(env: &[(&str, &str)]) -> Emulator {
         let root = env!("CARGO_MANIFEST_DIR");
         let python = format!("{root}/.venv/bin/python");
         assert!(
@@ -46,6 +52,7 @@ impl Emulator {
         );
         let call_log = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(python)
+            .envs(env.iter().copied())
             .env("FLEETSYNC_EMULATOR_CALL_LOG", call_log.path())
             .arg(format!("{root}/scripts/emulator.py"))
             .args(["--port", "0", "--example-account"])

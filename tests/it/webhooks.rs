@@ -40,6 +40,15 @@ fn fixture(path: &str) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// go-gitlab's push fixture, re-pointed at the test's repo and `head` of `branch`.
+fn gitlab_push(branch: &str, head: git2::Oid) -> Vec<u8> {
+    let mut payload = fixture("gitlab/go-gitlab.webhooks.push.json");
+    payload["ref"] = format!("refs/heads/{branch}").into();
+    payload["after"] = head.to_string().into();
+    payload["project"]["git_http_url"] = format!("{REPO_URL}.git").into();
+    serde_json::to_vec(&payload).unwrap()
+}
+
 fn hex_hmac(body: &[u8]) -> String {
     sign(SECRET.as_bytes(), body)
         .trim_start_matches("sha256=")
@@ -56,11 +65,7 @@ fn assert_enqueued(status: u16, body: &Value, commit: git2::Oid) {
 async fn gitlab_push_with_its_token_enqueues() {
     let s = setup("").await;
     let head = s.repo.head("staging");
-    let mut payload = fixture("gitlab/go-gitlab.webhooks.push.json");
-    payload["ref"] = "refs/heads/staging".into();
-    payload["after"] = head.to_string().into();
-    payload["project"]["git_http_url"] = format!("{REPO_URL}.git").into();
-    let body = serde_json::to_vec(&payload).unwrap();
+    let body = gitlab_push("staging", head);
     let headers = [
         ("x-gitlab-event", "Push Hook"),
         ("x-gitlab-token", SECRET),
@@ -373,11 +378,7 @@ async fn a_push_signed_with_another_repos_secret_is_401() {
 async fn gitlab_deliveries_carrying_both_schemes_verify_by_the_configured_secret() {
     let s = setup("").await;
     let head = s.repo.head("staging");
-    let mut payload = fixture("gitlab/go-gitlab.webhooks.push.json");
-    payload["ref"] = "refs/heads/staging".into();
-    payload["after"] = head.to_string().into();
-    payload["project"]["git_http_url"] = format!("{REPO_URL}.git").into();
-    let body = serde_json::to_vec(&payload).unwrap();
+    let body = gitlab_push("staging", head);
     let timestamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
