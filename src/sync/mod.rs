@@ -396,6 +396,7 @@ impl Worker {
         let poll = self.config.rollout_poll_interval;
         let since = tokio::time::Instant::now();
         let mut permit = Some(permit);
+        let mut told = String::new();
         loop {
             let attempt = Attempt {
                 number: receive_count,
@@ -418,7 +419,12 @@ impl Worker {
             let Ok(waiting) = ctx.waiting.clone().try_acquire_owned() else {
                 return Some(result);
             };
-            info!(message = "Job waits for its dependencies.", waiting_for = %on.join(", "));
+            // Said once per change of what it waits for, not on every tick.
+            let reason = on.join(", ");
+            if reason != told {
+                info!(message = "Job waits for its dependencies.", waiting_for = %reason);
+                told = reason;
+            }
             drop(permit.take());
             tokio::select! {
                 () = tokio::time::sleep_until(apply::next_poll(poll)) => {}
