@@ -40,18 +40,16 @@ impl Dispatcher {
         }
         let moved = Moved::Branch { before };
         let mut own = self.push_branch(repo, branch, moved, delivery).await?;
-        for wait in LAGGING_FETCH_RETRIES {
-            if self.has_commit(repo, branch, after).await? {
-                break;
-            }
-            tokio::time::sleep(wait).await;
+        let mut retries = LAGGING_FETCH_RETRIES.iter();
+        while !self.has_commit(repo, branch, after).await? {
+            let Some(wait) = retries.next() else {
+                return Err(Error::Lagging {
+                    branch: branch.to_owned(),
+                    after: after.to_owned(),
+                });
+            };
+            tokio::time::sleep(*wait).await;
             own = self.push_branch(repo, branch, moved, delivery).await?;
-        }
-        if !self.has_commit(repo, branch, after).await? {
-            return Err(Error::Lagging {
-                branch: branch.to_owned(),
-                after: after.to_owned(),
-            });
         }
         let about_own = !matches!(own, Outcome::Ignored { .. });
         // The head fetched: readers must read it or a later one.
