@@ -515,6 +515,37 @@ impl resolve::Sources for MirrorSources {
     }
 }
 
+/// [`MirrorSources`] read at given commits, without fetching: what a resolve read before one
+/// of them moved. A (repo, reference) not pinned is opened as usual.
+pub struct PinnedSources<'a> {
+    pub sources: &'a MirrorSources,
+    /// (repo, reference) → commit id.
+    pub pins: &'a std::collections::BTreeMap<(String, String), String>,
+}
+
+impl resolve::Sources for PinnedSources<'_> {
+    fn open(&self, repo: &str, reference: &str) -> Result<resolve::Opened, resolve::SourceError> {
+        let pinned = self.pins.get(&(repo.to_owned(), reference.to_owned()));
+        let mirror = self.sources.0.iter().find(|(name, _)| name == repo);
+        let (Some(commit), Some((_, mirror))) = (pinned, mirror) else {
+            return self.sources.open(repo, reference);
+        };
+        let missing = || {
+            resolve::SourceError::Missing(format!(
+                "commit {commit} of repo `{repo}` is not in its mirror"
+            ))
+        };
+        let oid = Oid::from_str(commit).map_err(|_| missing())?;
+        let local = mirror
+            .local()
+            .map_err(|e| resolve::SourceError::Read(e.into()))?;
+        if !local.contains(oid) {
+            return Err(missing());
+        }
+        AtCommit::open(Ok(local), oid)
+    }
+}
+
 /// Other repositories as local clones, for commands that read without fetching (`--source`).
 pub struct LocalSources(pub Vec<(String, PathBuf)>);
 

@@ -62,6 +62,8 @@ pub struct Dispatcher {
     /// the (repo, branch) it could not resolve. A burst of pushes costs one or two refreshes.
     refreshes: AtomicU64,
     last_refresh: tokio::sync::Mutex<(u64, Vec<(String, String)>)>,
+    /// Places for resolves running at once: one per core.
+    resolves: tokio::sync::Semaphore,
 }
 
 /// Which environment branches read which (repo, reference), as of their last resolve here:
@@ -109,12 +111,9 @@ struct LastAnswer {
     /// What it was resolved from.
     resolved: Option<Resolution>,
     at: Instant,
-    /// Spec hashes by environment and app that SQS accepted jobs for, for the head in
-    /// `resolved`. A push that continues from that head (its `before`) under the same bindings
-    /// enqueues only apps whose hash differs; any other push (another receiver had the head in
-    /// between, a force-push, new bindings) enqueues every app, and so does a fresh receiver or
-    /// one whose last push failed. The memory can only make a push send less when what it
-    /// skips is exactly what this receiver made durable for the push's parent.
+    /// Spec hashes by environment and app of the head in `resolved`. A push that continues
+    /// from that head (its `before`) under the same bindings and sources is diffed against
+    /// them; any other push resolves its parent again ([`Dispatcher::baseline`]).
     enqueued: Specs,
 }
 
@@ -285,6 +284,9 @@ impl Dispatcher {
             readers: Default::default(),
             refreshes: AtomicU64::new(0),
             last_refresh: Default::default(),
+            resolves: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         })
     }
 

@@ -13,9 +13,29 @@ impl Dispatcher {
             self.sources.clone(),
         );
         let b = branch.to_owned();
-        let plan = tokio::task::spawn_blocking(move || plan_branch(&mirror, &config, &b, &sources))
+        let fetched = {
+            let (mirror, config) = (mirror.clone(), config.clone());
+            tokio::task::spawn_blocking(move || fetch_heads(&mirror, &config, &b))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??
+        };
+        let heads = match fetched {
+            Ok(heads) => heads,
+            Err(reason) => return Ok(Plan::Ignored(reason)),
+        };
+        // Fetches wait on the network; resolves on CPU and memory, so no more run at once than
+        // there are cores, whatever the number of branches pushed together.
+        let _resolving = self
+            .resolves
+            .acquire()
             .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let b = branch.to_owned();
+        let plan = tokio::task::spawn_blocking(move || {
+            resolve_heads(&mirror, &config, &b, heads, &*sources)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
         // Only environment branches are indexed: any branch can be pushed.
         if let Plan::Resolved {
             commit,
@@ -41,6 +61,84 @@ impl Dispatcher {
     }
 }
 
+impl Dispatcher {
+    /// The spec hashes the branch's environments had just before `moved`: what `resolution`
+    /// read, with only the branch that moved put back where it was. Every receiver finds the
+    /// same, whatever it enqueued itself, so a push answered by any replica sends only what it
+    /// changed. Empty (everything is sent) when that commit is not known here (a new branch, a
+    /// force-push from a head never fetched) or does not resolve.
+    pub(super) async fn baseline(
+        &self,
+        repo: &WatchedRepo,
+        branch: &str,
+        resolution: &Resolution,
+        moved: Moved<'_>,
+    ) -> Specs {
+        let parent = resolution.parent(moved);
+        let (Ok(head), Ok(default)) = (
+            git2::Oid::from_str(&parent.head),
+            git2::Oid::from_str(&resolution.bindings),
+        ) else {
+            return Specs::new();
+        };
+        let before = match moved {
+            Moved::Branch { before } | Moved::Source { before, .. } => before,
+        };
+        if before.len() != 40 || before.bytes().all(|b| b == b'0') || parent == *resolution {
+            return Specs::new();
+        }
+        let Ok(_resolving) = self.resolves.acquire().await else {
+            return Specs::new();
+        };
+        let (mirror, config, sources, b) = (
+            repo.mirror.clone(),
+            repo.config.clone(),
+            self.sources.clone(),
+            branch.to_owned(),
+        );
+        let plan = tokio::task::spawn_blocking(move || {
+            let local = mirror.local().map_err(Error::Fetch)?;
+            if !local.contains(head) {
+                return Ok(None);
+            }
+            let pinned = repo::PinnedSources {
+                sources: &sources,
+                pins: &parent.sources,
+            };
+            let heads = Heads {
+                branch: head,
+                default,
+            };
+            resolve_heads(&mirror, &config, &b, heads, &pinned).map(Some)
+        })
+        .await;
+        let results = match plan {
+            Ok(Ok(Some(Plan::Resolved { results, .. }))) => results,
+            Ok(Ok(_)) => return Specs::new(),
+            Ok(Err(e)) => {
+                warn!(message = "Cannot resolve the branch as it was before the push; every app is sent.", repo = %repo.config.name, %branch, error = %e);
+                return Specs::new();
+            }
+            Err(e) => {
+                warn!(message = "Cannot resolve the branch as it was before the push; every app is sent.", repo = %repo.config.name, %branch, error = %e);
+                return Specs::new();
+            }
+        };
+        results
+            .into_iter()
+            .filter_map(|r| r.result.ok())
+            .map(|state| {
+                let apps = state
+                    .apps
+                    .into_iter()
+                    .map(|app| (app.name, app.spec_hash))
+                    .collect();
+                (state.environment, apps)
+            })
+            .collect()
+    }
+}
+
 pub(super) enum Plan {
     Ignored(String),
     Resolved {
@@ -62,7 +160,7 @@ pub(super) struct EnvironmentResult {
 /// Notes which (repo, reference) a resolve opens, found or not: an environment whose source
 /// does not exist yet reads it once it does.
 struct Recording<'a> {
-    sources: &'a MirrorSources,
+    sources: &'a dyn resolve::Sources,
     reads: std::cell::RefCell<Reads>,
 }
 
@@ -75,39 +173,59 @@ impl resolve::Sources for Recording<'_> {
     }
 }
 
-/// Fetches the branch and resolves every environment bound to it, at the fetched head (never
-/// the payload's commit: a later push may already be there). Bindings (environment → branch,
-/// cluster) come from the root on the default branch: a branch cannot make itself production.
-fn plan_branch(
+/// The fetched heads of a branch and of the default branch.
+struct Heads {
+    branch: git2::Oid,
+    default: git2::Oid,
+}
+
+/// Fetches the branch and the default branch; `Err(reason)` when either does not exist.
+fn fetch_heads(
     mirror: &Mirror,
     repo: &RepoConfig,
     branch: &str,
-    sources: &MirrorSources,
-) -> Result<Plan, Error> {
-    let root_path = repo.root.as_str();
+) -> Result<Result<Heads, String>, Error> {
     let head = match mirror.fetch_branch(branch) {
         Ok(head) => head,
         Err(repo::Error::NoSuchBranch { .. }) => {
-            return Ok(Plan::Ignored(format!(
+            return Ok(Err(format!(
                 "branch `{branch}` no longer exists; nothing to deploy"
             )));
         }
         Err(e) => return Err(Error::Fetch(e)),
     };
-    let default_head = if branch == repo.default_branch {
+    let default = if branch == repo.default_branch {
         head
     } else {
         match mirror.fetch_branch(&repo.default_branch) {
             Ok(head) => head,
             Err(repo::Error::NoSuchBranch { .. }) => {
-                return Ok(Plan::Ignored(format!(
-                    "the default branch `{}`, whose {root_path} binds environments to branches, does not exist; set `defaultBranch` in the server config",
-                    repo.default_branch
+                return Ok(Err(format!(
+                    "the default branch `{}`, whose {} binds environments to branches, does not exist; set `defaultBranch` in the server config",
+                    repo.default_branch, repo.root
                 )));
             }
             Err(e) => return Err(Error::Fetch(e)),
         }
     };
+    Ok(Ok(Heads {
+        branch: head,
+        default,
+    }))
+}
+
+/// Resolves every environment bound to the branch, at the fetched head (never the payload's
+/// commit: a later push may already be there). Bindings (environment → branch, cluster) come
+/// from the root on the default branch: a branch cannot make itself production.
+fn resolve_heads(
+    mirror: &Mirror,
+    repo: &RepoConfig,
+    branch: &str,
+    heads: Heads,
+    sources: &dyn resolve::Sources,
+) -> Result<Plan, Error> {
+    let root_path = repo.root.as_str();
+    let (head, default_head) = (heads.branch, heads.default);
     let commit = head.to_string();
     let local = mirror.local().map_err(Error::Fetch)?;
     let trusted = match resolve::read_root(

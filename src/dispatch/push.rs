@@ -257,9 +257,11 @@ impl Dispatcher {
                 .filter(|r| r.reads.contains(&(repo.to_owned(), branch.to_owned())))
                 .collect(),
         };
+        // What this receiver enqueued for the push's parent, or else what the parent resolves
+        // to: either way only what the push changed is sent.
         let known = match last {
             Some(last) if continues => last.enqueued.clone(),
-            _ => Specs::new(),
+            _ => self.baseline(repo, branch, &resolution, moved).await,
         };
         let mut specs = known.clone();
         let mut jobs = Vec::new();

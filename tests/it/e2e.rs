@@ -1310,7 +1310,7 @@ async fn the_worker_refuses_an_app_whose_secret_is_missing_and_writes_nothing_fo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_enqueues_only_the_apps_it_changed_since_the_head_this_receiver_enqueued() {
+async fn a_push_enqueues_only_the_apps_it_changed_since_its_parent() {
     let s = setup().await;
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
     let jobs = |body: &serde_json::Value| -> Vec<String> {
@@ -1339,24 +1339,40 @@ async fn a_push_enqueues_only_the_apps_it_changed_since_the_head_this_receiver_e
         "{body}"
     );
 
-    // Another receiver handled the next push, so this one's memory is not the parent of the
-    // one after: it sends every app (the workers' spec-hash check makes the extra jobs no-ops).
+    // Another receiver handles the next push, and this one the push after: each is diffed
+    // against its parent, whoever enqueued that.
     let other = Receiver::start(&s.config, &s.emulator.aws).await;
     let third = s.repo.commit("staging", "apps/web/taskdef.json", |t| {
         Some(t.unwrap().replace("web:3.8.1", "web:3.9.0"))
     });
+    let (status, body) = other
+        .push_from("staging", Some(second), third, "third")
+        .await;
     assert_eq!(
-        other
-            .push_from("staging", Some(second), third, "third")
-            .await
-            .0,
-        202
+        (status, jobs(&body)),
+        (202, vec!["web".to_owned()]),
+        "{body}"
     );
     let revert = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
         Some(t.unwrap().replace("api:1.5.0", "api:1.4.2"))
     });
     let (status, body) = receiver
         .push_from("staging", Some(third), revert, "revert")
+        .await;
+    assert_eq!(
+        (status, jobs(&body)),
+        (202, vec!["api".to_owned()]),
+        "{body}"
+    );
+
+    // A push from a commit this receiver does not have (a force-push from a head it never
+    // fetched) has no parent to diff against: every app is sent.
+    let forced = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.4.2", "api:1.6.0"))
+    });
+    let unknown = git2::Oid::from_bytes(&[7; 20]).unwrap();
+    let (status, body) = receiver
+        .push_from("staging", Some(unknown), forced, "forced")
         .await;
     assert_eq!((status, jobs(&body).len()), (202, 4), "{body}");
 }
@@ -1588,29 +1604,15 @@ async fn a_push_to_a_repo_an_app_is_kept_in_syncs_only_that_app_where_it_is_read
         "{body}"
     );
 
-    // A receiver that has resolved nothing yet still finds who reads the branch pushed. It
-    // remembers no earlier job either, so it sends every app of staging, and nothing else.
+    // A receiver that has resolved nothing yet still finds who reads the branch pushed, and
+    // diffs staging against the team's parent commit as the first receiver did: nothing.
     let fresh = Receiver::start(&config, &s.emulator.aws).await;
     let (status, body) = fresh
         .push_to(TEAM_URL, "staging", Some(shipped), elsewhere, "team-4")
         .await;
     assert_eq!(status, 202, "{body}");
-    let sent: Vec<_> = body["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| {
-            (
-                j["environment"].as_str().unwrap(),
-                j["app"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        sent,
-        APPS.iter().map(|app| ("staging", *app)).collect::<Vec<_>>(),
-        "{body}"
-    );
+    assert_eq!(body["jobs"], serde_json::json!([]), "{body}");
+    assert_eq!(body["unchanged"], APPS.len(), "{body}");
 
     // Web moves back into the config repo: its service no longer names the team's commit.
     let before = s.repo.head("staging");
