@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use verify::Mismatch;
 
-use crate::config::{Config, WebhookConfig, repo_identity};
+use crate::config::{Config, RepoConfig, WebhookConfig, repo_identity};
 use crate::dispatch::{Dispatcher, Outcome, WatchedRepo};
 
 struct Receiver {
@@ -42,6 +42,8 @@ struct Receiver {
     config: WebhookConfig,
     replays: guard::Replays,
     metrics: Arc<metrics::Metrics>,
+    /// The repo whose secret verified the last delivery: checked first next time.
+    last_verified: std::sync::atomic::AtomicUsize,
 }
 
 /// The receiver's routes. Separate from [`serve`] so tests can call it without a socket.
@@ -60,9 +62,11 @@ pub fn router(dispatcher: Arc<Dispatcher>, config: &Config) -> Router {
             config.webhooks.replay_capacity,
         ),
         metrics,
+        last_verified: Default::default(),
     });
     let webhooks = Router::new()
         .route("/webhooks/{provider}", post(deliver))
+        .route("/webhooks/{provider}/{repo}", post(deliver_to_repo))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(guard, guard::enforce));
     Router::new()
@@ -141,9 +145,43 @@ async fn render_metrics(State(rx): State<Arc<Receiver>>) -> String {
     rx.metrics.render(&extra)
 }
 
+/// `POST /webhooks/{provider}/{repo}`: the repo named in the URL, so its secret is the only one
+/// checked (one HMAC per delivery, however many repos are watched).
+async fn deliver_to_repo(
+    State(rx): State<Arc<Receiver>>,
+    Path((name, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(index) = rx
+        .dispatcher
+        .repos
+        .iter()
+        .position(|r| r.config.name == repo)
+    else {
+        rx.metrics.refused(&name, "unknown_repo");
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "no watched repo has that name; use a `repos[].name` of the server config, or /webhooks/{provider}",
+        );
+    };
+    handle(rx, name, Some(index), headers, body).await
+}
+
 async fn deliver(
     State(rx): State<Arc<Receiver>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(rx, name, None, headers, body).await
+}
+
+/// Checks, parses and handles one delivery, for the repo named in its URL or any watched one.
+async fn handle(
+    rx: Arc<Receiver>,
+    name: String,
+    named: Option<usize>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -154,11 +192,12 @@ async fn deliver(
             "unknown provider; use github, gitlab, gitea, bitbucket or generic",
         );
     };
-    let delivery_id = provider.delivery_id(&headers).map(str::to_owned);
+    let header_id = provider.delivery_id(&headers).map(str::to_owned);
     // Without an id, each delivery is its own: sharing one would make SQS drop a revert to a
     // commit enqueued minutes ago as a duplicate.
-    let delivery = delivery_id.clone().unwrap_or_else(anonymous_delivery);
-    let refused = |reason: &'static str, status: StatusCode, message: &str| {
+    let mut delivery = header_id.clone().unwrap_or_else(anonymous_delivery);
+    let mut identified = header_id.is_some();
+    let refused = |reason: &'static str, status: StatusCode, message: &str, delivery: &str| {
         info!(message = "Delivery refused.", provider = %name, %delivery, %reason);
         rx.metrics.refused(&name, reason);
         refuse(status, message)
@@ -166,13 +205,19 @@ async fn deliver(
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refused("too_large", rejection.status(), &rejection.body_text());
+            return refused(
+                "too_large",
+                rejection.status(),
+                &rejection.body_text(),
+                &delivery,
+            );
         }
         Err(rejection) => {
             return refused(
                 "unreadable_body",
                 rejection.status(),
                 &rejection.body_text(),
+                &delivery,
             );
         }
     };
@@ -182,38 +227,77 @@ async fn deliver(
             "missing_signature",
             StatusCode::UNAUTHORIZED,
             "missing signature; set a secret on the webhook",
+            &delivery,
         );
     };
-    let mut stale = false;
-    let verified: Vec<usize> = (0..rx.dispatcher.repos.len())
-        .filter(|&i| {
-            let secret = rx.dispatcher.repos[i].secret.expose();
-            match check.verify(secret, rx.config.timestamp_tolerance) {
-                Ok(()) => true,
-                Err(Mismatch::StaleTimestamp) => {
-                    stale = true;
-                    false
-                }
-                Err(Mismatch::BadSignature) => false,
-            }
-        })
-        .collect();
-    if stale && verified.is_empty() {
-        return refused(
-            "stale_timestamp",
-            StatusCode::UNAUTHORIZED,
-            "webhook-timestamp is outside the accepted window",
-        );
-    }
-    if verified.is_empty() {
-        return refused(
-            "bad_signature",
-            StatusCode::UNAUTHORIZED,
-            "signature does not match; check the webhook secret",
-        );
+    let mut verifier = Verifier::new(&rx, &check);
+    let first = match named {
+        Some(index) => verifier.verify(index).then_some(index),
+        None => rx.candidates().into_iter().find(|&i| verifier.verify(i)),
+    };
+    let Some(first) = first else {
+        return if verifier.stale {
+            refused(
+                "stale_timestamp",
+                StatusCode::UNAUTHORIZED,
+                "webhook-timestamp is outside the accepted window",
+                &delivery,
+            )
+        } else {
+            refused(
+                "bad_signature",
+                StatusCode::UNAUTHORIZED,
+                "signature does not match; check the webhook secret",
+                &delivery,
+            )
+        };
+    };
+    rx.verified_last(first);
+    // A signed id (Standard Webhooks) names the delivery; a header outside the signature only
+    // hints at it.
+    if let Some(id) = check.signed_id(rx.dispatcher.repos[first].secret.expose()) {
+        id.clone_into(&mut delivery);
+        identified = true;
     }
 
-    let replay = delivery_id.map(|id| format!("{name}\n{id}"));
+    let parsed = match provider.parse(&headers, &body) {
+        Ok(parsed) => parsed,
+        Err(reason) => {
+            return refused("bad_payload", StatusCode::BAD_REQUEST, &reason, &delivery);
+        }
+    };
+    // Every repo a push names is checked against its own secret (repos may share one).
+    let mut verified = vec![first];
+    let mut about = Vec::new();
+    if let Delivery::Pushes(pushes) = &parsed {
+        for push in pushes {
+            let repo = rx
+                .dispatcher
+                .repos
+                .iter()
+                .position(|r| is_about(push, &r.config));
+            if let Some(route) = named
+                && repo != Some(route)
+            {
+                let message = format!(
+                    "this is the route of repo `{}`, and the push is not about it; point the webhook at /webhooks/{name}/<the repo's name>",
+                    rx.dispatcher.repos[route].config.name
+                );
+                return refused("wrong_route", StatusCode::BAD_REQUEST, &message, &delivery);
+            }
+            if let Some(i) = repo
+                && verifier.verify(i)
+                && !verified.contains(&i)
+            {
+                verified.push(i);
+            }
+            let repo = repo.map_or("", |i| rx.dispatcher.repos[i].config.name.as_str());
+            about.push(format!("{repo}@{}", push.after));
+        }
+    }
+    // A replay is the same delivery id about the same repos and commits: an id reused for
+    // another push is not one.
+    let replay = identified.then(|| format!("{name}\n{delivery}\n{}", about.join(" ")));
     if replay
         .as_deref()
         .is_some_and(|key| rx.replays.contains(key))
@@ -222,10 +306,6 @@ async fn deliver(
         info!(message = "Delivery is a replay; nothing enqueued.", provider = %name, %delivery);
         return (StatusCode::OK, axum::Json(json!({"status": "duplicate"}))).into_response();
     }
-    let parsed = match provider.parse(&headers, &body) {
-        Ok(parsed) => parsed,
-        Err(reason) => return refused("bad_payload", StatusCode::BAD_REQUEST, &reason),
-    };
     let (status, body, outcome) = match parsed {
         Delivery::Ping => (StatusCode::OK, json!({"status": "pong"}), "ping"),
         Delivery::Ignored(reason) => ignored(reason),
@@ -329,19 +409,11 @@ async fn handle_push(
     push: &PushEvent,
     delivery: &str,
 ) -> Answer {
-    let watched = verified.iter().find(|r| {
-        push.repository_urls
-            .iter()
-            .any(|u| repo_identity(u).as_deref() == Some(r.config.identity.as_str()))
-    });
+    let watched = verified.iter().find(|r| is_about(push, &r.config));
     let Some(repo) = watched else {
         // Signed with another watched repo's secret: the Git host's delivery log must tell
         // this repo's owner that its secret is wrong, not that it is not watched.
-        if let Some(configured) = dispatcher.repos.iter().find(|r| {
-            push.repository_urls
-                .iter()
-                .any(|u| repo_identity(u).as_deref() == Some(r.config.identity.as_str()))
-        }) {
+        if let Some(configured) = dispatcher.repos.iter().find(|r| is_about(push, &r.config)) {
             let reason = format!(
                 "signature does not match the secret of repo `{}`; check the webhook secret",
                 configured.config.name
@@ -406,6 +478,73 @@ async fn handle_push(
         answer.1["unresolvedReaders"] = unresolved;
     }
     answer
+}
+
+/// Whether a push names this repo among its URLs.
+fn is_about(push: &PushEvent, repo: &RepoConfig) -> bool {
+    push.repository_urls
+        .iter()
+        .any(|u| repo_identity(u).as_deref() == Some(repo.identity.as_str()))
+}
+
+/// A delivery's signature checked against repos' secrets, each at most once.
+struct Verifier<'a> {
+    repos: &'a [WatchedRepo],
+    check: &'a verify::Check<'a>,
+    tolerance: std::time::Duration,
+    known: Vec<Option<bool>>,
+    /// Some secret found the signature right but its timestamp outside the window.
+    stale: bool,
+}
+
+impl<'a> Verifier<'a> {
+    fn new(rx: &'a Receiver, check: &'a verify::Check<'a>) -> Self {
+        let repos = &rx.dispatcher.repos;
+        Verifier {
+            repos,
+            check,
+            tolerance: rx.config.timestamp_tolerance,
+            known: vec![None; repos.len()],
+            stale: false,
+        }
+    }
+
+    fn verify(&mut self, index: usize) -> bool {
+        *self.known[index].get_or_insert_with(|| {
+            match self
+                .check
+                .verify(self.repos[index].secret.expose(), self.tolerance)
+            {
+                Ok(()) => true,
+                Err(Mismatch::StaleTimestamp) => {
+                    self.stale = true;
+                    false
+                }
+                Err(Mismatch::BadSignature) => false,
+            }
+        })
+    }
+}
+
+impl Receiver {
+    /// Every watched repo, the one a delivery last verified with first: deliveries come mostly
+    /// from few repos, so most take one HMAC, where trying each would cost one per repo. The
+    /// body is not read to guess its repo: nothing unverified is parsed.
+    fn candidates(&self) -> Vec<usize> {
+        let last = self
+            .last_verified
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let count = self.dispatcher.repos.len();
+        std::iter::once(last)
+            .filter(|&i| i < count)
+            .chain((0..count).filter(|&i| i != last))
+            .collect()
+    }
+
+    fn verified_last(&self, index: usize) {
+        self.last_verified
+            .store(index, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn anonymous_delivery() -> String {

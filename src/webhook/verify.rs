@@ -48,6 +48,19 @@ pub enum Mismatch {
 }
 
 impl Check<'_> {
+    /// The delivery id the signature covers, when this secret checks a scheme that signs one
+    /// (Standard Webhooks' `webhook-id`).
+    pub fn signed_id(&self, secret: &[u8]) -> Option<&str> {
+        match self {
+            Check::StandardWebhooks { id, .. } => Some(id),
+            Check::TokenOrSigned {
+                signed: Some(signed),
+                ..
+            } if secret.starts_with(b"whsec_") => signed.signed_id(secret),
+            _ => None,
+        }
+    }
+
     pub fn verify(&self, secret: &[u8], tolerance: Duration) -> Result<(), Mismatch> {
         let ok = match self {
             Check::HmacHex {

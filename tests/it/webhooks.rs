@@ -470,3 +470,183 @@ async fn fetches(receiver: &Receiver) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Two receivers behind a load balancer take pushes in turn. "Only what changed" rested on
+/// what the receiver itself had enqueued, so every push that reached the other one enqueued
+/// every app of the environment: N replicas cost N times what one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_another_replica_enqueues_only_the_apps_it_changed() {
+    let s = setup("").await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = config(other_dir.path(), &s.repo.file_url(), &s.queue_url, "");
+    let other = Receiver::start(&other, &s.emulator.aws).await;
+    let first = s.repo.head("staging");
+    let (status, body) = s.receiver.push("staging", first, "first").await;
+    assert_enqueued(status, &body, first);
+
+    let second = s.repo.commit("staging", "apps/api/taskdef.json", |text| {
+        Some(text.unwrap().replace("api:1.4.2", "api:1.5.0"))
+    });
+    let (status, body) = other
+        .push_from("staging", Some(first), second, "second")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let apps: Vec<&str> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["app"].as_str().unwrap())
+        .collect();
+    assert_eq!(apps, ["api"], "{body}");
+    assert_eq!(body["unchanged"], APPS.len() - 1);
+
+    // Back on the first receiver, which last saw `first`, not `second`.
+    let third = s.repo.commit("staging", "apps/web/taskdef.json", |text| {
+        Some(text.unwrap().replace("web:3.8.1", "web:3.9.0"))
+    });
+    let (status, body) = s
+        .receiver
+        .push_from("staging", Some(second), third, "third")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let apps: Vec<&str> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["app"].as_str().unwrap())
+        .collect();
+    assert_eq!(apps, ["web"], "{body}");
+    assert_eq!(
+        s.emulator.queue_depth(&s.queue_url).await,
+        APPS.len() + 2,
+        "one set for the first push, one job for each later one"
+    );
+}
+
+/// Every delivery was checked against every watched repo's secret: with many repos, one
+/// HMAC of the body per repo. The repo named in the URL is the only candidate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_to_a_repos_own_route_is_checked_against_that_repo_only() {
+    let s = setup("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_repos(
+        dir.path(),
+        &[
+            ("team", "https://github.com/acme/team", &s.repo.file_url()),
+            ("platform", REPO_URL, &s.repo.file_url()),
+        ],
+        &s.queue_url,
+        "",
+    );
+    let receiver = Receiver::start(&config, &s.emulator.aws).await;
+    let head = s.repo.head("staging");
+    let body = push_payload("staging", head);
+    let signature = sign(SECRET.as_bytes(), &body);
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-github-event", "push"),
+        ("x-github-delivery", "own-route"),
+        ("x-hub-signature-256", signature.as_str()),
+    ];
+    let (status, reply) = receiver.post("github/platform", &headers, &body).await;
+    assert_enqueued(status, &reply, head);
+
+    // Both repos share the secret here: a hook pointed at the wrong repo's route is told so.
+    let mut headers = headers;
+    headers[2].1 = "wrong-route";
+    let (status, reply) = receiver.post("github/team", &headers, &body).await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(
+        reply["reason"],
+        "this is the route of repo `team`, and the push is not about it; point the webhook at /webhooks/github/<the repo's name>"
+    );
+    let other_secret = sign(b"not the secret", &body);
+    headers[3].1 = other_secret.as_str();
+    let (status, reply) = receiver.post("github/platform", &headers, &body).await;
+    assert_eq!(status, 401, "{reply}");
+
+    let (status, reply) = receiver.post("github/nobody", &headers, &body).await;
+    assert_eq!(status, 404, "{reply}");
+    assert!(
+        reply["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no watched repo has that name"),
+        "{reply}"
+    );
+    let metrics = receiver.metrics().await;
+    assert!(
+        metrics.contains("reason=\"unknown_repo\""),
+        "refusals are counted: {metrics}"
+    );
+}
+
+/// Replays were keyed on the delivery id alone, a header no signature covers: a new push that
+/// came with an id seen before was answered "duplicate", and a GitLab delivery's signed
+/// `webhook-id` was never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_the_same_signed_delivery_about_the_same_commit() {
+    let s = setup("").await;
+    let first = s.repo.head("staging");
+    let (status, body) = s.receiver.push("staging", first, "reused-id").await;
+    assert_enqueued(status, &body, first);
+    let second = s
+        .repo
+        .commit("staging", "README.md", |_| Some("next\n".into()));
+    let (status, body) = s.receiver.push("staging", second, "reused-id").await;
+    assert_eq!(status, 202, "another commit is another delivery: {body}");
+    let (status, body) = s.receiver.push("staging", second, "reused-id").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "duplicate");
+
+    // GitLab with a signing token: the signed `webhook-id` names the delivery, whatever
+    // unsigned id headers say.
+    let dir = tempfile::tempdir().unwrap();
+    let key = b"a signing token for the test";
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let secret_file = dir.path().join("signing-token");
+    std::fs::write(&secret_file, format!("whsec_{}", b64.encode(key))).unwrap();
+    let text = format!(
+        "listen: 127.0.0.1:0\nmirrorDir: {}\nqueueUrl: {}\nrepos:\n  - name: platform\n    url: {REPO_URL}\n    fetchUrl: {}\n    secret: file:{}\n",
+        dir.path().join("m").display(),
+        s.queue_url,
+        s.repo.file_url(),
+        secret_file.display(),
+    );
+    let signed = fleetsync::config::Config::parse(&dir.path().join("c.yaml"), &text).unwrap();
+    let receiver = Receiver::start(&signed, &s.emulator.aws).await;
+    let body = gitlab_push("staging", second);
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let signature = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        mac.update(format!("msg_2Kd8.{timestamp}.").as_bytes());
+        mac.update(&body);
+        format!("v1,{}", b64.encode(mac.finalize().into_bytes()))
+    };
+    let deliver = |idempotency_key: &'static str| {
+        let headers = [
+            ("x-gitlab-event", "Push Hook".to_owned()),
+            ("idempotency-key", idempotency_key.to_owned()),
+            ("webhook-id", "msg_2Kd8".to_owned()),
+            ("webhook-timestamp", timestamp.clone()),
+            ("webhook-signature", signature.clone()),
+        ];
+        let (receiver, body) = (&receiver, &body);
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            receiver.post("gitlab", &headers, body).await
+        }
+    };
+    let (status, reply) = deliver("first-key").await;
+    assert_eq!(status, 202, "{reply}");
+    let (status, reply) = deliver("another-key").await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["status"], "duplicate", "{reply}");
+}
