@@ -485,6 +485,94 @@ mod tests {
         );
     }
 
+    /// The shape of what a commit may hold, as the fuzz target (fuzz/fuzz_targets/manifest.rs)
+    /// explores it, run by the tests on every build: whatever the text, the parser answers on a
+    /// small stack, and what it accepts is within the bounds.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        const FRAGMENTS: &[&str] = &[
+            "- ", "a: ", "b: ", "[", "]", "{", "}", ", ", "\n", "  ", "&a ", "&b ", "*a", "*b",
+            "x", "'q'", "\"", "? ", "---\n", "|\n", "#", ": ", "!!str ", "1", "~",
+        ];
+
+        fn depth(node: &Node) -> usize {
+            let mut deepest = 0;
+            let mut stack = vec![(node, 0)];
+            while let Some((node, level)) = stack.pop() {
+                deepest = deepest.max(level);
+                match &node.kind {
+                    Kind::Scalar(..) => {}
+                    Kind::Seq(items) => stack.extend(items.iter().map(|n| (n, level + 1))),
+                    Kind::Map(pairs) => {
+                        for (k, v) in pairs {
+                            stack.push((k, level + 1));
+                            stack.push((v, level + 1));
+                        }
+                    }
+                }
+            }
+            deepest
+        }
+
+        fn on_a_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(f)
+                .unwrap()
+                .join()
+                .expect("the parser overflowed a 256 KiB stack or panicked")
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_is_parsed_or_refused_within_the_bounds(
+                picks in proptest::collection::vec(0..FRAGMENTS.len(), 0..600)
+            ) {
+                let text: String = picks.iter().map(|&i| FRAGMENTS[i]).collect();
+                if let Ok(Some(node)) = on_a_small_stack(move || parse(&text)) {
+                    prop_assert!(depth(&node) <= MAX_DEPTH);
+                }
+            }
+
+            #[test]
+            fn nesting_is_accepted_up_to_the_limit_and_refused_past_it(
+                levels in proptest::collection::vec(0..3usize, 1..120)
+            ) {
+                // Block lists, then flow lists and mappings inside: every level is a collection.
+                let block = levels.iter().take_while(|&&l| l == 0).count();
+                let mut text = "- ".repeat(block);
+                let mut close = String::new();
+                for &level in &levels[block..] {
+                    if level == 1 {
+                        text.push('[');
+                        close.insert(0, ']');
+                    } else {
+                        text.push_str("{k: ");
+                        close.insert(0, '}');
+                    }
+                }
+                text.push('x');
+                text.push_str(&close);
+                text.push('\n');
+                let collections = levels.len();
+                let parsed = on_a_small_stack(move || parse(&text).map(|n| n.map(|n| depth(&n))));
+                match parsed {
+                    Ok(found) => {
+                        prop_assert!(collections <= MAX_DEPTH, "{collections} levels accepted");
+                        prop_assert_eq!(found, Some(collections));
+                    }
+                    Err(e) => prop_assert!(
+                        collections > MAX_DEPTH,
+                        "{collections} levels refused: {}", e.message
+                    ),
+                }
+            }
+        }
+    }
+
     #[test]
     fn empty_document_is_none() {
         assert!(parse("").unwrap().is_none());
