@@ -185,12 +185,27 @@ async fn serve(path: &str) -> anyhow::Result<ExitCode> {
     if let Some(every) = config.reconcile_interval {
         tokio::spawn(dispatcher.clone().reconcile_every(every, shutdown.clone()));
     }
-    let mut router = webhook::router(dispatcher.clone(), &config);
+    let (public, mut operations) = webhook::routers(dispatcher.clone(), &config);
     if let Some(source) = &config.api_token_hashes {
         let tokens = api::TokenHashes::load(source).map_err(anyhow::Error::msg)?;
-        router = router.merge(api::router(dispatcher.clone(), tokens));
+        operations = operations.merge(api::router(dispatcher.clone(), tokens));
     }
-    webhook::serve(listener, router, config.webhooks.header_timeout, shutdown).await?;
+    let timeout = config.webhooks.header_timeout;
+    match config.api_listen {
+        None => webhook::serve(listener, public.merge(operations), timeout, shutdown).await?,
+        Some(address) => {
+            let own = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (`api.listen` in {path})"))?;
+            info!(message = "API and metrics listening.", address = %own.local_addr()?);
+            let (a, b) = tokio::join!(
+                webhook::serve(listener, public, timeout, shutdown.clone()),
+                webhook::serve(own, operations, timeout, shutdown),
+            );
+            a?;
+            b?;
+        }
+    }
     // Pushes whose Git host stopped waiting are still being enqueued: let them finish.
     dispatcher.tasks.close();
     if tokio::time::timeout(Duration::from_secs(30), dispatcher.tasks.wait())

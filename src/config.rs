@@ -50,6 +50,9 @@ pub struct Config {
     pub reconcile_interval: Option<Duration>,
     /// Where the API's token digests are (`api.tokenHashes`); no API without them.
     pub api_token_hashes: Option<SecretRef>,
+    /// `api.listen`: the API and `/metrics` on an address of their own, so that only the
+    /// webhook routes (and health checks) face the Git hosts. `None`: all on `listen`.
+    pub api_listen: Option<SocketAddr>,
 }
 
 /// How the receiver protects itself. Every limit answers with its own status code, never with
@@ -130,6 +133,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawApi {
     token_hashes: Option<String>,
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Deserialize, Default)]
@@ -368,6 +372,7 @@ impl Config {
                     })
                 })
                 .transpose()?,
+            api_listen: raw.api.listen,
             reconcile_interval: match raw.reconcile_interval {
                 None => Some(Duration::from_secs(180)),
                 Some(d) if d.is_zero() => None,

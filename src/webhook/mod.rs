@@ -48,6 +48,13 @@ struct Receiver {
 
 /// The receiver's routes. Separate from [`serve`] so tests can call it without a socket.
 pub fn router(dispatcher: Arc<Dispatcher>, config: &Config) -> Router {
+    let (public, metrics) = routers(dispatcher, config);
+    public.merge(metrics)
+}
+
+/// The routes Git hosts reach (webhooks, health checks), and `/metrics`: apart, for a receiver
+/// that serves its operations routes on a listener of their own (`api.listen`).
+pub fn routers(dispatcher: Arc<Dispatcher>, config: &Config) -> (Router, Router) {
     let metrics = Arc::new(metrics::Metrics::default());
     let guard = Arc::new(guard::Guard::new(
         &config.webhooks,
@@ -69,12 +76,15 @@ pub fn router(dispatcher: Arc<Dispatcher>, config: &Config) -> Router {
         .route("/webhooks/{provider}/{repo}", post(deliver_to_repo))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(guard, guard::enforce));
-    Router::new()
+    let public = Router::new()
         .merge(webhooks)
-        .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
-        .with_state(receiver)
+        .with_state(receiver.clone());
+    let metrics = Router::new()
+        .route("/metrics", get(render_metrics))
+        .with_state(receiver);
+    (public, metrics)
 }
 
 /// Serves until `shutdown` fires, then finishes in-flight deliveries. A client gets

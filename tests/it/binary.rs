@@ -201,3 +201,73 @@ async fn a_worker_killed_mid_rollout_leaves_its_jobs_to_another_that_finishes_th
         "the second attempt found the first one's work instead of redoing it"
     );
 }
+
+/// With `api.listen`, the API and `/metrics` answer only on their own address: the Git hosts'
+/// listener (behind a public load balancer) serves webhooks and health checks alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_metrics_listen_apart_from_the_webhooks() {
+    const TOKEN: &str = "fs_test_listen_apart";
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let digests = dir.path().join("api-token-hashes");
+    std::fs::write(
+        &digests,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(TOKEN)),
+    )
+    .unwrap();
+    let port = free();
+    let fleet = Fleet::new(&format!(
+        "  rolloutPollInterval: 100ms\napi:\n  listen: 127.0.0.1:{port}\n  tokenHashes: file:{}\n",
+        digests.display()
+    ))
+    .await;
+    let _serve = fleet.serve().await;
+    let operations = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let get = |url: String| {
+        let client = client.clone();
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    let sync = |base: String| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("{base}/api/v1/sync"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("content-type", "application/json")
+                .body(r#"{"repo": "platform", "environment": "staging", "app": "api"}"#)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let public = fleet.receiver.url.clone();
+    assert_eq!(get(format!("{public}/metrics")).await, 404);
+    assert_eq!(sync(public.clone()).await, 404);
+    assert_eq!(get(format!("{operations}/metrics")).await, 200);
+    assert_eq!(sync(operations.clone()).await, 202);
+    let (status, body) = fleet
+        .receiver
+        .push("staging", fleet.repo.head("staging"), "listen-apart")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let on_operations = reqwest::Client::new()
+        .post(format!("{operations}/webhooks/github"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_operations.status().as_u16(), 404);
+    assert_eq!(
+        fleet.emulator.queue_depth(&fleet.queue_url).await,
+        1 + APPS.len()
+    );
+}
