@@ -590,14 +590,34 @@ async fn a_replay_is_the_same_signed_delivery_about_the_same_commit() {
     let first = s.repo.head("staging");
     let (status, body) = s.receiver.push("staging", first, "reused-id").await;
     assert_enqueued(status, &body, first);
-    let second = s
-        .repo
-        .commit("staging", "README.md", |_| Some("next\n".into()));
-    let (status, body) = s.receiver.push("staging", second, "reused-id").await;
-    assert_eq!(status, 202, "another commit is another delivery: {body}");
-    let (status, body) = s.receiver.push("staging", second, "reused-id").await;
+    let second = s.repo.commit("staging", "apps/api/taskdef.json", |text| {
+        Some(text.unwrap().replace("api:1.4.2", "api:1.5.0"))
+    });
+    let (status, accepted) = s
+        .receiver
+        .push_from("staging", Some(first), second, "reused-id")
+        .await;
+    assert_eq!(
+        status, 202,
+        "another commit is another delivery: {accepted}"
+    );
+    assert_eq!(accepted["jobs"].as_array().unwrap().len(), 1, "{accepted}");
+    let (status, body) = s
+        .receiver
+        .push_from("staging", Some(first), second, "reused-id")
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "duplicate");
+    // GitHub's delivery id is not signed: the same push under a new id is answered with the
+    // jobs already durable for that head, and nothing more is sent.
+    let depth = s.emulator.queue_depth(&s.queue_url).await;
+    let (status, again) = s
+        .receiver
+        .push_from("staging", Some(first), second, "fresh-id")
+        .await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["jobs"], accepted["jobs"], "{again}");
+    assert_eq!(s.emulator.queue_depth(&s.queue_url).await, depth);
 
     // GitLab with a signing token: the signed `webhook-id` names the delivery, whatever
     // unsigned id headers say.
