@@ -2025,3 +2025,27 @@ async fn reads_right_after_a_write_are_looked_at_again_not_taken_as_a_verdict() 
     );
     assert_eq!(api.desired_count(), 3);
 }
+
+/// SQS refuses a FIFO group id with a space: a root named "Platform Team" made every push of
+/// the repo answer 503 (the emulator checks group ids as SQS does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_whose_name_sqs_would_refuse_as_a_group_still_deploys() {
+    let s = setup().await;
+    for branch in ["main", "staging"] {
+        s.repo.commit(branch, "fleetsync.yaml", |t| {
+            Some(
+                t.unwrap()
+                    .replace("name: platform\n", "name: Platform Team\n"),
+            )
+        });
+    }
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let head = s.repo.head("staging");
+    let (status, body) = receiver.push("staging", head, "spaced").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["jobs"].as_array().unwrap().len(), APPS.len(), "{body}");
+    all_live_at(&s.emulator, "staging", &head.to_string()).await;
+    let api = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(api.tags["fleetsync:root"], "Platform Team");
+}
