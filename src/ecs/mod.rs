@@ -451,6 +451,18 @@ impl Ecs {
             .and_then(|c| c.status().map(str::to_owned)))
     }
 
+    pub async fn untag_resource(&self, arn: &str, keys: &[&str]) -> Result<()> {
+        self.budget.spend(Spend::Call).await;
+        self.client
+            .untag_resource()
+            .resource_arn(arn)
+            .set_tag_keys(Some(keys.iter().map(|k| (*k).to_owned()).collect()))
+            .send()
+            .await
+            .map_err(|e| api_error("UntagResource", arn, e))?;
+        Ok(())
+    }
+
     pub async fn tag_resource(&self, arn: &str, tags: &[(String, String)]) -> Result<()> {
         let tags = tags
             .iter()

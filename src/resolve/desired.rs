@@ -35,6 +35,31 @@ pub mod tag {
     /// definition (the circuit breaker's rollback of a change to service fields alone runs the
     /// same one, and would read as success).
     pub const DEPLOYMENT: &str = "fleetsync:deployment";
+    /// On services: which of the app's own tag keys fleetsync set, so that one the spec no
+    /// longer has is removed while tags of other tooling stay. A key is 6 base64 characters of
+    /// its SHA-256 (36 bits: a foreign key mistaken for one of ours is a one-in-ten-billion
+    /// chance per key), concatenated: 38 keys fit ECS's 256-character value.
+    pub const TAG_KEYS: &str = "fleetsync:tag-keys";
+
+    /// The part of [`TAG_KEYS`] that stands for `key`.
+    pub fn key_digest(key: &str) -> String {
+        use base64::Engine;
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let mut text = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&digest[..6]);
+        text.truncate(KEY_DIGEST_LEN);
+        text
+    }
+
+    pub const KEY_DIGEST_LEN: usize = 6;
+
+    /// The keys among `keys` whose digest is in a [`TAG_KEYS`] value.
+    pub fn set_by_us<'a>(recorded: &str, keys: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+        let recorded: std::collections::HashSet<&[u8]> =
+            recorded.as_bytes().chunks(KEY_DIGEST_LEN).collect();
+        keys.filter(|k| recorded.contains(key_digest(k).as_bytes()))
+            .collect()
+    }
 }
 
 /// Fields of a CreateService input that UpdateService also takes; the rest (launchType,
@@ -168,6 +193,10 @@ impl DesiredApp {
             tag::TASK_DEFINITION_HASH.to_owned(),
             task_definition_hash.clone(),
         ));
+        let own_keys: String = user_tags(&create_service)
+            .map(|(key, _)| tag::key_digest(key))
+            .collect();
+        service_tags.push((tag::TAG_KEYS.to_owned(), own_keys));
         append_tags(&mut create_service, &service_tags);
 
         let mut update_service = Map::new();
@@ -223,16 +252,27 @@ impl DesiredApp {
     /// Every tag of the service (the app's own and fleetsync's), for TagResource after an
     /// update: UpdateService does not take tags.
     pub fn service_tags(&self) -> Vec<(String, String)> {
-        let tags = self.create_service.get("tags").and_then(Value::as_array);
-        tags.into_iter()
-            .flatten()
-            .filter_map(|t| {
-                Some((
-                    t.get("key")?.as_str()?.to_owned(),
-                    t.get("value")?.as_str()?.to_owned(),
-                ))
-            })
+        user_tags(&self.create_service)
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
+    }
+
+    /// Tags of `live` that fleetsync set for an earlier spec and this one no longer has: to
+    /// be removed. Tags of other tooling, and fleetsync's own (`fleetsync:`), are never among
+    /// them.
+    pub fn stale_tags<'a>(
+        &self,
+        live: &'a std::collections::HashMap<String, String>,
+    ) -> Vec<&'a str> {
+        let Some(recorded) = live.get(tag::TAG_KEYS) else {
+            return Vec::new();
+        };
+        let wanted: std::collections::HashSet<&str> =
+            user_tags(&self.create_service).map(|(k, _)| k).collect();
+        let candidates = live.keys().map(String::as_str).filter(|k| {
+            !k.starts_with(tag::PREFIX) && !k.starts_with("aws:") && !wanted.contains(k)
+        });
+        tag::set_by_us(recorded, candidates)
     }
 }
 
@@ -252,6 +292,16 @@ fn provenance_tags(app: &str, p: &Provenance, hash: (&str, &str)) -> Vec<(String
     .chain(source.as_deref().map(|s| (tag::SOURCE, s)))
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
+}
+
+/// The tags an input declares itself: (key, value).
+fn user_tags(input: &Map<String, Value>) -> impl Iterator<Item = (&str, &str)> {
+    input
+        .get("tags")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| Some((t.get("key")?.as_str()?, t.get("value")?.as_str()?)))
 }
 
 fn append_tags(input: &mut Map<String, Value>, tags: &[(String, String)]) {

@@ -707,9 +707,9 @@ fn check_containers(td: &Node, report: &mut Report<'_>) {
 }
 
 /// ECS allows 50 tags per resource; fleetsync's own take up to 6 on a task definition and up to
-/// 11 on a service (`tag::*`).
+/// 12 on a service (`tag::*`).
 const USER_TAGS_ON_TASK_DEFINITIONS: usize = 44;
-const USER_TAGS_ON_SERVICES: usize = 39;
+const USER_TAGS_ON_SERVICES: usize = 38;
 
 fn check_reserved_tags(node: &Node, max: usize, report: &mut Report<'_>) {
     let Kind::Map(entries) = &node.kind else {

@@ -380,6 +380,12 @@ async fn apply_once(
                     tags.push((key.into(), String::new()));
                 }
             }
+            // Tags an earlier spec had go first: with other tooling's tags beside ours, the
+            // new ones may fit only once they are gone.
+            let stale = app.stale_tags(&live.tags);
+            if !stale.is_empty() {
+                ecs.untag_resource(&live.arn, &stale).await?;
+            }
             ecs.tag_resource(&live.arn, &tags).await?;
             (
                 Outcome::Updated {

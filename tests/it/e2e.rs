@@ -2049,3 +2049,58 @@ async fn a_root_whose_name_sqs_would_refuse_as_a_group_still_deploys() {
     let api = s.emulator.service("staging", "api").await.unwrap();
     assert_eq!(api.tags["fleetsync:root"], "Platform Team");
 }
+
+/// Tags were only ever added: a tag renamed in Git stayed on the service under its old key, and
+/// with other tooling's tags beside them the service passed ECS's 50 and TagResource failed
+/// after every update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_removed_from_the_spec_is_removed_from_the_service_and_others_tags_stay() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let before = s.staging_deployed(&receiver).await;
+    assert_eq!(before.tags["environment"], "staging");
+    // Another tool (a cost allocation job, say) tags the service too.
+    let ecs = s.emulator.ecs();
+    let arn = ecs
+        .describe_services()
+        .cluster("staging")
+        .services("api")
+        .send()
+        .await
+        .unwrap()
+        .services()[0]
+        .service_arn()
+        .unwrap()
+        .to_owned();
+    let tag = |k: &str, v: &str| aws_sdk_ecs::types::Tag::builder().key(k).value(v).build();
+    ecs.tag_resource()
+        .resource_arn(&arn)
+        .tags(tag("cost-center", "42"))
+        .send()
+        .await
+        .unwrap();
+
+    let first = s.repo.head("staging");
+    let renamed = s.repo.commit("staging", "apps/api/app.yaml", |t| {
+        Some(t.unwrap().replace(
+            "{ key: environment, value: \"${environment}\" }",
+            "{ key: stage, value: \"${environment}\" }",
+        ))
+    });
+    let (status, body) = receiver
+        .push_from("staging", Some(first), renamed, "renamed")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let after = eventually(LIMIT, "api at the renamed tag's commit", || async {
+        s.emulator
+            .service("staging", "api")
+            .await
+            .filter(|a| a.revision() == renamed.to_string())
+    })
+    .await;
+    assert_eq!(after.tags.get("stage").map(String::as_str), Some("staging"));
+    assert_eq!(after.tags.get("environment"), None, "{:?}", after.tags);
+    assert_eq!(after.tags["cost-center"], "42", "{:?}", after.tags);
+    assert_eq!(after.tags["app"], "api");
+}

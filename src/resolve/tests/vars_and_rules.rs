@@ -212,7 +212,7 @@ fn more_tags_than_ecs_leaves_room_for_are_refused() {
     let found = db_problems(&text);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
-        found[0].contains("40 tags, but at most 39 fit"),
+        found[0].contains("40 tags, but at most 38 fit"),
         "{found:?}"
     );
 }
