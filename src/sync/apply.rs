@@ -140,6 +140,7 @@ pub async fn apply(
     if let Err(e) = &result
         && !e.is_retryable()
         && !e.rolled_back()
+        && !matches!(e, Error::OwnedElsewhere { .. })
     {
         record_failure(ecs, job, e).await;
     }
@@ -195,6 +196,22 @@ async fn apply_once(
         return Err(Error::Draining {
             service: app.service_name().to_owned(),
         });
+    }
+
+    // Two environments (or roots) that resolve to one service would take it from each other
+    // on every push and reconcile; the first to deploy it keeps it.
+    if let Some(live) = &live {
+        let owner = |key| live.tags.get(key).filter(|v| !v.is_empty());
+        if let (Some(root), Some(environment)) = (owner(tag::ROOT), owner(tag::ENVIRONMENT))
+            && (*root != app.root || *environment != app.environment)
+        {
+            return Err(Error::OwnedElsewhere {
+                service: app.service_name().to_owned(),
+                cluster: app.cluster.clone(),
+                root: root.clone(),
+                environment: environment.clone(),
+            });
+        }
     }
 
     if let Some(live_commit) = live.as_ref().and_then(|l| l.tags.get(tag::REVISION))

@@ -75,6 +75,17 @@ pub enum Error {
     Preflight(Vec<Finding>),
     #[error("preflight could not check: {0}")]
     PreflightLookup(#[from] preflight::Error),
+    /// The service is fleetsync's for another environment or root; nothing was written, and
+    /// nothing is marked on it: it is not this job's.
+    #[error(
+        "service {service} in cluster {cluster} is deployed by fleetsync for environment `{environment}` of root `{root}`; two environments cannot share a service: give one of them its own cluster or serviceName"
+    )]
+    OwnedElsewhere {
+        service: String,
+        cluster: String,
+        root: String,
+        environment: String,
+    },
     #[error("{original}; rolling back failed too: {rollback}")]
     RollbackFailed {
         original: Box<Error>,
@@ -115,6 +126,7 @@ impl Error {
             | Error::DependenciesNotLive { .. }
             | Error::RolloutFailed { .. }
             | Error::RolloutTimeout { .. }
+            | Error::OwnedElsewhere { .. }
             | Error::RollbackFailed { .. } => false,
         }
     }
@@ -131,6 +143,7 @@ impl Error {
             Error::DependenciesNotLive { .. } => "DependenciesNotLive",
             Error::DependencyFailed { .. } => "DependencyFailed",
             Error::Preflight(_) => "PreflightRefused",
+            Error::OwnedElsewhere { .. } => "OwnedElsewhere",
             Error::RollbackFailed { original, .. } => original.code(),
         }
     }

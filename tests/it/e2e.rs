@@ -2104,3 +2104,39 @@ async fn a_tag_removed_from_the_spec_is_removed_from_the_service_and_others_tags
     assert_eq!(after.tags["cost-center"], "42", "{:?}", after.tags);
     assert_eq!(after.tags["app"], "api");
 }
+
+/// Two environments bound to one cluster resolve to the same service names: each push and
+/// reconcile of one took the services of the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_never_takes_a_service_another_environment_deployed() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let staging = s.staging_deployed(&receiver).await;
+    let shared = s.repo.commit("main", "fleetsync.yaml", |t| {
+        Some(
+            t.unwrap()
+                .replace(
+                    "production: { branch: main,    cluster: production }",
+                    "production: { branch: main,    cluster: staging }",
+                )
+                .replace(
+                    "clusters:       [\"${environment}\"]",
+                    "clusters: [staging]",
+                ),
+        )
+    });
+    let (status, body) = receiver.push("main", shared, "shared").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["jobs"].as_array().unwrap().len(), APPS.len(), "{body}");
+    s.drained().await;
+    let api = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(api.tags["fleetsync:environment"], "staging");
+    assert_eq!(api.task_definition, staging.task_definition);
+    assert_eq!(api.tags.get("fleetsync:failure"), None, "{:?}", api.tags);
+    assert_eq!(
+        s.emulator.revisions("production-api").await,
+        Vec::<String>::new(),
+        "nothing was registered for the refused jobs"
+    );
+}
