@@ -116,6 +116,9 @@ pub struct Attempt {
     pub last_wait: u32,
     /// This receive has waited for `dependsOn` as long as a job may: the next wait fails it.
     pub out_of_patience: bool,
+    /// The queue's redrive policy moves the message to the dead-letter queue after this
+    /// receive: a retryable failure is marked on the service like a final one.
+    pub last_receive: bool,
 }
 
 impl Attempt {
@@ -124,6 +127,7 @@ impl Attempt {
             number: 1,
             last_wait: MAX_DEPENDENCY_WAITS,
             out_of_patience: false,
+            last_receive: false,
         }
     }
 }
@@ -138,7 +142,7 @@ pub async fn apply(
 ) -> Result<Outcome, Error> {
     let result = apply_once(ecs, preflight, history, job, attempt, poll).await;
     if let Err(e) = &result
-        && !e.is_retryable()
+        && (!e.is_retryable() || (attempt.last_receive && !matches!(e, Error::Waiting { .. })))
         && !e.rolled_back()
         && !matches!(e, Error::OwnedElsewhere { .. })
     {

@@ -181,6 +181,8 @@ pub struct Worker {
     pub mirrors: Mirrors,
     /// See [`Attempt::last_wait`].
     last_wait: AtomicU32,
+    /// The redrive policy's maxReceiveCount; 0 when the queue has none.
+    max_receives: AtomicU32,
 }
 
 /// Bare mirrors by repo name.
@@ -236,6 +238,7 @@ impl Worker {
             config: config.worker.clone(),
             mirrors: Mirrors(mirrors),
             last_wait: AtomicU32::new(MAX_DEPENDENCY_WAITS),
+            max_receives: AtomicU32::new(0),
         })
     }
 
@@ -255,6 +258,7 @@ impl Worker {
                     );
                 }
                 self.last_wait.store(last, Ordering::Relaxed);
+                self.max_receives.store(max, Ordering::Relaxed);
             }
             Ok(None) => {}
             Err(e) => {
@@ -415,6 +419,7 @@ impl Worker {
                 number: receive_count,
                 last_wait: self.last_wait.load(Ordering::Relaxed),
                 out_of_patience: since.elapsed() >= DEPENDENCY_PATIENCE,
+                last_receive: self.is_last_receive(receive_count),
             };
             let result = apply(
                 &self.ecs,
@@ -477,6 +482,11 @@ impl Worker {
                 info!(message = "Job waits for its dependencies in the queue.", reason = %e, retry_in = ?delay);
                 self.set_visibility(receipt, delay).await;
             }
+            Some(Err(e)) if e.is_retryable() && self.is_last_receive(receive_count) => {
+                // Marked on its service by `apply`; the next receive moves it.
+                error!(message = "Job failed on its last allowed receive; the queue's redrive policy moves it to the dead-letter queue.", error = %e, attempt = receive_count);
+                self.set_visibility(receipt, Duration::ZERO).await;
+            }
             Some(Err(e)) if e.is_retryable() => {
                 let backoff = Duration::from_secs(5 * 2u64.pow(receive_count.min(8)))
                     .min(Duration::from_secs(900));
@@ -511,6 +521,12 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Whether the redrive policy moves the message once this receive gives it back.
+    fn is_last_receive(&self, receive_count: u32) -> bool {
+        let max = self.max_receives.load(Ordering::Relaxed);
+        max != 0 && receive_count >= max
     }
 
     async fn delete(&self, receipt: &str) {

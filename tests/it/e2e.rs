@@ -2140,3 +2140,54 @@ async fn an_environment_never_takes_a_service_another_environment_deployed() {
         "nothing was registered for the refused jobs"
     );
 }
+
+/// A retryable failure (here ECS throttling RegisterTaskDefinition past the SDK's retries) on
+/// the last receive the redrive policy allows went to the dead-letter queue unmarked: the
+/// status API and reconcile never learned the spec had failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_fails_on_its_last_allowed_receive_is_marked_before_the_dead_letter_queue() {
+    // Two receives allowed: the first deployment's dependents wait within their first.
+    let emulator = Emulator::start().await;
+    let (queue_url, dead_letter_url) = emulator
+        .create_queue_with_dead_letters("fleetsync.fifo", "fleetsync-dead-letter.fifo", 2)
+        .await;
+    let mut s = setup_on(emulator, queue_url).await;
+    s.config.worker.visibility_timeout = Duration::from_secs(2);
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+
+    // The account's RegisterTaskDefinition quota spent by others for the next minutes (AWS:
+    // "Request throttling for the Amazon ECS API"; the emulator's fault endpoint).
+    let fault = reqwest::Client::new()
+        .post(format!("{}/fleetsync-emulator/faults", s.emulator.endpoint))
+        .body(
+            r#"{"service": "ecs", "operation": "RegisterTaskDefinition", "throttle_seconds": 120}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fault.status(), 200);
+    let first = s.repo.head("staging");
+    let change = s.commit_new_api_image();
+    let (status, body) = receiver
+        .push_from("staging", Some(first), change, "throttled")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let api = eventually(LIMIT, "api's failure to be marked", || async {
+        s.emulator
+            .service("staging", "api")
+            .await
+            .filter(|a| a.tags.contains_key("fleetsync:failure"))
+    })
+    .await;
+    assert!(
+        api.tags["fleetsync:failure"].starts_with(&format!("ThrottlingException {change}")),
+        "{:?}",
+        api.tags
+    );
+    eventually(LIMIT, "the job to reach the dead-letter queue", || async {
+        (s.emulator.queue_depth(&dead_letter_url).await == 1).then_some(())
+    })
+    .await;
+}
