@@ -75,9 +75,20 @@ fn configure_libgit2() {
         unsafe {
             let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);
             let _ = git2::opts::set_server_timeout_in_milliseconds(READ_TIMEOUT_MS);
+            // libgit2's object cache (commits and trees up to 4 KiB each) is shared by every
+            // open repository and allowed 256 MiB by default: consolidating a mirror walks its
+            // whole history and filled it, ~18 MiB per 1,000 commits, kept afterwards. A
+            // resolve's working set (the trees of one commit) fits many times in this.
+            let _ = libgit2_sys::git_libgit2_opts(
+                libgit2_sys::GIT_OPT_SET_CACHE_MAX_SIZE as libc::c_int,
+                OBJECT_CACHE_BYTES as libc::ssize_t,
+            );
         }
     });
 }
+
+/// The most libgit2 keeps of parsed objects, for all repositories together.
+const OBJECT_CACHE_BYTES: usize = 16 << 20;
 
 /// How long a fetch waits to connect, and then for each read from the server.
 const CONNECT_TIMEOUT_MS: i32 = 10_000;
@@ -196,11 +207,12 @@ impl Mirror {
             Err(e) if e.message().contains("couldn't find remote ref") => false,
             Err(e) => return Err(fetch_err(e)),
         };
-        if pack_count(&self.path) > MAX_PACKS
-            && let Err(e) = consolidate(&repo, &self.path)
-        {
-            // Only slower lookups: the mirror stays as it was.
-            tracing::warn!(message = "Cannot consolidate the mirror's packs.", path = %self.path.display(), error = %e);
+        if pack_count(&self.path) > MAX_PACKS {
+            if let Err(e) = consolidate(&repo, &self.path) {
+                // Only slower lookups: the mirror stays as it was.
+                tracing::warn!(message = "Cannot consolidate the mirror's packs.", path = %self.path.display(), error = %e);
+            }
+            return_freed_memory();
         }
         Ok(fetched)
     }
@@ -258,6 +270,21 @@ fn pack_count(mirror: &Path) -> usize {
             .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
             .count()
     })
+}
+
+/// Gives the memory a consolidation freed back to the system. libgit2 allocates through glibc's
+/// malloc (fleetsync's own allocations go through mimalloc), which keeps what a thread freed in
+/// that thread's arena: each blocking thread that once consolidated kept its largest peak,
+/// and the receiver's RSS grew with the mirror's history (51 to 141 MiB over 3,000 pushes;
+/// 132 MiB came back to 41 MiB with this call).
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages of glibc's heaps, under glibc's own locks;
+    // it touches no memory in use.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Writes everything reachable from the mirror's refs into one new pack, then deletes the
