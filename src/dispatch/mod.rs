@@ -14,7 +14,9 @@ mod readers;
 mod reconcile;
 mod resync;
 
-use plan::{EnvironmentResult, Plan, environment_bindings, environment_branches, prune_job};
+use plan::{
+    EnvironmentResult, Plan, environment_bindings, environment_branches, prune_job, specs_of,
+};
 pub use reconcile::Reconciled;
 pub use resync::{EnvironmentStatus, ResyncError};
 
@@ -100,6 +102,8 @@ struct BranchState {
     /// burst, or a redelivery, need not look for readers again. Held while readers are sent,
     /// so one head's pass never finishes after a later one's.
     readers_sent: tokio::sync::Mutex<Option<(String, Option<Outcome>)>>,
+    /// The last push of the branch here failed: the next sends every app.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 struct LastAnswer {
@@ -175,7 +179,7 @@ pub enum Outcome {
         branch: String,
         commit: String,
         jobs: Vec<Enqueued>,
-        /// Apps whose spec is the same as in jobs this receiver enqueued before: no job.
+        /// Apps whose spec is the same as at the push's parent: no job.
         unchanged: usize,
     },
     /// At least one environment on the branch does not resolve: it gets no job at all.

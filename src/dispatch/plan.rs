@@ -84,7 +84,7 @@ impl Dispatcher {
         let before = match moved {
             Moved::Branch { before } | Moved::Source { before, .. } => before,
         };
-        if before.len() != 40 || before.bytes().all(|b| b == b'0') || parent == *resolution {
+        if before.len() != 40 || before.bytes().all(|b| b == b'0') {
             return Specs::new();
         }
         let Ok(_resolving) = self.resolves.acquire().await else {
@@ -124,19 +124,24 @@ impl Dispatcher {
                 return Specs::new();
             }
         };
-        results
-            .into_iter()
-            .filter_map(|r| r.result.ok())
-            .map(|state| {
-                let apps = state
-                    .apps
-                    .into_iter()
-                    .map(|app| (app.name, app.spec_hash))
-                    .collect();
-                (state.environment, apps)
-            })
-            .collect()
+        specs_of(&results)
     }
+}
+
+/// The spec hashes of the environments that resolved, by environment and app.
+pub(super) fn specs_of(results: &[EnvironmentResult]) -> Specs {
+    results
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok())
+        .map(|state| {
+            let apps = state
+                .apps
+                .iter()
+                .map(|app| (app.name.clone(), app.spec_hash.clone()))
+                .collect();
+            (state.environment.clone(), apps)
+        })
+        .collect()
 }
 
 pub(super) enum Plan {

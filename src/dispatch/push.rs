@@ -177,11 +177,13 @@ impl Dispatcher {
             Moved::Branch { .. } => state.arrivals.load(Ordering::SeqCst),
             Moved::Source { .. } => 0,
         };
+        let after_failure = state.failed.load(Ordering::SeqCst);
         match self
-            .push_now(repo, branch, moved, delivery, last.as_ref())
+            .push_now(repo, branch, moved, delivery, last.as_ref(), after_failure)
             .await
         {
             Ok((outcome, resolved, enqueued)) => {
+                state.failed.store(false, Ordering::SeqCst);
                 *last = Some(LastAnswer {
                     covered,
                     outcome: outcome.clone(),
@@ -194,6 +196,7 @@ impl Dispatcher {
             Err(e) => {
                 // Failures are not shared: each waiting push tries for itself.
                 *last = None;
+                state.failed.store(true, Ordering::SeqCst);
                 Err(e)
             }
         }
@@ -206,6 +209,7 @@ impl Dispatcher {
         moved: Moved<'_>,
         delivery: &str,
         last: Option<&LastAnswer>,
+        after_failure: bool,
     ) -> Result<(Outcome, Option<Resolution>, Specs), Error> {
         let plan = self.plan(repo, branch).await?;
 
@@ -242,10 +246,10 @@ impl Dispatcher {
         {
             return Ok((last.outcome.clone(), resolved, last.enqueued.clone()));
         }
-        // Past the window the same head is sent again in full: "sync again". The memory is
-        // used only when this receiver enqueued exactly what the push moved from: had anything
-        // else moved in between (the branch, another repo read, the bindings), another
-        // receiver may have enqueued something else since.
+        // Past the window the same head is diffed again against its parent. The memory stands
+        // for the parent only when this receiver resolved exactly what the push moved from:
+        // had anything else moved in between (the branch, another repo read, the bindings),
+        // the parent is resolved again.
         let continues = last
             .and_then(|last| last.resolved.as_ref())
             .is_some_and(|r| *r == resolution.parent(moved));
@@ -258,10 +262,19 @@ impl Dispatcher {
                 .collect(),
         };
         // What this receiver enqueued for the push's parent, or else what the parent resolves
-        // to: either way only what the push changed is sent.
-        let known = match last {
-            Some(last) if continues => last.enqueued.clone(),
-            _ => self.baseline(repo, branch, &resolution, moved).await,
+        // to: either way only what the push changed is sent. A fetch that found the branch
+        // where the push started (a lagging mirror: fetched again below) changed nothing; a
+        // receiver whose last push of the branch failed sends everything, in case no
+        // redelivery of that push ever comes.
+        let known = if after_failure {
+            Specs::new()
+        } else if resolution.parent(moved) == resolution {
+            specs_of(&results)
+        } else {
+            match last {
+                Some(last) if continues => last.enqueued.clone(),
+                _ => self.baseline(repo, branch, &resolution, moved).await,
+            }
         };
         let mut specs = known.clone();
         let mut jobs = Vec::new();

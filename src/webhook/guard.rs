@@ -100,10 +100,12 @@ const RATE_TABLE_CAPACITY: usize = 65_536;
 /// stalls holds nothing real deliveries need. The rate is spent only by deliveries that fail
 /// verification: a Git host's deliveries never spend it, whatever else comes from its address.
 pub async fn enforce(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    // `/webhooks/{provider}` or `/webhooks/{provider}/{repo}`.
     let provider = request
         .uri()
         .path()
-        .rsplit('/')
+        .trim_start_matches("/webhooks/")
+        .split('/')
         .next()
         .unwrap_or_default()
         .to_owned();
@@ -187,9 +189,11 @@ pub async fn enforce(State(guard): State<Arc<Guard>>, request: Request, next: Ne
     let response = next
         .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await;
-    if response.status() == StatusCode::UNAUTHORIZED
-        && let Some(ip) = client
-    {
+    // A repo name that is not watched costs the same as a wrong signature: the routes must not
+    // let an anonymous client list the watched repos for free.
+    let failed = response.status() == StatusCode::UNAUTHORIZED
+        || response.extensions().get::<UnknownRepo>().is_some();
+    if failed && let Some(ip) = client {
         rate().spend(ip, Instant::now());
         if over_rate {
             // Counted as refused by the handler already.
@@ -297,6 +301,10 @@ impl RateLimiter {
         allowed
     }
 }
+
+/// Marks the answer to a delivery on the route of a repo that is not watched.
+#[derive(Clone, Copy)]
+pub struct UnknownRepo;
 
 /// Delivery ids seen recently, oldest first; bounded in count and age.
 pub struct Replays {

@@ -170,10 +170,12 @@ async fn deliver_to_repo(
         .position(|r| r.config.name == repo)
     else {
         rx.metrics.refused(&name, "unknown_repo");
-        return refuse(
+        let mut answer = refuse(
             StatusCode::NOT_FOUND,
             "no watched repo has that name; use a `repos[].name` of the server config, or /webhooks/{provider}",
         );
+        answer.extensions_mut().insert(guard::UnknownRepo);
+        return answer;
     };
     handle(rx, name, Some(index), headers, body).await
 }

@@ -412,17 +412,26 @@ async fn a_push_the_fetch_url_does_not_have_yet_is_503_and_not_remembered() {
         .repo
         .reference("refs/heads/staging", before, true, "lagging mirror")
         .unwrap();
-    let (status, reply) = s.receiver.push("staging", pushed, "lagging").await;
+    let (status, reply) = s
+        .receiver
+        .push_from("staging", Some(before), pushed, "lagging")
+        .await;
     assert_eq!(status, 503, "{reply}");
     assert_eq!(
         reply["reason"],
         "not enqueued, deliver again later: the config repo's fetch URL does not have the pushed commit yet"
     );
+    // The fetches found the branch where the push started: nothing had changed, so nothing
+    // was sent (a fresh receiver sent every app of the old head).
+    assert_eq!(s.emulator.queue_depth(&s.queue_url).await, 0);
     s.repo
         .repo
         .reference("refs/heads/staging", pushed, true, "caught up")
         .unwrap();
-    let (status, reply) = s.receiver.push("staging", pushed, "lagging").await;
+    let (status, reply) = s
+        .receiver
+        .push_from("staging", Some(before), pushed, "lagging")
+        .await;
     assert_eq!(status, 202, "the redelivery is not a duplicate: {reply}");
     assert_eq!(reply["commit"], pushed.to_string());
 }
