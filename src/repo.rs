@@ -69,8 +69,11 @@ fn configure_libgit2() {
     ONCE.call_once(|| {
         git2::opts::strict_hash_verification(false);
         // SAFETY: these write libgit2 globals unsynchronised, so nothing may read them at the
-        // same time. Only its network transports read them, and every fetch and ls-remote goes
-        // through a `Mirror`, which calls this before it exists: no transport runs yet.
+        // same time. The timeouts are read only by network transports, and every fetch and
+        // ls-remote goes through a `Mirror`, which calls this before it exists. The cache size
+        // is read whenever an object is cached: `serve` and `worker` open their mirrors before
+        // any other repository, and `Local::open` calls this too, so no thread of fleetsync's
+        // reads it yet.
         #[allow(unsafe_code)]
         unsafe {
             let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);

@@ -141,6 +141,10 @@ pub struct DesiredApp {
     /// Sent instead of `create_service` when the service exists, followed by TagResource.
     pub update_service: Map<String, Value>,
     pub rollout: RolloutSpec,
+    /// The other environments of the root bound to the same cluster (by the root on the
+    /// default branch): a service one of them deployed is theirs, not this app's to take.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub neighbours: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +236,7 @@ impl DesiredApp {
             create_service,
             update_service,
             rollout,
+            neighbours: Vec::new(),
         }
     }
 

@@ -292,6 +292,12 @@ fn resolve_with(
         walk.add_scope(&mut scopes, policy, &root.name, root_path, origin);
     }
     let root_name = root.name.clone();
+    let neighbours: Vec<String> = trusted
+        .map_or(&root.environments, |t| &t.environments)
+        .iter()
+        .filter(|e| e.cluster == env.cluster && e.name != env.name)
+        .map(|e| e.name.clone())
+        .collect();
     let top_vars = Rc::new(walk.declare(&vars, &root.vars, root_path));
     walk.root(
         root,
@@ -350,7 +356,10 @@ fn resolve_with(
                 ),
             );
         }
-        apps.push(app);
+        apps.push(DesiredApp {
+            neighbours: neighbours.clone(),
+            ..app
+        });
     }
     if !problems.is_empty() {
         return Err(Error::Invalid(problems));

@@ -202,12 +202,14 @@ async fn apply_once(
         });
     }
 
-    // Two environments (or roots) that resolve to one service would take it from each other
-    // on every push and reconcile; the first to deploy it keeps it.
+    // Two environments of a root bound to one cluster resolve to the same services, and would
+    // take them from each other on every push and reconcile: the first to deploy one keeps it.
+    // A service of an environment the root no longer binds there (renamed, moved) is taken.
     if let Some(live) = &live {
         let owner = |key| live.tags.get(key).filter(|v| !v.is_empty());
         if let (Some(root), Some(environment)) = (owner(tag::ROOT), owner(tag::ENVIRONMENT))
-            && (*root != app.root || *environment != app.environment)
+            && *root == app.root
+            && app.neighbours.contains(environment)
         {
             return Err(Error::OwnedElsewhere {
                 service: app.service_name().to_owned(),
@@ -403,9 +405,13 @@ async fn apply_once(
             }
             // Tags an earlier spec had go first: with other tooling's tags beside ours, the
             // new ones may fit only once they are gone.
+            // Not fatal: the update happened, and failing here would repeat it on every retry
+            // (a role without ecs:UntagResource, say); the stale tags only stay.
             let stale = app.stale_tags(&live.tags);
-            if !stale.is_empty() {
-                ecs.untag_resource(&live.arn, &stale).await?;
+            if !stale.is_empty()
+                && let Err(e) = ecs.untag_resource(&live.arn, &stale).await
+            {
+                warn!(message = "Cannot remove tags the spec no longer has; they stay on the service.", service = %app.service_name(), tags = ?stale, error = %e);
             }
             ecs.tag_resource(&live.arn, &tags).await?;
             (

@@ -75,8 +75,8 @@ pub enum Error {
     Preflight(Vec<Finding>),
     #[error("preflight could not check: {0}")]
     PreflightLookup(#[from] preflight::Error),
-    /// The service is fleetsync's for another environment or root; nothing was written, and
-    /// nothing is marked on it: it is not this job's.
+    /// The service is fleetsync's for another environment of the root on the same cluster;
+    /// nothing was written, and nothing is marked on it: it is not this job's.
     #[error(
         "service {service} in cluster {cluster} is deployed by fleetsync for environment `{environment}` of root `{root}`; two environments cannot share a service: give one of them its own cluster or serviceName"
     )]
