@@ -368,3 +368,95 @@ pub(super) fn prune_job(
         apps: state.apps.iter().map(|a| a.name.clone()).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// example-repo/ committed on `main` (production's branch) of a repo in `dir`.
+    fn upstream(dir: &Path) {
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("example-repo"),
+            dir,
+        );
+        let repo = git2::Repository::init(dir).unwrap();
+        let mut index = repo.index().unwrap();
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let who = git2::Signature::now("t", "t@example.invalid").unwrap();
+        repo.commit(Some("refs/heads/main"), &who, &who, "example", &tree, &[])
+            .unwrap();
+    }
+
+    /// Resolves take one of a few places, fetches none: a burst of pushes to many branches
+    /// resolves no more at once than there are cores, and none of them waits to fetch.
+    #[tokio::test]
+    async fn a_resolve_waits_for_a_place_and_its_fetch_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        upstream(&dir.path().join("upstream"));
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        let text = format!(
+            "mirrorDir: {}\nqueueUrl: https://sqs.us-east-1.amazonaws.com/123456789012/q.fifo\nrepos:\n  - name: platform\n    url: https://github.com/acme/platform-config\n    fetchUrl: file://{}\n    secret: file:{}\n",
+            dir.path().join("mirrors").display(),
+            dir.path().join("upstream").display(),
+            dir.path().join("secret").display(),
+        );
+        let config = Config::parse(&dir.path().join("c.yaml"), &text).unwrap();
+        let aws = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        let dispatcher = Arc::new(Dispatcher::from_config(&config, &aws).unwrap());
+        let places = u32::try_from(dispatcher.resolves.available_permits()).unwrap();
+        assert!(places >= 1);
+        let taken = dispatcher.resolves.acquire_many(places).await.unwrap();
+
+        let planning = {
+            let d = dispatcher.clone();
+            tokio::spawn(async move {
+                let plan = d.plan(&d.repos[0], "main").await.unwrap();
+                matches!(plan, Plan::Resolved { ref results, .. } if results.iter().all(|r| r.result.is_ok()))
+            })
+        };
+        let mirror = dispatcher.repos[0].mirror.clone();
+        for _ in 0..200 {
+            if mirror.fetch_count() >= 1
+                && matches!(
+                    mirror.local().and_then(|l| l.branch_head("main")),
+                    Ok(Some(_))
+                )
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            matches!(
+                mirror.local().and_then(|l| l.branch_head("main")),
+                Ok(Some(_))
+            ),
+            "the fetch ran without a place"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!planning.is_finished(), "the resolve waited for a place");
+        drop(taken);
+        assert!(planning.await.unwrap(), "and resolved once it had one");
+    }
+}
