@@ -1314,12 +1314,7 @@ async fn a_push_enqueues_only_the_apps_it_changed_since_its_parent() {
     let s = setup().await;
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
     let jobs = |body: &serde_json::Value| -> Vec<String> {
-        body["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|j| j["app"].as_str().unwrap().to_owned())
-            .collect()
+        job_apps(body).into_iter().map(str::to_owned).collect()
     };
     let first = s.repo.head("staging");
     let (status, body) = receiver.push("staging", first, "first").await;

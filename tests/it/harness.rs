@@ -613,6 +613,16 @@ pub fn push_payload_for(repo_url: &str, branch: &str, before: Option<Oid>, after
     serde_json::to_vec(&payload).unwrap()
 }
 
+/// The apps of the jobs a push's answer lists, in order.
+pub fn job_apps(body: &serde_json::Value) -> Vec<&str> {
+    body["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j["app"].as_str())
+        .collect()
+}
+
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
     mac.update(body);

@@ -500,12 +500,7 @@ async fn a_push_to_another_replica_enqueues_only_the_apps_it_changed() {
         .push_from("staging", Some(first), second, "second")
         .await;
     assert_eq!(status, 202, "{body}");
-    let apps: Vec<&str> = body["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["app"].as_str().unwrap())
-        .collect();
+    let apps = job_apps(&body);
     assert_eq!(apps, ["api"], "{body}");
     assert_eq!(body["unchanged"], APPS.len() - 1);
 
@@ -518,12 +513,7 @@ async fn a_push_to_another_replica_enqueues_only_the_apps_it_changed() {
         .push_from("staging", Some(second), third, "third")
         .await;
     assert_eq!(status, 202, "{body}");
-    let apps: Vec<&str> = body["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["app"].as_str().unwrap())
-        .collect();
+    let apps = job_apps(&body);
     assert_eq!(apps, ["web"], "{body}");
     assert_eq!(
         s.emulator.queue_depth(&s.queue_url).await,
