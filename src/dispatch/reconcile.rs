@@ -258,6 +258,7 @@ mod tests {
             deployments: Vec::new(),
             events: Vec::new(),
             draining: false,
+            settings: Default::default(),
         }
     }
 

@@ -47,6 +47,12 @@ impl Error {
         )
     }
 
+    /// ECS refused a deregistered (INACTIVE) revision: it runs no new deployment, but a copy
+    /// registered from it does.
+    pub fn is_inactive_task_definition(&self) -> bool {
+        matches!(self, Error::Api { message, .. } if message.contains("TaskDefinition is inactive"))
+    }
+
     pub fn code(&self) -> &str {
         match self {
             Error::Api { code, .. } => code,
@@ -115,6 +121,9 @@ pub struct LiveService {
     pub events: Vec<String>,
     /// Being deleted (DRAINING): neither updated nor created again until it is INACTIVE.
     pub draining: bool,
+    /// The UpdateService fields it runs with (network, load balancers, capacity providers, …),
+    /// as ECS answered them: what a rollback puts back.
+    pub settings: Map<String, Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -193,22 +202,28 @@ impl Ecs {
         for batch in names.chunks(10) {
             let target = format!("{cluster}/{}", batch.join(","));
             self.budget.spend(Spend::Call).await;
+            let answer = raw::Answer::default();
             let out = self
                 .client
                 .describe_services()
                 .cluster(cluster)
                 .set_services(Some(batch.iter().map(|s| (*s).to_owned()).collect()))
                 .include(ServiceField::Tags)
+                .customize()
+                .interceptor(answer.clone())
                 .send()
                 .await
                 .map_err(|e| api_error("DescribeServices", &target, e))?;
+            let mut settings = answer.json().map(service_settings).unwrap_or_default();
             for s in out
                 .services()
                 .iter()
                 .filter(|s| s.status() != Some("INACTIVE"))
             {
-                let live = live_service(s);
-                found.insert(s.service_name().unwrap_or_default().to_owned(), live);
+                let name = s.service_name().unwrap_or_default();
+                let mut live = live_service(s);
+                live.settings = settings.remove(name).unwrap_or_default();
+                found.insert(name.to_owned(), live);
             }
         }
         Ok(found)
@@ -244,6 +259,55 @@ impl Ecs {
             arn,
             tags: tags(out.tags()),
         }))
+    }
+
+    /// Registers a copy of `revision` (ACTIVE or not) with its tags, as a new revision of its
+    /// family; returns the copy's ARN.
+    pub async fn copy_task_definition(&self, revision: &str) -> Result<String> {
+        let incomplete = Error::Incomplete {
+            operation: "DescribeTaskDefinition",
+            target: revision.to_owned(),
+            missing: "taskDefinition",
+        };
+        self.budget.spend(Spend::Call).await;
+        let answer = raw::Answer::default();
+        self.client
+            .describe_task_definition()
+            .task_definition(revision)
+            .include(TaskDefinitionField::Tags)
+            .customize()
+            .interceptor(answer.clone())
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeTaskDefinition", revision, e))?;
+        let Some(Value::Object(mut answer)) = answer.json() else {
+            return Err(incomplete);
+        };
+        let Some(Value::Object(mut input)) = answer.remove("taskDefinition") else {
+            return Err(incomplete);
+        };
+        // What ECS adds to a registered revision, which RegisterTaskDefinition does not take.
+        for read_only in [
+            "taskDefinitionArn",
+            "revision",
+            "status",
+            "requiresAttributes",
+            "compatibilities",
+            "registeredAt",
+            "registeredBy",
+            "deregisteredAt",
+            "deleteRequestedAt",
+        ] {
+            input.remove(read_only);
+        }
+        input.retain(|_, v| !v.is_null());
+        if let Some(tags) = answer
+            .remove("tags")
+            .filter(|t| t.as_array().is_some_and(|t| !t.is_empty()))
+        {
+            input.insert("tags".into(), tags);
+        }
+        self.register_task_definition(&input).await
     }
 
     /// Registers `input` (RegisterTaskDefinition JSON) as sent; returns the new revision's ARN.
@@ -313,25 +377,6 @@ impl Ecs {
             .await
             .map_err(|e| api_error("UpdateService", &target, e))?;
         Ok(out.service().and_then(primary_deployment))
-    }
-
-    /// Rolls a service to another task definition, leaving everything else as it is.
-    pub async fn set_task_definition(
-        &self,
-        cluster: &str,
-        service: &str,
-        task_definition: &str,
-    ) -> Result<()> {
-        self.budget.spend(Spend::Call).await;
-        self.client
-            .update_service()
-            .cluster(cluster)
-            .service(service)
-            .task_definition(task_definition)
-            .send()
-            .await
-            .map_err(|e| api_error("UpdateService", &format!("{cluster}/{service}"), e))?;
-        Ok(())
     }
 
     /// The names of every service in the cluster.
@@ -507,7 +552,73 @@ fn live_service(s: &aws_sdk_ecs::types::Service) -> LiveService {
             .filter_map(|e| e.message().map(str::to_owned))
             .collect(),
         draining: s.status() == Some("DRAINING"),
+        settings: Map::new(),
     }
+}
+
+/// UpdateService's fields that DescribeServices shows on the service itself.
+const SERVICE_SETTINGS: [&str; 14] = [
+    "availabilityZoneRebalancing",
+    "capacityProviderStrategy",
+    "deploymentConfiguration",
+    "deploymentController",
+    "enableECSManagedTags",
+    "enableExecuteCommand",
+    "healthCheckGracePeriodSeconds",
+    "loadBalancers",
+    "networkConfiguration",
+    "placementConstraints",
+    "placementStrategy",
+    "platformVersion",
+    "propagateTags",
+    "serviceRegistries",
+];
+
+/// UpdateService's fields that DescribeServices shows only on each deployment.
+const DEPLOYMENT_SETTINGS: [&str; 3] = [
+    "serviceConnectConfiguration",
+    "volumeConfigurations",
+    "vpcLatticeConfigurations",
+];
+
+/// Each service's settings in a DescribeServices answer, by name, as ECS wrote them: the
+/// service's own, and its PRIMARY deployment's.
+fn service_settings(answer: Value) -> HashMap<String, Map<String, Value>> {
+    let Value::Object(mut answer) = answer else {
+        return HashMap::new();
+    };
+    let Some(Value::Array(services)) = answer.remove("services") else {
+        return HashMap::new();
+    };
+    let mut by_name = HashMap::with_capacity(services.len());
+    for service in services {
+        let Value::Object(mut service) = service else {
+            continue;
+        };
+        let Some(Value::String(name)) = service.remove("serviceName") else {
+            continue;
+        };
+        let primary = service
+            .get("deployments")
+            .and_then(Value::as_array)
+            .and_then(|ds| ds.iter().find(|d| d["status"] == "PRIMARY"))
+            .cloned();
+        let mut settings = Map::new();
+        for key in SERVICE_SETTINGS {
+            if let Some(value) = service.remove(key) {
+                settings.insert(key.to_owned(), value);
+            }
+        }
+        if let Some(Value::Object(mut primary)) = primary {
+            for key in DEPLOYMENT_SETTINGS {
+                if let Some(value) = primary.remove(key) {
+                    settings.insert(key.to_owned(), value);
+                }
+            }
+        }
+        by_name.insert(name, settings);
+    }
+    by_name
 }
 
 fn to_body(input: &Map<String, Value>) -> Bytes {

@@ -7,7 +7,7 @@
 use crate::resolve::SourceUse;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -16,7 +16,7 @@ use crate::ecs::{self, Ecs, LiveService, task_definition_id};
 use crate::preflight::Preflight;
 use crate::queue::SyncJob;
 use crate::queue::job::RECONCILE_DELIVERY;
-use crate::resolve::tag;
+use crate::resolve::{DesiredApp, tag};
 
 /// What a job did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,20 +78,82 @@ struct Rollback {
     /// The service's `spec-hash`, `task-definition-hash`, `revision` and `source` tags for that
     /// task definition.
     tags: Vec<(String, String)>,
+    /// The UpdateService fields the failed spec changed, as the service had them before.
+    settings: Map<String, Value>,
+    /// Fields the failed spec changed that cannot be put back: their earlier value is unknown.
+    kept: Vec<String>,
 }
 
 impl Rollback {
     /// Back to what `live` ran before `target`, when the attempt that knew its tags is gone:
     /// they are cleared, so reconcile reads the service as drifted rather than trust them.
-    fn to_before(live: &LiveService, target: &str) -> Rollback {
+    /// Its service settings are unknown too: those the spec sets stay.
+    fn to_before(app: &DesiredApp, live: &LiveService, target: &str) -> Rollback {
         Rollback {
             service_arn: live.arn.clone(),
             task_definition: previous_task_definition(live, target),
             tags: ROLLBACK_TAGS
                 .map(|k| (k.to_owned(), String::new()))
                 .to_vec(),
+            settings: Map::new(),
+            kept: settable(app).map(str::to_owned).collect(),
         }
     }
+}
+
+/// The UpdateService fields of `app`'s spec besides the service and its task definition.
+fn settable(app: &DesiredApp) -> impl Iterator<Item = &str> {
+    app.update_service.keys().map(String::as_str).filter(|k| {
+        !matches!(
+            *k,
+            "cluster" | "service" | "taskDefinition" | "forceNewDeployment"
+        )
+    })
+}
+
+/// What a rollback sends back besides the task definition: each field `app` sets to another
+/// value than `live` has, with `live`'s, and the fields whose earlier value ECS did not show.
+fn settings_before(app: &DesiredApp, live: &LiveService) -> (Map<String, Value>, Vec<String>) {
+    let mut settings = Map::new();
+    let mut kept = Vec::new();
+    for key in settable(app) {
+        let before = match key {
+            "desiredCount" => Some(json!(live.desired_count)),
+            // ECS leaves a list it has no entries for out of its answer.
+            "loadBalancers"
+            | "serviceRegistries"
+            | "placementConstraints"
+            | "placementStrategy"
+            | "capacityProviderStrategy"
+            | "volumeConfigurations"
+            | "vpcLatticeConfigurations" => {
+                Some(live.settings.get(key).cloned().unwrap_or(json!([])))
+            }
+            // What ECS documents for a field it leaves out of its answer when it was never set.
+            "healthCheckGracePeriodSeconds" => {
+                Some(live.settings.get(key).cloned().unwrap_or(json!(0)))
+            }
+            "enableExecuteCommand" | "enableECSManagedTags" => {
+                Some(live.settings.get(key).cloned().unwrap_or(json!(false)))
+            }
+            "propagateTags" => Some(live.settings.get(key).cloned().unwrap_or(json!("NONE"))),
+            "serviceConnectConfiguration" => Some(
+                live.settings
+                    .get(key)
+                    .cloned()
+                    .unwrap_or(json!({"enabled": false})),
+            ),
+            _ => live.settings.get(key).cloned(),
+        };
+        match before {
+            Some(before) if before == app.update_service[key] => {}
+            Some(before) => {
+                settings.insert(key.to_owned(), before);
+            }
+            None => kept.push(key.to_owned()),
+        }
+    }
+    (settings, kept)
 }
 
 /// The service tags a rollback restores.
@@ -255,7 +317,7 @@ async fn apply_once(
             return Ok(Outcome::Quarantined);
         }
         let target = live.task_definition.clone();
-        let rollback = Rollback::to_before(live, &target);
+        let rollback = Rollback::to_before(app, live, &target);
         let failure = Error::RolloutFailed {
             service: app.service_name().to_owned(),
             task_definition: task_definition_id(&target).to_owned(),
@@ -287,7 +349,7 @@ async fn apply_once(
         // service needs no second look: a no-op job is one read.
         if app.rollout.wait && !settled(live) {
             let target = live.task_definition.clone();
-            let rollback = Rollback::to_before(live, &target);
+            let rollback = Rollback::to_before(app, live, &target);
             // The attempt that started it is gone; its update recorded the deployment's id.
             let recorded = live.tags.get(tag::DEPLOYMENT).filter(|d| !d.is_empty());
             let ours = Ours {
@@ -326,7 +388,7 @@ async fn apply_once(
         return Err(Error::Preflight(findings));
     }
 
-    let task_definition =
+    let mut task_definition =
         match reusable_task_definition(ecs, job, live.as_ref(), attempt.number).await? {
             Some(arn) => arn,
             None => {
@@ -338,6 +400,7 @@ async fn apply_once(
 
     let rollback = live.as_ref().map(|live| {
         let previous = previous_task_definition(live, &task_definition);
+        let (settings, kept) = settings_before(app, live);
         // The tags describe the revision they name, not one set in the console since.
         let described = previous.as_deref().is_some_and(|p| {
             live.tags
@@ -353,6 +416,8 @@ async fn apply_once(
                     (k.to_owned(), value.cloned().unwrap_or_default())
                 })
                 .to_vec(),
+            settings,
+            kept,
         }
     });
     let (outcome, deployment) = match &live {
@@ -380,7 +445,8 @@ async fn apply_once(
                 "taskDefinition".into(),
                 Value::String(task_definition.clone()),
             );
-            let deployment = ecs.update_service(&input).await?;
+            let (deployment, revision) = update_service(ecs, input).await?;
+            task_definition = revision;
             // Tagged after the update: a crash in between leaves the old hash, so the retry
             // repeats the (idempotent) update instead of believing it happened.
             let mut tags = app.service_tags();
@@ -431,6 +497,29 @@ async fn apply_once(
         watch_or_roll_back(ecs, job, ours, rollback, poll).await?;
     }
     Ok(outcome)
+}
+
+/// UpdateService with `input`; returns the id of the deployment it started and the revision
+/// the service now runs. A revision deregistered since it was chosen (by hand, by other
+/// tooling) starts no deployment: a copy of it is registered and the update sent again.
+async fn update_service(
+    ecs: &Ecs,
+    mut input: Map<String, Value>,
+) -> Result<(Option<String>, String), ecs::Error> {
+    let revision = input["taskDefinition"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    match ecs.update_service(&input).await {
+        Ok(deployment) => Ok((deployment, revision)),
+        Err(e) if e.is_inactive_task_definition() => {
+            let copy = ecs.copy_task_definition(&revision).await?;
+            info!(message = "Revision was deregistered; registered a copy of it.", revision = %task_definition_id(&revision), copy = %task_definition_id(&copy));
+            input.insert("taskDefinition".into(), Value::String(copy.clone()));
+            Ok((ecs.update_service(&input).await?, copy))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A registered revision of this task definition, so none is registered twice: the one the
@@ -716,6 +805,8 @@ async fn roll_back(ecs: &Ecs, job: &SyncJob, rollback: Option<Rollback>, failure
         service_arn,
         task_definition: Some(previous),
         tags,
+        settings,
+        kept,
     }) = rollback
     else {
         return failure;
@@ -739,19 +830,31 @@ async fn roll_back(ecs: &Ecs, job: &SyncJob, rollback: Option<Rollback>, failure
             rollback: e,
         };
     }
-    if !ecs_rolls_back
-        && let Err(e) = ecs
-            .set_task_definition(&app.cluster, app.service_name(), &previous)
-            .await
-    {
-        return Error::RollbackFailed {
-            original: Box::new(failure),
-            rollback: e,
-        };
+    // ECS's own rollback returns to the last completed deployment, service fields included.
+    let mut update = settings;
+    update.insert("cluster".into(), json!(app.cluster));
+    update.insert("service".into(), json!(app.service_name()));
+    update.insert("taskDefinition".into(), json!(previous));
+    let mut previous = previous;
+    if !ecs_rolls_back {
+        match update_service(ecs, update).await {
+            Ok((_, revision)) => previous = revision,
+            Err(e) => {
+                return Error::RollbackFailed {
+                    original: Box::new(failure),
+                    rollback: e,
+                };
+            }
+        }
     }
     // The service runs the previous spec again: its tags must say so, or the next attempt would
     // believe the failed spec is live. The failed spec is marked so reconcile leaves it alone.
     let mut tags = tags;
+    if !kept.is_empty() && !ecs_rolls_back {
+        // Part of the failed spec stays: the service runs neither spec.
+        tags.retain(|(k, _)| k != tag::SPEC_HASH);
+        tags.push((tag::SPEC_HASH.into(), String::new()));
+    }
     tags.push((
         tag::TASK_DEFINITION.into(),
         task_definition_id(&previous).to_owned(),
@@ -765,5 +868,6 @@ async fn roll_back(ecs: &Ecs, job: &SyncJob, rollback: Option<Rollback>, failure
             rollback: e,
         };
     }
-    failure.rolled_back_to(&previous)
+    let kept = if ecs_rolls_back { Vec::new() } else { kept };
+    failure.rolled_back_to(&previous, kept)
 }

@@ -37,7 +37,7 @@ pub enum Error {
         service: String,
         task_definition: String,
         reason: String,
-        rolled_back_to: Option<String>,
+        rolled_back_to: Option<RolledBack>,
     },
     #[error(
         "rollout of {service} to {task_definition} did not complete within {}{}{}",
@@ -50,7 +50,7 @@ pub enum Error {
         task_definition: String,
         timeout: Duration,
         events: Vec<String>,
-        rolled_back_to: Option<String>,
+        rolled_back_to: Option<RolledBack>,
     },
     /// A `dependsOn` app is not live at this commit's spec yet; nothing was written. `on` says
     /// what each waits for ("migrate's rollout (IN_PROGRESS)").
@@ -93,9 +93,26 @@ pub enum Error {
     },
 }
 
-fn rolled_back_note(to: &Option<String>) -> String {
-    to.as_deref().map_or_else(String::new, |td| {
-        format!("; rolled back to {}", ecs::task_definition_id(td))
+/// Where a failed rollout went back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    pub task_definition: String,
+    /// Service fields that still have the failed spec's values: ECS did not show what they
+    /// were before.
+    pub kept: Vec<String>,
+}
+
+fn rolled_back_note(to: &Option<RolledBack>) -> String {
+    to.as_ref().map_or_else(String::new, |to| {
+        let id = ecs::task_definition_id(&to.task_definition);
+        if to.kept.is_empty() {
+            format!("; rolled back to {id}")
+        } else {
+            format!(
+                "; rolled back to {id}, but {} still as this commit set them (their earlier values are unknown)",
+                to.kept.join(", ")
+            )
+        }
     })
 }
 
@@ -162,11 +179,14 @@ impl Error {
         )
     }
 
-    fn rolled_back_to(mut self, task_definition: &str) -> Self {
+    fn rolled_back_to(mut self, task_definition: &str, kept: Vec<String>) -> Self {
         if let Error::RolloutFailed { rolled_back_to, .. }
         | Error::RolloutTimeout { rolled_back_to, .. } = &mut self
         {
-            *rolled_back_to = Some(task_definition.to_owned());
+            *rolled_back_to = Some(RolledBack {
+                task_definition: task_definition.to_owned(),
+                kept,
+            });
         }
         self
     }

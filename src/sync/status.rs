@@ -213,6 +213,7 @@ mod tests {
             }],
             events: vec!["(service api) was unable to place a task.".into()],
             draining: false,
+            settings: Default::default(),
         }
     }
 

@@ -2186,3 +2186,141 @@ async fn a_job_that_fails_on_its_last_allowed_receive_is_marked_before_the_dead_
     })
     .await;
 }
+
+/// The service as DescribeServices answers it, settings included.
+async fn described(emulator: &Emulator, service: &str) -> aws_sdk_ecs::types::Service {
+    emulator
+        .ecs()
+        .describe_services()
+        .cluster("staging")
+        .services(service)
+        .send()
+        .await
+        .unwrap()
+        .services()[0]
+        .clone()
+}
+
+fn assign_public_ip(service: &aws_sdk_ecs::types::Service) -> &str {
+    service
+        .network_configuration()
+        .and_then(|n| n.awsvpc_configuration())
+        .and_then(|a| a.assign_public_ip())
+        .map_or("", |a| a.as_str())
+}
+
+fn ecs_rolls_back(service: &aws_sdk_ecs::types::Service) -> bool {
+    service
+        .deployment_configuration()
+        .and_then(|d| d.deployment_circuit_breaker())
+        .is_some_and(|b| b.rollback())
+}
+
+/// fleetsync's own rollback put back only the task definition: a commit that also changed the
+/// service's network configuration (and turned ECS's own rollback off) kept both after the
+/// "rollback", while the tags said the previous spec ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_puts_back_the_service_fields_the_failed_commit_changed() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let before = s.staging_deployed(&receiver).await;
+    let was = described(&s.emulator, "api").await;
+    assert_eq!(
+        (assign_public_ip(&was), ecs_rolls_back(&was)),
+        ("DISABLED", true)
+    );
+
+    s.repo.commit("staging", "apps/api/app.yaml", |t| {
+        Some(
+            t.unwrap()
+                .replace("assignPublicIp: DISABLED", "assignPublicIp: ENABLED"),
+        )
+    });
+    let broken = s.commit_broken_api(); // its image fails, and ECS's own rollback is off
+    assert_eq!(receiver.push("staging", broken, "broken").await.0, 202);
+    s.drained().await;
+
+    let after = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(after.task_definition, before.task_definition);
+    let now = described(&s.emulator, "api").await;
+    assert_eq!(
+        (assign_public_ip(&now), ecs_rolls_back(&now)),
+        ("DISABLED", true),
+        "the network and deployment configuration the previous spec had"
+    );
+    assert_eq!(
+        after.tags["fleetsync:spec-hash"],
+        before.tags["fleetsync:spec-hash"]
+    );
+}
+
+/// ECS refuses a deregistered (INACTIVE) revision in UpdateService ("TaskDefinition is
+/// inactive"), which the emulator models. Rolling back to one, or reusing the one a service runs
+/// for a change of service fields alone, failed the job for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deregistered_revision_is_registered_again_as_a_copy_to_roll_back_to_or_reuse() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let before = s.staging_deployed(&receiver).await;
+    let image = |revision: &'static str| {
+        let ecs = s.emulator.ecs();
+        async move {
+            let out = ecs
+                .describe_task_definition()
+                .task_definition(revision)
+                .send()
+                .await
+                .unwrap();
+            let td = out.task_definition().unwrap();
+            td.container_definitions()[0].image().unwrap().to_owned()
+        }
+    };
+    let deregister = |revision: &'static str| {
+        let ecs = s.emulator.ecs();
+        async move {
+            ecs.deregister_task_definition()
+                .task_definition(revision)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    assert_eq!(before.task_definition, "staging-api:1");
+    let running = image("staging-api:1").await;
+
+    // A change to the service alone reuses the running revision, deregistered meanwhile.
+    deregister("staging-api:1").await;
+    let scaled = s.repo.commit("staging", "apps/api/app.yaml", |t| {
+        Some(t.unwrap().replace("desiredCount: 2", "desiredCount: 3"))
+    });
+    assert_eq!(receiver.push("staging", scaled, "scaled").await.0, 202);
+    s.drained().await;
+    let api = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(api.task_definition, "staging-api:2", "a copy of revision 1");
+    assert_eq!(image("staging-api:2").await, running);
+    assert_eq!(api.revision(), scaled.to_string());
+    assert_eq!(described(&s.emulator, "api").await.desired_count(), 3);
+
+    // A failed rollout goes back to the previous revision, deregistered meanwhile too.
+    deregister("staging-api:2").await;
+    let broken = s.commit_broken_api();
+    assert_eq!(receiver.push("staging", broken, "broken").await.0, 202);
+    eventually(LIMIT, "the rollback", || async {
+        let api = s.emulator.service("staging", "api").await.unwrap();
+        (api.tags
+            .get("fleetsync:failed-spec-hash")
+            .is_some_and(|h| !h.is_empty()))
+        .then_some(())
+    })
+    .await;
+    s.drained().await;
+    let api = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(
+        api.task_definition, "staging-api:4",
+        "after 1, its copy and the broken one: a copy of 2"
+    );
+    assert_eq!(image("staging-api:4").await, running);
+    assert_eq!(api.tags["fleetsync:task-definition"], "staging-api:4");
+}
