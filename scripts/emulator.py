@@ -95,6 +95,13 @@ SQSDeveloperGuide/using-messagededuplicationid-property.html):
     nothing; its answer carries the original's MessageId and SequenceNumber (and the
     MD5s of what was sent, so SDK checksums pass). Env FLEETSYNC_EMULATOR_DEDUP_SECONDS
     shortens the window for tests (default 300).
+  * Long polling (ReceiveMessage WaitTimeSeconds; the developer guide's "Amazon SQS short and
+    long polling", sqs-short-and-long-polling.html: it "returns messages as soon as they
+    become available") and FIFO groups (a group is held back only while a message of it is
+    in flight, "Amazon SQS FIFO queue message grouping"): moto decides at the start of a long
+    poll which groups are in flight and keeps that while it waits, so a group whose in-flight
+    message is deleted meanwhile stays blocked until the poll ends. Here a long poll looks
+    again every 20 ms, with the groups in flight as they are then.
 
 Switched on by env, off by default (tests turn them on):
   * FLEETSYNC_EMULATOR_STALE_READS=N: read-after-write eventual consistency, which AWS
@@ -499,6 +506,19 @@ def send_message_batch(self, queue_name, entries):
     return messages, more + list(failed.values())
 
 
+_orig_receive = SQSBackend.receive_message
+
+
+def receive_message(self, queue_name, count, wait_seconds_timeout, visibility_timeout,
+                    message_attribute_names=None):
+    deadline = time.monotonic() + (wait_seconds_timeout or 0)
+    while True:
+        messages = _orig_receive(self, queue_name, count, 0, visibility_timeout, message_attribute_names)
+        if messages or time.monotonic() >= deadline:
+            return messages
+        time.sleep(0.02)
+
+
 # --- Throttling and faults ----------------------------------------------------------------
 
 def _parse_throttle(spec):
@@ -644,6 +664,7 @@ def install():
     Response.create_service = create_service_response
     SQSBackend.send_message = send_message
     SQSBackend.send_message_batch = send_message_batch
+    SQSBackend.receive_message = receive_message
     sqs_models.DEDUPLICATION_TIME_IN_SECONDS = 0  # moto's in-queue dedup: the model above decides
 
 

@@ -2154,15 +2154,11 @@ async fn a_job_that_fails_on_its_last_allowed_receive_is_marked_before_the_dead_
 
     // The account's RegisterTaskDefinition quota spent by others for the next minutes (AWS:
     // "Request throttling for the Amazon ECS API"; the emulator's fault endpoint).
-    let fault = reqwest::Client::new()
-        .post(format!("{}/fleetsync-emulator/faults", s.emulator.endpoint))
-        .body(
+    s.emulator
+        .fault(
             r#"{"service": "ecs", "operation": "RegisterTaskDefinition", "throttle_seconds": 120}"#,
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(fault.status(), 200);
+        .await;
     let first = s.repo.head("staging");
     let change = s.commit_new_api_image();
     let (status, body) = receiver
@@ -2323,4 +2319,96 @@ async fn a_deregistered_revision_is_registered_again_as_a_copy_to_roll_back_to_o
     );
     assert_eq!(image("staging-api:4").await, running);
     assert_eq!(api.tags["fleetsync:task-definition"], "staging-api:4");
+}
+
+/// ECS answers RegisterTaskDefinition with ClientException "Too many concurrent attempts to
+/// create a new revision of the specified family." when registrations of one family contend
+/// (Terraform's provider and Prefect's ECS worker report it from AWS; the emulator's fault
+/// endpoint stands in for the contention). It passes: the job is tried again, not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contended_registration_is_tried_again_not_failed() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    s.emulator
+        .fault(
+            r#"{"service": "ecs", "operation": "RegisterTaskDefinition", "status": 400,
+                "code": "ClientException", "seconds": 2,
+                "message": "Too many concurrent attempts to create a new revision of the specified family."}"#,
+        )
+        .await;
+    let change = s.commit_new_api_image();
+    assert_eq!(receiver.push("staging", change, "contended").await.0, 202);
+    let api = eventually(LIMIT, "api at the new image", || async {
+        s.emulator
+            .service("staging", "api")
+            .await
+            .filter(|a| a.revision() == change.to_string())
+    })
+    .await;
+    assert_eq!(api.task_definition, "staging-api:2");
+    assert!(
+        api.tags
+            .get("fleetsync:failure")
+            .is_none_or(String::is_empty),
+        "{:?}",
+        api.tags
+    );
+    let refused = s
+        .emulator
+        .ecs_calls()
+        .iter()
+        .filter(|c| c.starts_with("RegisterTaskDefinition fault"))
+        .count();
+    assert!(
+        refused >= 1,
+        "the fault was hit: {:?}",
+        s.emulator.ecs_calls()
+    );
+}
+
+/// A service deleted moments ago is DRAINING (API_DeleteService.html; the emulator keeps it so
+/// for FLEETSYNC_EMULATOR_DRAIN_CALLS reads): ECS refuses to update it and to create its name
+/// again. An app listed again meanwhile waits until it is INACTIVE, then is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_whose_service_is_draining_is_created_again_once_it_is_inactive() {
+    let emulator = Emulator::start_with(&[("FLEETSYNC_EMULATOR_DRAIN_CALLS", "4")]).await;
+    let queue_url = emulator.create_queue("fleetsync.fifo").await;
+    let s = setup_on(emulator, queue_url).await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+
+    s.emulator
+        .ecs()
+        .delete_service()
+        .cluster("staging")
+        .service("web")
+        .force(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        service_status(&s.emulator, "web").await.as_deref(),
+        Some("DRAINING")
+    );
+    let change = s.repo.commit("staging", "apps/web/taskdef.json", |t| {
+        let t = t.unwrap();
+        let image = "public.ecr.aws/acme/web:";
+        let at = t.find(image).expect("the web image") + image.len();
+        let end = at + t[at..].find('"').unwrap();
+        Some(format!("{}9.9.9{}", &t[..at], &t[end..]))
+    });
+    assert_eq!(receiver.push("staging", change, "re-added").await.0, 202);
+    eventually(LIMIT, "web created again at the new commit", || async {
+        let web = s.emulator.service("staging", "web").await?;
+        (web.revision() == change.to_string()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        service_status(&s.emulator, "web").await.as_deref(),
+        Some("ACTIVE")
+    );
+    s.drained().await;
 }

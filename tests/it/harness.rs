@@ -118,6 +118,17 @@ impl Emulator {
             .collect()
     }
 
+    /// Starts a fault at the emulator's control endpoint (`scripts/emulator.py` says which).
+    pub async fn fault(&self, spec: &str) {
+        let answer = reqwest::Client::new()
+            .post(format!("{}/fleetsync-emulator/faults", self.endpoint))
+            .body(spec.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    }
+
     pub fn ecs(&self) -> aws_sdk_ecs::Client {
         aws_sdk_ecs::Client::new(&self.aws)
     }
