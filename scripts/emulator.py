@@ -126,7 +126,10 @@ Fault control endpoint on the same port (not an AWS API; JSON in and out):
       ServerException for ecs and InternalError for other services; "code" and "message"
       override them.
   POST ... {"service": "ecs", "throttle_seconds": 3}: every call to it is throttled as above.
-      Either may add "operation": "Action" to hit only that action. A POST for a service
+  POST ... {"service": "ecs", "delay_seconds": 2, "seconds": 30}: every call to it is served
+      at once but answered that much later: an AWS API slow to answer under load, a change
+      already made when its answer arrives (a client that gives up has not undone it).
+      Any of them may add "operation": "Action" to hit only that action. A POST for a service
       replaces its fault; {"service": S, "seconds": 0} ends it.
   GET  /fleetsync-emulator/faults: {"faults": [...active...], "throttled": {"ecs Op": n},
       "faulted": {"sqs Op": n}};   DELETE: ends every fault (counts are kept).
@@ -591,6 +594,9 @@ def call_action(self):
     with _lock:
         fault = _verdict(service, action)
         line = f"{service} {action}"
+        delay = fault.get("delay") if fault else None
+        if delay:
+            fault = None
         if fault is not None:
             kind = "throttled" if fault.get("throttle") else "faulted"
             _counts[kind][line] += 1
@@ -599,7 +605,10 @@ def call_action(self):
             with open(CALL_LOG, "a") as log:
                 log.write(line + "\n")
     if fault is None:
-        return _orig_call_action(self)
+        answer = _orig_call_action(self)
+        if delay:
+            time.sleep(delay)
+        return answer
     return _error_response(self, fault)
 
 
@@ -607,6 +616,8 @@ def _new_fault(spec):
     service = spec["service"]
     if "throttle_seconds" in spec:
         fault, seconds = dict(THROTTLED), float(spec["throttle_seconds"])
+    elif "delay_seconds" in spec:
+        fault, seconds = {"delay": float(spec["delay_seconds"])}, float(spec["seconds"])
     else:
         status, seconds = int(spec.get("status", 500)), float(spec["seconds"])
         code = ("ServiceUnavailable" if status == 503 else "ServerException" if service == "ecs"

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Error, status};
@@ -36,6 +37,12 @@ pub enum Outcome {
     /// A reconcile job for a spec whose rollout failed and was rolled back; nothing was
     /// written. Only a push or the API applies it again.
     Quarantined,
+    /// The service does not exist and the branch no longer wants it: its head `head` dropped
+    /// the job's commit (a force-push) or no longer lists the app (prune may have deleted it
+    /// already). Nothing was created.
+    NotListed {
+        head: String,
+    },
 }
 
 /// Commit ancestry, so a job for an older commit never overwrites a newer one: receivers and
@@ -68,6 +75,12 @@ pub trait History: Sync {
         commit: &str,
         live: &str,
     ) -> impl Future<Output = Option<bool>> + Send;
+
+    /// Before creating the job's service: the branch head when it no longer wants the app
+    /// (the job's commit left the branch, or the head's resolve does not list the app); `None`
+    /// (create) when it does, or it cannot tell. A late, waiting or redriven job must not bring
+    /// back what prune deleted, nor create an app at a commit prune will never look at.
+    fn unlisted_at_head(&self, job: &SyncJob) -> impl Future<Output = Option<String>> + Send;
 }
 
 /// Where a failed rollout returns to.
@@ -201,10 +214,12 @@ pub async fn apply(
     job: &SyncJob,
     attempt: Attempt,
     poll: Duration,
+    stop: &CancellationToken,
 ) -> Result<Outcome, Error> {
-    let result = apply_once(ecs, preflight, history, job, attempt, poll).await;
+    let result = apply_once(ecs, preflight, history, job, attempt, poll, stop).await;
     if let Err(e) = &result
-        && (!e.is_retryable() || (attempt.last_receive && !matches!(e, Error::Waiting { .. })))
+        && (!e.is_retryable()
+            || (attempt.last_receive && !matches!(e, Error::Waiting { .. } | Error::Interrupted)))
         && !e.rolled_back()
         && !matches!(e, Error::OwnedElsewhere { .. })
     {
@@ -251,6 +266,7 @@ async fn apply_once(
     job: &SyncJob,
     attempt: Attempt,
     poll: Duration,
+    stop: &CancellationToken,
 ) -> Result<Outcome, Error> {
     let app = &job.app;
     let live = ecs
@@ -356,7 +372,7 @@ async fn apply_once(
                 task_definition: &target,
                 deployment: recorded.map(String::as_str),
             };
-            watch_or_roll_back(ecs, job, ours, Some(rollback), poll).await?;
+            watch_or_roll_back(ecs, job, ours, Some(rollback), poll, stop).await?;
         }
         return Ok(Outcome::Unchanged);
     }
@@ -378,6 +394,12 @@ async fn apply_once(
         );
     }
 
+    if live.is_none()
+        && let Some(head) = history.unlisted_at_head(job).await
+    {
+        return Ok(Outcome::NotListed { head });
+    }
+
     // Only before a write: a job whose spec is live costs no preflight reads.
     let mut session = preflight.session(&job.delivery);
     if live.is_some() {
@@ -388,6 +410,10 @@ async fn apply_once(
         return Err(Error::Preflight(findings));
     }
 
+    // The writes start here; from now on a stop waits for the next step.
+    if stop.is_cancelled() {
+        return Err(Error::Interrupted);
+    }
     let mut task_definition =
         match reusable_task_definition(ecs, job, live.as_ref(), attempt.number).await? {
             Some(arn) => arn,
@@ -422,16 +448,16 @@ async fn apply_once(
     });
     let (outcome, deployment) = match &live {
         None => {
-            let mut input = app.create_service.clone();
-            input.insert(
-                "taskDefinition".into(),
-                Value::String(task_definition.clone()),
-            );
-            if let Some(Value::Array(tags)) = input.get_mut("tags") {
-                let id = task_definition_id(&task_definition);
-                tags.push(json!({"key": tag::TASK_DEFINITION, "value": id}));
-            }
-            let deployment = ecs.create_service(&input).await?;
+            let create = |revision: String| {
+                let mut input = app.create_service.clone();
+                if let Some(Value::Array(tags)) = input.get_mut("tags") {
+                    let id = task_definition_id(&revision);
+                    tags.push(json!({"key": tag::TASK_DEFINITION, "value": id}));
+                }
+                input.insert("taskDefinition".into(), Value::String(revision));
+                async move { ecs.create_service(&input).await }
+            };
+            let deployment = deploying(ecs, &mut task_definition, create).await?;
             (
                 Outcome::Created {
                     task_definition: task_definition.clone(),
@@ -494,31 +520,51 @@ async fn apply_once(
             task_definition: &task_definition,
             deployment: deployment.as_deref(),
         };
-        watch_or_roll_back(ecs, job, ours, rollback, poll).await?;
+        watch_or_roll_back(ecs, job, ours, rollback, poll, stop).await?;
     }
     Ok(outcome)
 }
 
 /// UpdateService with `input`; returns the id of the deployment it started and the revision
-/// the service now runs. A revision deregistered since it was chosen (by hand, by other
-/// tooling) starts no deployment: a copy of it is registered and the update sent again.
+/// the service now runs (see [`deploying`]).
 async fn update_service(
     ecs: &Ecs,
-    mut input: Map<String, Value>,
+    input: Map<String, Value>,
 ) -> Result<(Option<String>, String), ecs::Error> {
-    let revision = input["taskDefinition"]
+    let mut revision = input["taskDefinition"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    match ecs.update_service(&input).await {
-        Ok(deployment) => Ok((deployment, revision)),
+    let update = |revision: String| {
+        let mut input = input.clone();
+        input.insert("taskDefinition".into(), Value::String(revision));
+        async move { ecs.update_service(&input).await }
+    };
+    let deployment = deploying(ecs, &mut revision, update).await?;
+    Ok((deployment, revision))
+}
+
+/// CreateService or UpdateService (`call`) with `revision`; the id of the deployment it started.
+/// A revision deregistered since it was chosen (by prune, by hand, by other tooling) starts no
+/// deployment: a copy of it is registered, `revision` becomes the copy and the call is sent
+/// again.
+async fn deploying<F, Fut>(
+    ecs: &Ecs,
+    revision: &mut String,
+    call: F,
+) -> Result<Option<String>, ecs::Error>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<Option<String>, ecs::Error>>,
+{
+    match call(revision.clone()).await {
         Err(e) if e.is_inactive_task_definition() => {
-            let copy = ecs.copy_task_definition(&revision).await?;
-            info!(message = "Revision was deregistered; registered a copy of it.", revision = %task_definition_id(&revision), copy = %task_definition_id(&copy));
-            input.insert("taskDefinition".into(), Value::String(copy.clone()));
-            Ok((ecs.update_service(&input).await?, copy))
+            let copy = ecs.copy_task_definition(revision).await?;
+            info!(message = "Revision was deregistered; registered a copy of it.", revision = %task_definition_id(revision), copy = %task_definition_id(&copy));
+            *revision = copy;
+            call(revision.clone()).await
         }
-        Err(e) => Err(e),
+        other => other,
     }
 }
 
@@ -670,8 +716,9 @@ async fn watch_or_roll_back(
     ours: Ours<'_>,
     rollback: Option<Rollback>,
     poll: Duration,
+    stop: &CancellationToken,
 ) -> Result<(), Error> {
-    match watch_rollout(ecs, job, ours, poll).await {
+    match watch_rollout(ecs, job, ours, poll, stop).await {
         Ok(()) => Ok(()),
         Err(failure @ (Error::RolloutFailed { .. } | Error::RolloutTimeout { .. })) => {
             Err(roll_back(ecs, job, rollback, failure).await)
@@ -688,6 +735,7 @@ async fn watch_rollout(
     job: &SyncJob,
     ours: Ours<'_>,
     poll: Duration,
+    stop: &CancellationToken,
 ) -> Result<(), Error> {
     let task_definition = ours.task_definition;
     let app = &job.app;
@@ -709,7 +757,11 @@ async fn watch_rollout(
     loop {
         // Even the first look waits for a tick: a deployment just started has nothing to show,
         // and on the tick its read joins the others'.
-        tokio::time::sleep_until(next_poll(poll)).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next_poll(poll)) => {}
+            // ECS goes on with the rollout; the next attempt watches it from the tags.
+            () = stop.cancelled() => return Err(Error::Interrupted),
+        }
         let timed_out = |live: Option<&LiveService>| Error::RolloutTimeout {
             service: service.to_owned(),
             task_definition: target.clone(),

@@ -26,7 +26,7 @@ use crate::ecs::budget::{Budget, Rate};
 use crate::ecs::{self, Ecs};
 use crate::preflight::{self, Finding, Preflight};
 use crate::queue::{Job, Queue, Received, SyncJob};
-use crate::repo::{self, Mirror};
+use crate::repo::{self, Mirror, MirrorSources};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -86,6 +86,10 @@ pub enum Error {
         root: String,
         environment: String,
     },
+    /// Stopped between two steps, never within one: its message was taken back (the receipt
+    /// expired) or shutdown's grace ran out. Another attempt goes on from what is live.
+    #[error("stopped between steps; another attempt takes the job over")]
+    Interrupted,
     #[error("{original}; rolling back failed too: {rollback}")]
     RollbackFailed {
         original: Box<Error>,
@@ -137,7 +141,7 @@ impl Error {
         match self {
             Error::Ecs(e) => e.is_retryable(),
             Error::PreflightLookup(e) => e.is_retryable(),
-            Error::Waiting { .. } | Error::Draining { .. } => true,
+            Error::Waiting { .. } | Error::Draining { .. } | Error::Interrupted => true,
             Error::Preflight(_)
             | Error::DependencyFailed { .. }
             | Error::DependenciesNotLive { .. }
@@ -157,6 +161,7 @@ impl Error {
             Error::RolloutTimeout { .. } => "RolloutTimeout",
             Error::Waiting { .. } => "WaitingForDependencies",
             Error::Draining { .. } => "ServiceDraining",
+            Error::Interrupted => "Interrupted",
             Error::DependenciesNotLive { .. } => "DependenciesNotLive",
             Error::DependencyFailed { .. } => "DependencyFailed",
             Error::Preflight(_) => "PreflightRefused",
@@ -197,7 +202,8 @@ pub struct Worker {
     pub ecs: Ecs,
     pub preflight: Preflight,
     pub config: WorkerConfig,
-    /// The worker's own mirrors of the config repos, for ancestry checks only.
+    /// The worker's own mirrors of the config repos: commit ancestry, and whether a branch
+    /// still lists an app before its service is created.
     pub mirrors: Mirrors,
     /// See [`Attempt::last_wait`].
     last_wait: AtomicU32,
@@ -205,8 +211,18 @@ pub struct Worker {
     max_receives: AtomicU32,
 }
 
-/// Bare mirrors by repo name.
-pub struct Mirrors(HashMap<String, Arc<Mirror>>);
+/// Bare mirrors of the server config's repos.
+pub struct Mirrors {
+    by_name: HashMap<String, Watched>,
+    /// The same mirrors, for the `source:` entries a resolve reads.
+    sources: Arc<MirrorSources>,
+}
+
+struct Watched {
+    mirror: Arc<Mirror>,
+    root: String,
+    default_branch: String,
+}
 
 /// What the jobs of one worker share: its concurrency places, the places of jobs waiting for
 /// their `dependsOn` in the worker, and its shutdown.
@@ -236,7 +252,7 @@ impl Worker {
         // Apart from the receivers' mirrors: two processes fetching into one repository would
         // fight over its ref locks.
         let dir = config.mirror_dir.join("worker");
-        let mirrors = config
+        let mirrors: Vec<(String, Arc<Mirror>)> = config
             .repos
             .iter()
             .map(|r| {
@@ -246,6 +262,23 @@ impl Worker {
                 ))
             })
             .collect::<Result<_, repo::Error>>()?;
+        let by_name = config
+            .repos
+            .iter()
+            .zip(&mirrors)
+            .map(|(r, (_, mirror))| {
+                let watched = Watched {
+                    mirror: mirror.clone(),
+                    root: r.root.clone(),
+                    default_branch: r.default_branch.clone(),
+                };
+                (r.name.clone(), watched)
+            })
+            .collect();
+        let mirrors = Mirrors {
+            by_name,
+            sources: Arc::new(MirrorSources(mirrors)),
+        };
         let budget = Budget::new(
             Rate::per_second(config.worker.ecs_calls_per_second),
             Rate::per_second(config.worker.ecs_registers_per_second),
@@ -256,7 +289,7 @@ impl Worker {
             preflight: Preflight::with_ecs(aws, ecs.clone()),
             ecs,
             config: config.worker.clone(),
-            mirrors: Mirrors(mirrors),
+            mirrors,
             last_wait: AtomicU32::new(MAX_DEPENDENCY_WAITS),
             max_receives: AtomicU32::new(0),
         })
@@ -288,7 +321,8 @@ impl Worker {
     }
 
     /// Runs until `shutdown` fires, then stops receiving and lets running jobs finish for up to
-    /// `grace`; jobs still running after that are released to other workers at once.
+    /// `grace`; jobs still running after that stop at their next step (a write under way is
+    /// finished) and are released to other workers.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
         self.learn_redrive_policy().await;
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
@@ -395,8 +429,9 @@ impl Worker {
             Ok(Job::Sync(job)) => {
                 let app = &job.app;
                 let span = tracing::info_span!("job", %message_id, environment = %app.environment, app = %app.name, commit = %app.commit);
-                let work = self.sync(&job, receive_count, permit, ctx);
-                self.run_job(work, &receipt, receive_count, &ctx.abort)
+                let stop = ctx.abort.child_token();
+                let work = self.sync(&job, receive_count, permit, ctx, &stop);
+                self.run_job(work, &receipt, receive_count, &stop)
                     .instrument(span)
                     .await;
             }
@@ -407,7 +442,8 @@ impl Worker {
                     drop(permit);
                     Some(pruned)
                 };
-                self.run_job(work, &receipt, receive_count, &ctx.abort)
+                // Deletes are not cut short: a prune runs to its end.
+                self.run_job(work, &receipt, receive_count, &ctx.abort.child_token())
                     .instrument(span)
                     .await;
             }
@@ -429,6 +465,7 @@ impl Worker {
         receive_count: u32,
         permit: OwnedSemaphorePermit,
         ctx: &Ctx,
+        stop: &CancellationToken,
     ) -> Option<Result<Outcome, Error>> {
         let poll = self.config.rollout_poll_interval;
         let since = tokio::time::Instant::now();
@@ -448,6 +485,7 @@ impl Worker {
                 job,
                 attempt,
                 poll,
+                stop,
             )
             .await;
             let Err(Error::Waiting { on }) = &result else {
@@ -467,30 +505,41 @@ impl Worker {
             tokio::select! {
                 () = tokio::time::sleep_until(apply::next_poll(poll)) => {}
                 () = ctx.shutdown.cancelled() => return None,
+                () = stop.cancelled() => return None,
             }
             permit = tokio::select! {
                 p = ctx.permits.clone().acquire_owned() => Some(p.expect("the semaphore is never closed")),
                 () = ctx.shutdown.cancelled() => return None,
+                () = stop.cancelled() => return None,
             };
             drop(waiting);
         }
     }
 
     /// Runs one job's work while heartbeating its message, then deletes the message, hides it
-    /// for a retry, or releases it, by how the work ended (`None`: released).
+    /// for a retry, or releases it, by how the work ended (`None`: released). When the message
+    /// is taken back, `stop` asks the work to end at its next step: a write under way (an
+    /// update and its tags, a rollback) is finished, not dropped half done.
     async fn run_job<T: std::fmt::Debug>(
         &self,
         work: impl Future<Output = Option<Result<T, Error>>>,
         receipt: &str,
         receive_count: u32,
-        abort: &CancellationToken,
+        stop: &CancellationToken,
     ) {
+        tokio::pin!(work);
         let result = tokio::select! {
-            r = work => r,
-            () = self.heartbeat(receipt) => None,
-            () = abort.cancelled() => None,
+            r = &mut work => r,
+            () = self.heartbeat(receipt) => {
+                stop.cancel();
+                work.await
+            }
         };
         match result {
+            Some(Err(Error::Interrupted)) | None => {
+                warn!(message = "Job interrupted; released to another worker.");
+                self.set_visibility(receipt, Duration::ZERO).await;
+            }
             Some(Ok(outcome)) => {
                 info!(message = "Job done.", outcome = ?outcome);
                 self.delete(receipt).await;
@@ -517,15 +566,12 @@ impl Worker {
                 error!(message = "Job failed.", error = %e, attempt = receive_count);
                 self.delete(receipt).await;
             }
-            None => {
-                warn!(message = "Job interrupted; released to another worker.");
-                self.set_visibility(receipt, Duration::ZERO).await;
-            }
         }
     }
 
     /// Extends the message's visibility until dropped; returns only if that becomes impossible
-    /// (the message was taken by someone else), which ends the job.
+    /// (the message was taken by someone else), which stops the job at its next step. A failed
+    /// extension is tried again on the next beat: the visibility left covers two of them.
     async fn heartbeat(&self, receipt: &str) {
         let every = self.config.visibility_timeout / 3;
         loop {
@@ -563,6 +609,10 @@ impl Worker {
 }
 
 impl Mirrors {
+    fn mirror(&self, repo: &str) -> Option<Arc<Mirror>> {
+        self.by_name.get(repo).map(|w| w.mirror.clone())
+    }
+
     /// `live` when it descends from `job` and is still on `branch` of `repo`, or the branch's
     /// head when `job` left the branch; `None` (apply) when neither, or it cannot tell.
     async fn newer_on_branch(
@@ -572,7 +622,7 @@ impl Mirrors {
         job: &str,
         live: &str,
     ) -> Result<Option<String>, repo::Error> {
-        let Some(mirror) = self.0.get(repo).cloned() else {
+        let Some(mirror) = self.mirror(repo) else {
             return Ok(None);
         };
         let (Ok(job_commit), Ok(live_commit)) =
@@ -642,7 +692,7 @@ impl History for Mirrors {
         commit: &str,
         live: &str,
     ) -> Option<bool> {
-        let mirror = self.0.get(repo).cloned()?;
+        let mirror = self.mirror(repo)?;
         let (Ok(commit), Ok(live)) = (git2::Oid::from_str(commit), git2::Oid::from_str(live))
         else {
             return None;
@@ -661,6 +711,66 @@ impl History for Mirrors {
             Ok(includes) => Some(includes),
             Err(error) => {
                 warn!(message = "Cannot compare commits; pruning nothing of it.", %error);
+                None
+            }
+        }
+    }
+    async fn unlisted_at_head(&self, job: &SyncJob) -> Option<String> {
+        let watched = self.by_name.get(&job.repo)?;
+        let (mirror, root, default_branch) = (
+            watched.mirror.clone(),
+            watched.root.clone(),
+            watched.default_branch.clone(),
+        );
+        let commit = git2::Oid::from_str(&job.app.commit).ok()?;
+        if job.branch.is_empty() {
+            return None; // a job from a receiver that predates branch-aware jobs
+        }
+        let (sources, branch) = (self.sources.clone(), job.branch.clone());
+        let (environment, app) = (job.app.environment.clone(), job.app.name.clone());
+        let check = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
+            let head = mirror.fetch_branch(&branch).map_err(|e| e.to_string())?;
+            let local = mirror.local().map_err(|e| e.to_string())?;
+            let on_branch = local.contains(commit)
+                && local.is_ancestor(commit, head).map_err(|e| e.to_string())?;
+            if !on_branch {
+                return Ok(Some(head.to_string()));
+            }
+            if head == commit {
+                return Ok(None);
+            }
+            // The head moved on: only its resolve, as a receiver does it, tells whether it
+            // still lists the app. Rare (a create), and bounded like every resolve.
+            let default = if branch == default_branch {
+                head
+            } else {
+                mirror
+                    .fetch_branch(&default_branch)
+                    .map_err(|e| e.to_string())?
+            };
+            let bindings = local.snapshot(default).map_err(|e| e.to_string())?;
+            let Some(trusted) =
+                crate::resolve::read_root(&bindings, &root).map_err(|e| e.to_string())?
+            else {
+                return Err(format!("the default branch has no {root}"));
+            };
+            let files = local.snapshot(head).map_err(|e| e.to_string())?;
+            let state = crate::resolve::resolve_bound(
+                &files,
+                &*sources,
+                &root,
+                &trusted,
+                &environment,
+                &head.to_string(),
+            )
+            .map_err(|e| e.to_string())?;
+            let listed = state.apps.iter().any(|a| a.name == app);
+            Ok((!listed).then(|| head.to_string()))
+        });
+        match check.await.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(unlisted) => unlisted,
+            Err(error) => {
+                warn!(message = "Cannot tell whether the branch still lists the app; creating it.", %error);
                 None
             }
         }

@@ -1299,6 +1299,7 @@ async fn the_worker_refuses_an_app_whose_secret_is_missing_and_writes_nothing_fo
         &job,
         fleetsync::sync::Attempt::first(),
         Duration::from_millis(100),
+        &Default::default(),
     )
     .await
     .unwrap_err();
@@ -1855,6 +1856,7 @@ async fn a_redelivered_rolled_back_job_never_deploys_the_failed_spec_again() {
         "broken",
         s.resolved_staging_api(broken),
     );
+    let never_stopped = tokio_util::sync::CancellationToken::new();
     let redeliver = || {
         fleetsync::sync::apply(
             &worker.ecs,
@@ -1863,6 +1865,7 @@ async fn a_redelivered_rolled_back_job_never_deploys_the_failed_spec_again() {
             &job,
             fleetsync::sync::Attempt::first(),
             Duration::from_millis(50),
+            &never_stopped,
         )
     };
     let writes = |calls: Vec<String>| {
@@ -2411,4 +2414,126 @@ async fn an_app_whose_service_is_draining_is_created_again_once_it_is_inactive()
         Some("ACTIVE")
     );
     s.drained().await;
+}
+
+/// A job that arrives after its branch stopped wanting the app (a late receiver, a wait for
+/// `dependsOn`, a redrive from the dead-letter queue) must not create it: not after prune deleted
+/// it, and not at a commit a force-push dropped, where prune would never look. An app the head
+/// still lists is created, however far the head moved on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_job_creates_no_app_its_branch_no_longer_lists_or_dropped() {
+    let s = setup().await;
+    s.repo.commit("main", "fleetsync.yaml", with_prune);
+    s.repo.commit("staging", "fleetsync.yaml", with_prune);
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    let listed = s.repo.head("staging");
+    let listing = std::sync::Mutex::new(String::new());
+    let dropped = s.repo.commit("staging", "fleetsync.yaml", |text| {
+        *listing.lock().unwrap() = text.unwrap().to_owned();
+        Some(text.unwrap().replace(
+            "  - name: web\n    path: apps/web\n    dependsOn: [api]\n",
+            "",
+        ))
+    });
+    assert_eq!(receiver.push("staging", dropped, "drop").await.0, 202);
+    eventually(LIMIT, "staging/web pruned", || async {
+        (service_status(&s.emulator, "web").await.as_deref() == Some("INACTIVE")).then_some(())
+    })
+    .await;
+    s.drained().await;
+
+    let queue = fleetsync::queue::Queue::new(&s.emulator.aws, &s.queue_url);
+    let late = |delivery: &str, commit| {
+        let web = s.resolved_staging("web", commit, &fleetsync::resolve::NoSources);
+        fleetsync::queue::SyncJob::new("platform", "staging", delivery, web)
+    };
+    // The head no longer lists web.
+    queue.send(&[late("late", listed)]).await.unwrap();
+    s.drained().await;
+    assert_eq!(
+        service_status(&s.emulator, "web").await.as_deref(),
+        Some("INACTIVE")
+    );
+
+    // Listed again, then force-pushed away: that commit is on no branch.
+    let orphan = s.repo.commit("staging", "fleetsync.yaml", |_| {
+        Some(listing.lock().unwrap().clone())
+    });
+    s.repo
+        .repo
+        .reference("refs/heads/staging", dropped, true, "force-push")
+        .unwrap();
+    queue.send(&[late("orphan", orphan)]).await.unwrap();
+    s.drained().await;
+    assert_eq!(
+        service_status(&s.emulator, "web").await.as_deref(),
+        Some("INACTIVE")
+    );
+
+    // Listed again and still listed at a head that moved on: created.
+    let relisted = s.repo.commit("staging", "fleetsync.yaml", |_| {
+        Some(format!("{}# web is back\n", listing.lock().unwrap()))
+    });
+    s.commit_new_api_image();
+    queue.send(&[late("relisted", relisted)]).await.unwrap();
+    eventually(
+        LIMIT,
+        "web created at the commit that lists it again",
+        || async {
+            (service_status(&s.emulator, "web").await.as_deref() == Some("ACTIVE")).then_some(())
+        },
+    )
+    .await;
+    let web = s.emulator.service("staging", "web").await.unwrap();
+    assert_eq!(web.revision(), relisted.to_string());
+}
+
+/// SQS's answer that a receipt expired (ChangeMessageVisibility: "ReceiptHandleIsInvalid", the
+/// emulator's fault endpoint) while UpdateService is slow to answer (its `delay_seconds`: the
+/// update is made at once, its answer comes later). The worker stops at the next step, not in
+/// the middle of this one: the update's tags are written, and the attempt that takes the job
+/// over finds the spec live instead of updating the service a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_that_expires_during_a_write_stops_the_job_after_the_write_not_within_it() {
+    let mut s = setup().await;
+    s.config.worker.visibility_timeout = Duration::from_secs(3);
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    let before = s.emulator.ecs_calls().len();
+
+    s.emulator
+        .fault(r#"{"service": "ecs", "operation": "UpdateService", "delay_seconds": 2.5, "seconds": 60}"#)
+        .await;
+    s.emulator
+        .fault(
+            r#"{"service": "sqs", "operation": "ChangeMessageVisibility", "status": 400, "seconds": 4,
+                "code": "ReceiptHandleIsInvalid", "message": "The receipt handle has expired."}"#,
+        )
+        .await;
+    let change = s.commit_new_api_image();
+    assert_eq!(receiver.push("staging", change, "slow-update").await.0, 202);
+    let api = eventually(LIMIT, "api at the new commit", || async {
+        s.emulator
+            .service("staging", "api")
+            .await
+            .filter(|a| a.revision() == change.to_string())
+    })
+    .await;
+    s.drained().await;
+    assert_eq!(api.task_definition, "staging-api:2");
+    let faulted = s.emulator.calls();
+    assert!(
+        faulted
+            .iter()
+            .any(|c| c == "sqs ChangeMessageVisibility fault 400"),
+        "the receipt expired during the job"
+    );
+    let updates = s.emulator.ecs_calls()[before..]
+        .iter()
+        .filter(|c| *c == "UpdateService")
+        .count();
+    assert_eq!(updates, 1, "the service was updated once");
 }
