@@ -50,12 +50,14 @@ pub enum Outcome {
 pub trait History: Sync {
     /// The commit that makes this job stale, if any: the live commit when it descends from the
     /// job's and is still on the branch, or the branch head when the job's commit has left the
-    /// branch (a force-push). `None` (apply) when it cannot tell, e.g. git is unreachable.
+    /// branch (a force-push). `Ok(None)` (apply) when neither, or the job's commit is unknown
+    /// (newer than anything fetched); `Err` (try again later) when git cannot be reached and
+    /// what was fetched before cannot order the two.
     fn superseded_by(
         &self,
         job: &SyncJob,
         live: &str,
-    ) -> impl Future<Output = Option<String>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, String>> + Send;
 
     /// The same for the other repo an app is read from, when the service runs the job's config
     /// commit: `live` is the commit of `source.repo` it was read at.
@@ -301,9 +303,19 @@ async fn apply_once(
     if let Some(live_commit) = live.as_ref().and_then(|l| l.tags.get(tag::REVISION))
         && !live_commit.is_empty()
         && *live_commit != app.commit
-        && let Some(by) = history.superseded_by(job, live_commit).await
     {
-        return Ok(Outcome::Superseded { by });
+        match history.superseded_by(job, live_commit).await {
+            Ok(Some(by)) => return Ok(Outcome::Superseded { by }),
+            Ok(None) => {}
+            // Applying could put an older commit over a newer one.
+            Err(reason) => {
+                return Err(Error::Unordered {
+                    service: app.service_name().to_owned(),
+                    live: live_commit.clone(),
+                    reason,
+                });
+            }
+        }
     }
     if let Some(live) = &live
         && let Some(source) = &app.source
@@ -649,7 +661,13 @@ async fn waiting_for(
         let moved_on = !runs_spec
             && match live.tags.get(tag::REVISION) {
                 Some(revision) if !revision.is_empty() && *revision != job.app.commit => {
-                    history.superseded_by(job, revision).await.as_ref() == Some(revision)
+                    history
+                        .superseded_by(job, revision)
+                        .await
+                        .ok()
+                        .flatten()
+                        .as_ref()
+                        == Some(revision)
                 }
                 _ => false,
             };

@@ -90,6 +90,16 @@ pub enum Error {
     /// expired) or shutdown's grace ran out. Another attempt goes on from what is live.
     #[error("stopped between steps; another attempt takes the job over")]
     Interrupted,
+    /// The service runs another commit of the branch and git cannot be reached to tell which is
+    /// newer; nothing was written.
+    #[error(
+        "{service} runs commit {live}, and git cannot tell whether this job's commit is newer ({reason}); tried again later"
+    )]
+    Unordered {
+        service: String,
+        live: String,
+        reason: String,
+    },
     #[error("{original}; rolling back failed too: {rollback}")]
     RollbackFailed {
         original: Box<Error>,
@@ -141,7 +151,10 @@ impl Error {
         match self {
             Error::Ecs(e) => e.is_retryable(),
             Error::PreflightLookup(e) => e.is_retryable(),
-            Error::Waiting { .. } | Error::Draining { .. } | Error::Interrupted => true,
+            Error::Waiting { .. }
+            | Error::Draining { .. }
+            | Error::Interrupted
+            | Error::Unordered { .. } => true,
             Error::Preflight(_)
             | Error::DependencyFailed { .. }
             | Error::DependenciesNotLive { .. }
@@ -162,6 +175,7 @@ impl Error {
             Error::Waiting { .. } => "WaitingForDependencies",
             Error::Draining { .. } => "ServiceDraining",
             Error::Interrupted => "Interrupted",
+            Error::Unordered { .. } => "CannotOrderCommits",
             Error::DependenciesNotLive { .. } => "DependenciesNotLive",
             Error::DependencyFailed { .. } => "DependencyFailed",
             Error::Preflight(_) => "PreflightRefused",
@@ -613,6 +627,14 @@ impl Mirrors {
         self.by_name.get(repo).map(|w| w.mirror.clone())
     }
 
+    /// Whether this worker's mirror of `repo` holds `commit` (fetched before).
+    fn holds(&self, repo: &str, commit: &str) -> bool {
+        let (Some(mirror), Ok(commit)) = (self.mirror(repo), git2::Oid::from_str(commit)) else {
+            return false;
+        };
+        mirror.local().is_ok_and(|local| local.contains(commit))
+    }
+
     /// `live` when it descends from `job` and is still on `branch` of `repo`, or the branch's
     /// head when `job` left the branch; `None` (apply) when neither, or it cannot tell.
     async fn newer_on_branch(
@@ -632,9 +654,22 @@ impl Mirrors {
         };
         let branch = branch.to_owned();
         let check = tokio::task::spawn_blocking(move || -> Result<Option<String>, repo::Error> {
-            // Always the current head: a force-push may have moved the branch back.
-            let head = mirror.fetch_branch(&branch)?;
+            // Always the current head: a force-push may have moved the branch back. When git
+            // cannot be reached, the branch as last fetched still orders two commits this
+            // mirror holds (a force-push since then is seen once git is back).
+            let fetched = mirror.fetch_branch(&branch);
             let local = mirror.local()?;
+            let head = match fetched {
+                Ok(head) => head,
+                Err(e @ repo::Error::NoSuchBranch { .. }) => return Err(e),
+                Err(e) => match local.branch_head(&branch)? {
+                    Some(head) if local.contains(job_commit) && local.contains(live_commit) => {
+                        warn!(message = "Cannot fetch the branch; ordering commits as of its last fetch.", error = %e);
+                        head
+                    }
+                    _ => return Err(e),
+                },
+            };
             if !local.contains(job_commit) || !local.is_ancestor(job_commit, head)? {
                 return Ok(Some(head.to_string())); // the job's commit left the branch
             }
@@ -653,16 +688,21 @@ impl Mirrors {
 }
 
 impl History for Mirrors {
-    async fn superseded_by(&self, job: &SyncJob, live: &str) -> Option<String> {
+    async fn superseded_by(&self, job: &SyncJob, live: &str) -> Result<Option<String>, String> {
         if job.branch.is_empty() {
-            return None; // a job from a receiver that predates branch-aware jobs
+            return Ok(None); // a job from a receiver that predates branch-aware jobs
         }
-        self.newer_on_branch(&job.repo, &job.branch, &job.app.commit, live)
+        match self
+            .newer_on_branch(&job.repo, &job.branch, &job.app.commit, live)
             .await
-            .unwrap_or_else(|error| {
-                warn!(message = "Cannot compare commits; applying the job.", %error);
-                None
-            })
+        {
+            Ok(by) => Ok(by),
+            // The environment's branch is gone: nothing newer can be on it.
+            Err(repo::Error::NoSuchBranch { .. }) => Ok(None),
+            // Never fetched here: newer than anything this worker has seen.
+            Err(_) if !self.holds(&job.repo, &job.app.commit) => Ok(None),
+            Err(error) => Err(error.to_string()),
+        }
     }
 
     async fn source_superseded_by(&self, source: &SourceUse, live: &str) -> Option<String> {

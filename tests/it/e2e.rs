@@ -1156,6 +1156,46 @@ async fn a_late_job_for_an_older_commit_is_superseded() {
     );
 }
 
+/// The same late job while the config repo cannot be fetched (the Git host down): the worker
+/// orders the two commits with the branch as it last fetched it, rather than apply a job it
+/// cannot place, which would put the older commit over the newer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_job_is_superseded_even_while_git_cannot_be_reached() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let older = s.repo.head("staging");
+    s.staging_deployed(&receiver).await;
+    let newer = s.commit_new_api_image();
+    assert_eq!(receiver.push("staging", newer, "newer").await.0, 202);
+    s.drained().await;
+    let live = s.emulator.service("staging", "api").await.unwrap();
+    assert_eq!(live.revision(), newer.to_string());
+
+    let api = s.resolved_staging_api(older);
+    let away = s.repo.path().with_extension("away");
+    std::fs::rename(s.repo.path(), &away).unwrap();
+    let queue = fleetsync::queue::Queue::new(&s.emulator.aws, &s.queue_url);
+    queue
+        .send(&[fleetsync::queue::SyncJob::new(
+            "platform", "staging", "late", api,
+        )])
+        .await
+        .unwrap();
+    s.drained().await;
+    std::fs::rename(&away, s.repo.path()).unwrap();
+
+    assert_eq!(
+        s.emulator.service("staging", "api").await.unwrap(),
+        live,
+        "still the newer commit"
+    );
+    assert_eq!(
+        s.emulator.revisions("staging-api").await,
+        ["staging-api:1", "staging-api:2"]
+    );
+}
+
 /// A force-push back to an older commit is a rollback someone asked for: unlike a late job, it
 /// is applied, because the newer commit is no longer on the branch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
