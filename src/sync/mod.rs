@@ -10,9 +10,9 @@ mod prune;
 pub mod status;
 
 use crate::resolve::SourceUse;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use apply::{Attempt, History, MAX_DEPENDENCY_WAITS, Outcome, apply};
@@ -407,7 +407,9 @@ impl Worker {
                 let worker = self.clone();
                 let ctx = ctx.clone();
                 tracker.spawn(async move {
-                    for (message, permit) in batch {
+                    let lost = Mutex::new(HashSet::<String>::new());
+                    let mut batch = VecDeque::from(batch);
+                    while let Some((message, permit)) = batch.pop_front() {
                         if ctx.shutdown.is_cancelled() {
                             // Not started: another worker takes it at once.
                             worker
@@ -415,7 +417,19 @@ impl Worker {
                                 .await;
                             continue;
                         }
-                        worker.handle(message, permit, &ctx).await;
+                        if lost.lock().expect("never poisoned").remove(&message.receipt) {
+                            warn!(message = "A job's receipt expired while it waited its turn; another worker has it.", message_id = %message.message_id);
+                            continue;
+                        }
+                        // The rest of the group waits its turn hidden: were its visibility to
+                        // run out, SQS would hand it to another worker while this one still
+                        // runs it.
+                        let waiting: Vec<String> =
+                            batch.iter().map(|(m, _)| m.receipt.clone()).collect();
+                        tokio::select! {
+                            () = worker.handle(message, permit, &ctx) => {}
+                            () = worker.keep_hidden(&waiting, &lost) => {}
+                        }
                     }
                 });
             }
@@ -598,6 +612,28 @@ impl Worker {
                 warn!(message = "Cannot extend the job's visibility.", error = %e);
                 if e.receipt_expired() {
                     return;
+                }
+            }
+        }
+    }
+
+    /// Extends the visibility of `receipts` on the heartbeat's schedule, forever; those SQS
+    /// says are no longer this worker's go into `lost`.
+    async fn keep_hidden(&self, receipts: &[String], lost: &Mutex<HashSet<String>>) {
+        if receipts.is_empty() {
+            return std::future::pending().await;
+        }
+        let every = self.config.visibility_timeout / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            for receipt in receipts {
+                if let Err(e) = self
+                    .queue
+                    .set_visibility(receipt, self.config.visibility_timeout)
+                    .await
+                    && e.receipt_expired()
+                {
+                    lost.lock().expect("never poisoned").insert(receipt.clone());
                 }
             }
         }

@@ -1837,6 +1837,72 @@ async fn two_jobs_of_one_app_received_together_run_one_after_another() {
     );
 }
 
+/// Jobs of one group received together wait their turn in the worker; their visibility ran out
+/// meanwhile when the one before them took longer than the visibility timeout (here an
+/// UpdateService slow to answer, the emulator's `delay_seconds`; in AWS a long rollout), and SQS
+/// handed the next one to another worker while this one still ran it: two workers on one app.
+/// Found by bench/chaos.py. Waiting jobs are now kept hidden until their turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_waiting_their_turn_in_a_worker_are_not_handed_to_another() {
+    let mut s = setup().await;
+    s.config.worker.visibility_timeout = Duration::from_secs(3);
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    worker.cancel();
+    let first = s.repo.head("staging");
+    let one = s.commit_new_api_image();
+    assert_eq!(
+        receiver
+            .push_from("staging", Some(first), one, "one")
+            .await
+            .0,
+        202
+    );
+    let two = s.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        Some(t.unwrap().replace("api:1.5.0", "api:1.6.0"))
+    });
+    assert_eq!(
+        receiver.push_from("staging", Some(one), two, "two").await.0,
+        202
+    );
+    s.emulator
+        .fault(r#"{"service": "ecs", "operation": "UpdateService", "delay_seconds": 4, "seconds": 60}"#)
+        .await;
+    let writes_before = s.emulator.ecs_calls().len();
+    // The first takes both jobs; the second is idle, ready to receive what SQS lets go.
+    let _first = start_worker(&s.config, &s.emulator.aws);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _second = start_worker(&s.config, &s.emulator.aws);
+    eventually(LIMIT, "api at the second commit", || async {
+        s.emulator
+            .service("staging", "api")
+            .await
+            .filter(|a| a.revision() == two.to_string())
+    })
+    .await;
+    s.drained().await;
+    assert_eq!(
+        s.emulator.revisions("staging-api").await,
+        ["staging-api:1", "staging-api:2", "staging-api:3"],
+        "one revision per spec"
+    );
+    let writes: Vec<String> = s.emulator.ecs_calls()[writes_before..]
+        .iter()
+        .filter(|c| ["RegisterTaskDefinition", "UpdateService"].contains(&c.as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            "RegisterTaskDefinition",
+            "UpdateService",
+            "RegisterTaskDefinition",
+            "UpdateService"
+        ]
+    );
+}
+
 /// A job waiting on a dependency whose rollout failed waited 20 times (about 75 minutes), and
 /// held every newer job of its FIFO group meanwhile. It now fails at once, marked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
