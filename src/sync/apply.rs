@@ -738,6 +738,10 @@ async fn watch_or_roll_back(
 ) -> Result<(), Error> {
     match watch_rollout(ecs, job, ours, poll, stop).await {
         Ok(()) => Ok(()),
+        // The job may be another worker's by now: the verdict is its to act on.
+        Err(Error::RolloutFailed { .. } | Error::RolloutTimeout { .. }) if stop.is_cancelled() => {
+            Err(Error::Interrupted)
+        }
         Err(failure @ (Error::RolloutFailed { .. } | Error::RolloutTimeout { .. })) => {
             Err(roll_back(ecs, job, rollback, failure).await)
         }

@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 
 pub use apply::{Attempt, History, MAX_DEPENDENCY_WAITS, Outcome, apply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -597,21 +598,27 @@ impl Worker {
         }
     }
 
-    /// Extends the message's visibility until dropped; returns only if that becomes impossible
-    /// (the message was taken by someone else), which stops the job at its next step. A failed
-    /// extension is tried again on the next beat: the visibility left covers two of them.
+    /// Extends the message's visibility until dropped; returns once the message may no longer
+    /// be this worker's, which stops the job at its next step: SQS said the receipt expired, or
+    /// extensions failed until the visibility may run out before the next beat. Past that
+    /// point SQS may hand the message to another worker, and two attempts of one job would
+    /// write one service (seen in the fault campaign: the older attempt read the newer one's
+    /// deployment as "replaced" and rolled the service back).
     async fn heartbeat(&self, receipt: &str) {
-        let every = self.config.visibility_timeout / 3;
+        let (visibility, every) = (self.config.visibility_timeout, self.beat());
+        // Counted from now less one beat: a message that waited its turn in a batch was last
+        // extended up to a beat ago. Two failed beats in a row are tolerated.
+        let mut hidden_until = Instant::now() + visibility - every;
         loop {
             tokio::time::sleep(every).await;
-            if let Err(e) = self
-                .queue
-                .set_visibility(receipt, self.config.visibility_timeout)
-                .await
-            {
-                warn!(message = "Cannot extend the job's visibility.", error = %e);
-                if e.receipt_expired() {
-                    return;
+            let asked = Instant::now();
+            match self.queue.set_visibility(receipt, visibility).await {
+                Ok(()) => hidden_until = asked + visibility,
+                Err(e) => {
+                    warn!(message = "Cannot extend the job's visibility.", error = %e);
+                    if e.receipt_expired() || Instant::now() + every >= hidden_until {
+                        return;
+                    }
                 }
             }
         }
@@ -623,7 +630,7 @@ impl Worker {
         if receipts.is_empty() {
             return std::future::pending().await;
         }
-        let every = self.config.visibility_timeout / 3;
+        let every = self.beat();
         loop {
             tokio::time::sleep(every).await;
             for receipt in receipts {
@@ -637,6 +644,11 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// How often a held message's visibility is extended.
+    fn beat(&self) -> Duration {
+        self.config.visibility_timeout / 4
     }
 
     /// Whether the redrive policy moves the message once this receive gives it back.
