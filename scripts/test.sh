@@ -10,5 +10,7 @@ scripts/setup-venv.sh
 # compiles once. A separate `cargo build --bin` would compile most of it again, because the test
 # build's dev-dependencies unify other features into shared crates (19 minutes here).
 cargo test --release --locked --all-targets
+# A short fault campaign on that binary: the production shape under faults loses nothing.
+.venv/bin/python bench/chaos.py
 # The image from that binary, built with podman from deploy/Dockerfile and run as a user would.
 scripts/image.sh
