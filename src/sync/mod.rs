@@ -419,7 +419,7 @@ impl Worker {
                             continue;
                         }
                         if lost.lock().expect("never poisoned").remove(&message.receipt) {
-                            warn!(message = "A job's receipt expired while it waited its turn; another worker has it.", message_id = %message.message_id);
+                            warn!(message = "A job waited its turn past its visibility; left to the worker SQS hands it to.", message_id = %message.message_id);
                             continue;
                         }
                         // The rest of the group waits its turn hidden: were its visibility to
@@ -624,23 +624,24 @@ impl Worker {
         }
     }
 
-    /// Extends the visibility of `receipts` on the heartbeat's schedule, forever; those SQS
-    /// says are no longer this worker's go into `lost`.
+    /// Extends the visibility of `receipts` on the heartbeat's schedule, forever; those that
+    /// may no longer be this worker's, by the heartbeat's rule, go into `lost`.
     async fn keep_hidden(&self, receipts: &[String], lost: &Mutex<HashSet<String>>) {
         if receipts.is_empty() {
             return std::future::pending().await;
         }
-        let every = self.beat();
+        let (visibility, every) = (self.config.visibility_timeout, self.beat());
+        let mut hidden_until = vec![Instant::now() + visibility - every; receipts.len()];
         loop {
             tokio::time::sleep(every).await;
-            for receipt in receipts {
-                if let Err(e) = self
-                    .queue
-                    .set_visibility(receipt, self.config.visibility_timeout)
-                    .await
-                    && e.receipt_expired()
-                {
-                    lost.lock().expect("never poisoned").insert(receipt.clone());
+            for (receipt, until) in receipts.iter().zip(&mut hidden_until) {
+                let asked = Instant::now();
+                match self.queue.set_visibility(receipt, visibility).await {
+                    Ok(()) => *until = asked + visibility,
+                    Err(e) if e.receipt_expired() || Instant::now() + every >= *until => {
+                        lost.lock().expect("never poisoned").insert(receipt.clone());
+                    }
+                    Err(_) => {}
                 }
             }
         }
