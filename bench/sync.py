@@ -230,8 +230,9 @@ def wait_completed(aws, cluster, n):
 
 
 class workers:
-    def __init__(self, count, config, env, children):
+    def __init__(self, count, config, env, children, stderr=None):
         self.args = (count, config, env, children)
+        self.stderr = stderr
 
     def __enter__(self):
         count, config, env, children = self.args
@@ -242,7 +243,8 @@ class workers:
             text = config.read_text()
             mirrors = next(line for line in text.splitlines() if line.startswith("mirrorDir: "))
             own.write_text(text.replace(mirrors, f"{mirrors}-worker-{i}"))
-            self.processes.append(spawn([str(BINARY), "worker", "--config", str(own)], env, children))
+            self.processes.append(spawn([str(BINARY), "worker", "--config", str(own)], env, children,
+                                        self.stderr))
 
     def __exit__(self, *_):
         for p in self.processes:
