@@ -17,10 +17,10 @@ the next one (out of order). Between pushes, on the seed's schedule, one fault a
   restart-receiver  a receiver gets SIGTERM and is started again; deliveries meanwhile are
                     refused at its port
   sqs-500 / sqs-503 every SQS call answers 500 InternalError or 503 ServiceUnavailable for 3 s
+  sqs-refused       SQS refuses connections for 3 s, and those open are cut: fleetsync reaches
+                    SQS through a TCP gate (AWS_ENDPOINT_URL_SQS) that the campaign shuts
   ecs-throttle      every ECS call answers ThrottlingException for 3 s
   git-down          the config repo's fetch URL leads nowhere for 3 s (every fetch fails)
-Connection refusals by SQS itself are not modelled (the emulator serves every service on one
-port); a receiver's restart stands in for a refused connection at fleetsync's own port.
 
 Then faults stop and the campaign waits for quiescence (every app of both environments running
 its branch head's image, one COMPLETED deployment, no failure mark), at most one reconcile
@@ -39,6 +39,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -58,7 +59,7 @@ APPS = int(os.environ.get("CHAOS_APPS", "4"))
 RECONCILE = int(os.environ.get("CHAOS_RECONCILE", "10"))
 RECEIVERS, WORKERS = 2, 3
 BRANCHES = {"staging": "staging", "production": "main"}
-FAULTS = ["kill-worker", "restart-receiver", "sqs-500", "sqs-503", "ecs-throttle", "git-down"]
+FAULTS = ["kill-worker", "restart-receiver", "sqs-500", "sqs-503", "sqs-refused", "ecs-throttle", "git-down"]
 FAULT_SECONDS = 3
 ROLLOUTS = 60  # seconds past one reconcile interval the last changes may take to roll out
 ZEROS = "0" * 40
@@ -98,7 +99,9 @@ class Fleet:
 
     def __init__(self, work, endpoint, network, children):
         self.work, self.children = work, children
-        self.env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="test",
+        self.gate = Gate(int(endpoint.rsplit(":", 1)[1]))
+        self.env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ENDPOINT_URL_SQS=f"http://127.0.0.1:{self.gate.port}",
+                        AWS_ACCESS_KEY_ID="test",
                         AWS_SECRET_ACCESS_KEY="test", AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
                         FLEETSYNC_WEBHOOK_SECRET=SECRET,
                         RUST_LOG=os.environ.get("CHAOS_RUST_LOG", "warn"))
@@ -155,6 +158,61 @@ worker:
 
     def logs(self, prefix):
         return "".join(p.read_text(errors="replace") for p in sorted(self.work.glob(f"{prefix}-*.log")))
+
+
+class Gate:
+    """A TCP relay in front of the emulator for SQS: shut, it refuses connections and cuts the
+    open ones, as an unreachable endpoint does."""
+
+    def __init__(self, target):
+        self.target, self.port = target, free_port()
+        self.lock, self.open, self.server = threading.Lock(), set(), None
+        self.accepted = 0
+        self.listen()
+
+    def listen(self):
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self.accept, args=(self.server,), daemon=True).start()
+
+    def accept(self, server):
+        while True:
+            try:
+                client, _ = server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            with self.lock:
+                self.open.update((client, upstream))
+                self.accepted += 1
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
+
+    def pump(self, source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def shut(self, seconds):
+        self.server.close()
+        with self.lock:
+            cut, self.open = self.open, set()
+        for s in cut:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        def back():
+            time.sleep(seconds)
+            self.listen()
+        threading.Thread(target=back, daemon=True).start()
 
 
 def generate(repo, network):
@@ -303,6 +361,7 @@ def campaign(rng, fleet, aws):
     figures["dead_letters"] = dead
     if dead:
         problems.append(f"{dead} message(s) in the dead-letter queue")
+    figures["sqs_connections"] = fleet.gate.accepted
     figures["lost"] = len(missing)
     return figures, problems
 
@@ -315,6 +374,8 @@ def inject(kind, rng, fleet, endpoint):
         threading.Thread(target=fleet.restart, args=(entry, signal.SIGTERM), daemon=True).start()
     elif kind in ("sqs-500", "sqs-503"):
         fault_request(endpoint, {"service": "sqs", "status": int(kind[-3:]), "seconds": FAULT_SECONDS})
+    elif kind == "sqs-refused" and fleet.gate.server.fileno() != -1:
+        fleet.gate.shut(FAULT_SECONDS)
     elif kind == "ecs-throttle":
         fault_request(endpoint, {"service": "ecs", "throttle_seconds": FAULT_SECONDS})
     elif kind == "git-down" and fleet.link.is_symlink():
