@@ -605,21 +605,11 @@ impl Worker {
     /// write one service (seen in the fault campaign: the older attempt read the newer one's
     /// deployment as "replaced" and rolled the service back).
     async fn heartbeat(&self, receipt: &str) {
-        let (visibility, every) = (self.config.visibility_timeout, self.beat());
-        // Counted from now less one beat: a message that waited its turn in a batch was last
-        // extended up to a beat ago. Two failed beats in a row are tolerated.
-        let mut hidden_until = Instant::now() + visibility - every;
+        let mut hidden_until = self.hidden_from_now();
         loop {
-            tokio::time::sleep(every).await;
-            let asked = Instant::now();
-            match self.queue.set_visibility(receipt, visibility).await {
-                Ok(()) => hidden_until = asked + visibility,
-                Err(e) => {
-                    warn!(message = "Cannot extend the job's visibility.", error = %e);
-                    if e.receipt_expired() || Instant::now() + every >= hidden_until {
-                        return;
-                    }
-                }
+            tokio::time::sleep(self.beat()).await;
+            if self.extend(receipt, &mut hidden_until).await {
+                return;
             }
         }
     }
@@ -630,21 +620,39 @@ impl Worker {
         if receipts.is_empty() {
             return std::future::pending().await;
         }
-        let (visibility, every) = (self.config.visibility_timeout, self.beat());
-        let mut hidden_until = vec![Instant::now() + visibility - every; receipts.len()];
+        let mut hidden_until = vec![self.hidden_from_now(); receipts.len()];
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(self.beat()).await;
             for (receipt, until) in receipts.iter().zip(&mut hidden_until) {
-                let asked = Instant::now();
-                match self.queue.set_visibility(receipt, visibility).await {
-                    Ok(()) => *until = asked + visibility,
-                    Err(e) if e.receipt_expired() || Instant::now() + every >= *until => {
-                        lost.lock().expect("never poisoned").insert(receipt.clone());
-                    }
-                    Err(_) => {}
+                if self.extend(receipt, until).await {
+                    lost.lock().expect("never poisoned").insert(receipt.clone());
                 }
             }
         }
+    }
+
+    /// Extends `receipt`'s visibility and moves `hidden_until` on. True when the message may no
+    /// longer be this worker's: SQS said the receipt expired, or the next beat would come after
+    /// the visibility may have run out (two failed beats in a row are tolerated).
+    async fn extend(&self, receipt: &str, hidden_until: &mut Instant) -> bool {
+        let visibility = self.config.visibility_timeout;
+        let asked = Instant::now();
+        match self.queue.set_visibility(receipt, visibility).await {
+            Ok(()) => {
+                *hidden_until = asked + visibility;
+                false
+            }
+            Err(e) => {
+                warn!(message = "Cannot extend a job's visibility.", error = %e);
+                e.receipt_expired() || Instant::now() + self.beat() >= *hidden_until
+            }
+        }
+    }
+
+    /// How long a message held now is surely hidden: counted from now less one beat, since one
+    /// that waited its turn in a batch was last extended up to a beat ago.
+    fn hidden_from_now(&self) -> Instant {
+        Instant::now() + self.config.visibility_timeout - self.beat()
     }
 
     /// How often a held message's visibility is extended.

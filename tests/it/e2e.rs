@@ -1120,6 +1120,23 @@ async fn a_retry_after_a_crash_between_update_and_tag_rolls_back_to_the_real_pre
 /// commit order: a late job for an older commit must not roll the service back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_job_for_an_older_commit_is_superseded() {
+    late_job_for_an_older_commit(Git::Reachable).await;
+}
+
+/// The same late job while the config repo cannot be fetched (the Git host down): the worker
+/// orders the two commits with the branch as it last fetched it, rather than apply a job it
+/// cannot place, which would put the older commit over the newer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_job_is_superseded_even_while_git_cannot_be_reached() {
+    late_job_for_an_older_commit(Git::Unreachable).await;
+}
+
+enum Git {
+    Reachable,
+    Unreachable,
+}
+
+async fn late_job_for_an_older_commit(git: Git) {
     let s = setup().await;
     let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
     let _worker = start_worker(&s.config, &s.emulator.aws);
@@ -1136,45 +1153,10 @@ async fn a_late_job_for_an_older_commit_is_superseded() {
 
     // The older commit's api job arrives late, as another receiver would have enqueued it.
     let api = s.resolved_staging_api(older);
-    let queue = fleetsync::queue::Queue::new(&s.emulator.aws, &s.queue_url);
-    queue
-        .send(&[fleetsync::queue::SyncJob::new(
-            "platform", "staging", "late", api,
-        )])
-        .await
-        .unwrap();
-    s.drained().await;
-
-    assert_eq!(
-        s.emulator.service("staging", "api").await.unwrap(),
-        live,
-        "still the newer commit"
-    );
-    assert_eq!(
-        s.emulator.revisions("staging-api").await,
-        ["staging-api:1", "staging-api:2"]
-    );
-}
-
-/// The same late job while the config repo cannot be fetched (the Git host down): the worker
-/// orders the two commits with the branch as it last fetched it, rather than apply a job it
-/// cannot place, which would put the older commit over the newer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_job_is_superseded_even_while_git_cannot_be_reached() {
-    let s = setup().await;
-    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
-    let _worker = start_worker(&s.config, &s.emulator.aws);
-    let older = s.repo.head("staging");
-    s.staging_deployed(&receiver).await;
-    let newer = s.commit_new_api_image();
-    assert_eq!(receiver.push("staging", newer, "newer").await.0, 202);
-    s.drained().await;
-    let live = s.emulator.service("staging", "api").await.unwrap();
-    assert_eq!(live.revision(), newer.to_string());
-
-    let api = s.resolved_staging_api(older);
     let away = s.repo.path().with_extension("away");
-    std::fs::rename(s.repo.path(), &away).unwrap();
+    if let Git::Unreachable = git {
+        std::fs::rename(s.repo.path(), &away).unwrap();
+    }
     let queue = fleetsync::queue::Queue::new(&s.emulator.aws, &s.queue_url);
     queue
         .send(&[fleetsync::queue::SyncJob::new(
@@ -1183,7 +1165,9 @@ async fn a_late_job_is_superseded_even_while_git_cannot_be_reached() {
         .await
         .unwrap();
     s.drained().await;
-    std::fs::rename(&away, s.repo.path()).unwrap();
+    if let Git::Unreachable = git {
+        std::fs::rename(&away, s.repo.path()).unwrap();
+    }
 
     assert_eq!(
         s.emulator.service("staging", "api").await.unwrap(),
