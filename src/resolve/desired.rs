@@ -40,6 +40,9 @@ pub mod tag {
     /// its SHA-256 (36 bits: a foreign key mistaken for one of ours is a one-in-ten-billion
     /// chance per key), concatenated: 38 keys fit ECS's 256-character value.
     pub const TAG_KEYS: &str = "fleetsync:tag-keys";
+    /// On a preview's services and task definitions: the pull request's number. A preview
+    /// updates or deletes only what carries its own.
+    pub const PREVIEW: &str = "fleetsync:preview";
 
     /// The part of [`TAG_KEYS`] that stands for `key`.
     pub fn key_digest(key: &str) -> String {
@@ -93,7 +96,18 @@ pub struct Provenance {
     pub commit: String,
     /// Set for an app read from another repository.
     pub source: Option<SourceUse>,
+    /// Set when resolving a pull request's preview.
+    pub preview: Option<super::preview::Preview>,
 }
+
+/// Fields a preview drops: they attach the service to load balancers and namespaces that its
+/// environment's own service uses (and ECS takes a grace period only with a load balancer).
+const PREVIEW_DROPPED_FIELDS: &[&str] = &[
+    "loadBalancers",
+    "serviceRegistries",
+    "serviceConnectConfiguration",
+    "healthCheckGracePeriodSeconds",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -145,6 +159,9 @@ pub struct DesiredApp {
     /// default branch): a service one of them deployed is theirs, not this app's to take.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub neighbours: Vec<String>,
+    /// The pull request whose preview this app is part of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,7 +178,7 @@ impl DesiredApp {
         provenance: &Provenance,
         depends_on: Vec<String>,
         mut task_definition: Map<String, Value>,
-        service: Map<String, Value>,
+        mut service: Map<String, Value>,
         rollout: RolloutSpec,
     ) -> Self {
         // Task definitions are account-wide, not per cluster: without an explicit family, two
@@ -169,16 +186,42 @@ impl DesiredApp {
         task_definition
             .entry("family")
             .or_insert_with(|| Value::String(format!("{}-{name}", provenance.environment)));
-        let family = task_definition["family"]
+        let mut family = task_definition["family"]
             .as_str()
             .unwrap_or(name)
             .to_owned();
+        let mut service_name = service
+            .get("serviceName")
+            .and_then(Value::as_str)
+            .unwrap_or(name)
+            .to_owned();
+        let preview = provenance.preview.as_ref();
+        let cluster = preview.map_or(cluster, |p| p.cluster.as_str());
+        if let Some(p) = preview {
+            // Confined by construction: whatever the pull request's files say, its services
+            // and families carry its name and run in the preview cluster.
+            let suffix = format!("-{}", p.name());
+            family.push_str(&suffix);
+            service_name.push_str(&suffix);
+            task_definition.insert("family".into(), json!(family));
+            for field in PREVIEW_DROPPED_FIELDS {
+                service.remove(*field);
+            }
+            if let Some(count) = service.get("desiredCount").and_then(Value::as_u64) {
+                service.insert(
+                    "desiredCount".into(),
+                    json!(count.min(p.desired_count.into())),
+                );
+            } else if service.get("schedulingStrategy").and_then(Value::as_str) != Some("DAEMON") {
+                service.insert("desiredCount".into(), json!(p.desired_count.min(1)));
+            }
+        }
 
         let mut create_service = Map::new();
         create_service.insert("cluster".into(), json!(cluster));
-        create_service.insert("serviceName".into(), json!(name));
-        create_service.insert("taskDefinition".into(), json!(family));
         create_service.extend(service);
+        create_service.insert("serviceName".into(), json!(service_name));
+        create_service.insert("taskDefinition".into(), json!(family));
 
         let task_definition_hash = hash(&json!({"registerTaskDefinition": task_definition}));
         let spec_hash = hash(
@@ -237,6 +280,7 @@ impl DesiredApp {
             update_service,
             rollout,
             neighbours: Vec::new(),
+            preview: preview.map(|p| p.number),
         }
     }
 
@@ -296,6 +340,11 @@ fn provenance_tags(app: &str, p: &Provenance, hash: (&str, &str)) -> Vec<(String
     .into_iter()
     .chain(source.as_deref().map(|s| (tag::SOURCE, s)))
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .chain(
+        p.preview
+            .as_ref()
+            .map(|preview| (tag::PREVIEW.to_owned(), preview.number.to_string())),
+    )
     .collect()
 }
 

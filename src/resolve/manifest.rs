@@ -26,6 +26,8 @@ pub struct Root {
     /// `prune: true` (top root only): services this root deployed and no longer lists are
     /// deleted. With where it was set, for problems about it.
     pub prune: Option<(bool, Pos)>,
+    /// `previews:` (top root only): pull requests run as confined copies of an environment.
+    pub previews: Option<super::preview::Previews>,
 }
 
 /// Nesting allowed when the top root does not say.
@@ -122,6 +124,7 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
             "vars",
             "maxNesting",
             "prune",
+            "previews",
         ],
         report,
     )?;
@@ -227,6 +230,9 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
         }
     }
 
+    let previews = top_only("previews", report)
+        .and_then(|node| super::preview::read(node, &environments, report));
+
     let mut apps = Vec::new();
     if let Some(node) = apps_node {
         match &node.kind {
@@ -289,6 +295,7 @@ fn read_any_root(node: &Node, nested: bool, report: &mut Report<'_>) -> Option<R
         vars,
         max_nesting,
         prune,
+        previews,
     })
 }
 
@@ -320,6 +327,7 @@ pub const BUILT_IN_VARS: &[&str] = &[
     "cluster",
     "revision",
     "short_revision",
+    "preview",
     "app",
 ];
 

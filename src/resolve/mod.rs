@@ -8,6 +8,7 @@ mod desired;
 pub mod manifest;
 mod overlay;
 pub mod policy;
+pub mod preview;
 mod rules;
 mod vars;
 mod walk;
@@ -167,7 +168,15 @@ pub fn resolve(
     environment: &str,
     commit: &str,
 ) -> Result<DesiredState, Error> {
-    resolve_with(files, &NoSources, root_path, environment, commit, None)
+    resolve_with(
+        files,
+        &NoSources,
+        root_path,
+        environment,
+        commit,
+        None,
+        None,
+    )
 }
 
 /// Resolves an environment under a trusted root, the one on the default branch: it decides the
@@ -188,6 +197,39 @@ pub fn resolve_bound(
         environment,
         commit,
         Some(trusted),
+        None,
+    )
+}
+
+/// Resolves pull request `number` at `commit` (its head) as a preview: exactly as the
+/// environment `previews.from` of the trusted root would resolve it, with `${preview}` set, then
+/// confined: every app renamed `…-pr-<number>`, in `previews.cluster`, its count capped, tagged
+/// with the preview. `previews` is the trusted root's: a pull request cannot change its own.
+pub fn resolve_preview(
+    files: &dyn Files,
+    sources: &dyn Sources,
+    root_path: &str,
+    trusted: &Root,
+    number: u64,
+    commit: &str,
+) -> Result<DesiredState, Error> {
+    let Some(previews) = &trusted.previews else {
+        return Err(Error::Invalid(vec![Problem {
+            file: root_path.to_owned(),
+            line: 1,
+            column: 1,
+            message: "the root on the default branch sets no `previews`; add it there to preview pull requests".into(),
+        }]));
+    };
+    let scope = previews.scope(number);
+    resolve_with(
+        files,
+        sources,
+        root_path,
+        &previews.from,
+        commit,
+        Some(trusted),
+        Some(&scope),
     )
 }
 
@@ -198,6 +240,7 @@ fn resolve_with(
     environment: &str,
     commit: &str,
     trusted: Option<&Root>,
+    preview: Option<&preview::Preview>,
 ) -> Result<DesiredState, Error> {
     let mut root = read_root(files, root_path)?.ok_or_else(|| {
         Error::Invalid(vec![Problem {
@@ -241,7 +284,10 @@ fn resolve_with(
     }
 
     let env = env.clone();
-    let vars = Vars::new(&env, commit);
+    let mut vars = Vars::new(&env, commit);
+    if let Some(preview) = preview {
+        vars.set("preview", preview.name());
+    }
     let mut walk = Walk {
         files,
         sources,
@@ -291,11 +337,27 @@ fn resolve_with(
         };
         walk.add_scope(&mut scopes, policy, &root.name, root_path, origin);
     }
-    let root_name = root.name.clone();
+    let preview_policy = preview.and_then(|_| trusted?.previews.as_ref()?.policy.clone());
+    if let Some(policy) = preview_policy {
+        walk.add_scope(
+            &mut scopes,
+            policy,
+            &root.name,
+            root_path,
+            Origin::DefaultBranch,
+        );
+    }
+    // A preview's services carry the trusted root's name, whatever the PR calls its root:
+    // teardown and the sweeper find them by it, and its FIFO groups are named after it.
+    let root_name = match (preview, trusted) {
+        (Some(_), Some(trusted)) => trusted.name.clone(),
+        _ => root.name.clone(),
+    };
+    // A preview's cluster is no environment's: it has no neighbours.
     let neighbours: Vec<String> = trusted
         .map_or(&root.environments, |t| &t.environments)
         .iter()
-        .filter(|e| e.cluster == env.cluster && e.name != env.name)
+        .filter(|e| e.cluster == env.cluster && e.name != env.name && preview.is_none())
         .map(|e| e.name.clone())
         .collect();
     let top_vars = Rc::new(walk.declare(&vars, &root.vars, root_path));
@@ -321,6 +383,7 @@ fn resolve_with(
         environment: env.name.clone(),
         commit: commit.to_owned(),
         source: None,
+        preview: preview.cloned(),
     };
     let mut apps = Vec::with_capacity(leaves.len());
     let mut services = HashMap::new();
@@ -367,9 +430,10 @@ fn resolve_with(
     Ok(DesiredState {
         root: root_name,
         environment: env.name.clone(),
-        cluster: env.cluster.clone(),
+        cluster: preview.map_or(&env.cluster, |p| &p.cluster).clone(),
         commit: commit.to_owned(),
-        prune,
+        // A preview is torn down as a whole, never pruned app by app.
+        prune: prune && preview.is_none(),
         apps,
         sources: opened
             .into_iter()

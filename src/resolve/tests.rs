@@ -149,7 +149,7 @@ fn unknown_fields_are_located() {
     assert_eq!(
         problems(&repo().with("fleetsync.yaml", &root)),
         [
-            "fleetsync.yaml:4:1: unknown field `autoSync` in the root app; expected one of: apiVersion, kind, name, environments, apps, policy, vars, maxNesting, prune"
+            "fleetsync.yaml:4:1: unknown field `autoSync` in the root app; expected one of: apiVersion, kind, name, environments, apps, policy, vars, maxNesting, prune, previews"
         ]
     );
     let child = app("db", "db:1").replace("service:\n", "service:\n  cluster: other\n");
@@ -200,7 +200,7 @@ fn undefined_variables_and_bad_task_definitions_are_located() {
     assert_eq!(
         found,
         [
-            "apps/db/td.json:2:13: undefined variable `${team}`; defined: ${environment}, ${cluster}, ${revision}, ${short_revision}, ${app}",
+            "apps/db/td.json:2:13: undefined variable `${team}`; defined: ${environment}, ${cluster}, ${revision}, ${short_revision}, ${preview}, ${app}",
             "apps/db/td.json:5:5: duplicate container name `a`; ECS requires unique names",
             "apps/db/td.json:5:5: every container needs an `image`",
         ]
@@ -384,4 +384,66 @@ fn prune_comes_from_the_default_branch_and_only_from_the_top_root() {
         problems(&repo().with(DEFAULT_ROOT, &maybe)),
         ["fleetsync.yaml:4:8: `prune` must be true or false, found a string"]
     );
+}
+
+#[test]
+fn a_preview_is_the_environment_renamed_confined_capped_and_tagged() {
+    let previews = "previews: { from: staging, cluster: previews, desiredCount: 1 }\n";
+    let main = repo().with("fleetsync.yaml", &format!("{ROOT}{previews}"));
+    let trusted = read_root(&main, DEFAULT_ROOT).unwrap().unwrap();
+    // The PR's own root asks for other previews: only the default branch's count.
+    let pr = repo()
+        .with(
+            "fleetsync.yaml",
+            &format!(
+                "{}previews: {{ from: staging, cluster: elsewhere, desiredCount: 9 }}\n",
+                ROOT.replace("name: platform", "name: renamed")
+            ),
+        )
+        .with(
+            "apps/api/app.yaml",
+            &app("api", "api:${preview}").replace(
+                "desiredCount: 2\n",
+                "desiredCount: 2\n  loadBalancers: [{ targetGroupArn: tg, containerName: main, containerPort: 80 }]\n  healthCheckGracePeriodSeconds: 30\n",
+            ),
+        );
+    let state = resolve_preview(&pr, &NoSources, DEFAULT_ROOT, &trusted, 42, "c").unwrap();
+    assert_eq!(state.environment, "staging");
+    assert_eq!(state.cluster, "previews");
+    // Teardown finds a preview by the trusted root's name, whatever the PR calls its root.
+    assert_eq!(state.root, "platform");
+    assert_eq!(state.apps[1].root, "platform");
+    assert!(!state.prune);
+    let api = &state.apps[1];
+    assert_eq!(api.preview, Some(42));
+    assert_eq!(api.cluster, "previews");
+    assert_eq!(api.create_service["cluster"], "previews");
+    assert_eq!(api.create_service["serviceName"], "api-pr-42");
+    assert_eq!(api.update_service["service"], "api-pr-42");
+    assert_eq!(api.register_task_definition["family"], "staging-api-pr-42");
+    assert_eq!(api.create_service["taskDefinition"], "staging-api-pr-42");
+    assert_eq!(api.create_service["desiredCount"], 1);
+    assert_eq!(api.update_service["desiredCount"], 1);
+    for dropped in ["loadBalancers", "healthCheckGracePeriodSeconds"] {
+        assert!(!api.create_service.contains_key(dropped), "{dropped}");
+        assert!(!api.update_service.contains_key(dropped), "{dropped}");
+    }
+    assert_eq!(
+        api.register_task_definition["containerDefinitions"][0]["image"],
+        "api:pr-42"
+    );
+    assert!(
+        api.service_tags()
+            .contains(&("fleetsync:preview".into(), "42".into()))
+    );
+    let td_tags = api.register_task_definition["tags"].as_array().unwrap();
+    assert!(td_tags.contains(&serde_json::json!({"key": "fleetsync:preview", "value": "42"})));
+    // Not the environment's spec: a preview never looks in sync with staging.
+    let staging = resolve_bound(&pr, &NoSources, DEFAULT_ROOT, &trusted, "staging", "c").unwrap();
+    assert_ne!(staging.apps[1].spec_hash, api.spec_hash);
+    assert_eq!(staging.apps[1].preview, None);
+
+    let no_previews = read_root(&repo(), DEFAULT_ROOT).unwrap().unwrap();
+    let err = resolve_preview(&pr, &NoSources, DEFAULT_ROOT, &no_previews, 42, "c").unwrap_err();
+    assert!(err.to_string().contains("sets no `previews`"), "{err}");
 }

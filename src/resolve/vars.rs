@@ -24,6 +24,9 @@ impl Vars {
                     "short_revision".to_owned(),
                     commit.chars().take(7).collect(),
                 ),
+                // `pr-<number>` in a pull request's preview; empty in the environment itself,
+                // so one manifest serves both.
+                ("preview".to_owned(), String::new()),
             ],
         }
     }

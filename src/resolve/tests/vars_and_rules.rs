@@ -53,7 +53,7 @@ fn vars_cannot_redefine_fleetsyncs_own_and_undefined_ones_are_located() {
                 .with("apps/db/app.yaml", &app("db", "${registry}/db:1"))
         ),
         [
-            "apps/db/app.yaml:6:28: undefined variable `${registry}`; defined: ${environment}, ${cluster}, ${revision}, ${short_revision}, ${tier}, ${app}"
+            "apps/db/app.yaml:6:28: undefined variable `${registry}`; defined: ${environment}, ${cluster}, ${revision}, ${short_revision}, ${preview}, ${tier}, ${app}"
         ]
     );
 }
