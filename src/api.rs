@@ -84,6 +84,7 @@ pub fn router(dispatcher: Arc<Dispatcher>, tokens: TokenHashes) -> Router {
     Router::new()
         .route("/api/v1/sync", post(sync))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/previews", get(previews))
         .with_state(Arc::new(Api { dispatcher, tokens }))
 }
 
@@ -169,6 +170,23 @@ async fn status(
     match api.dispatcher.status(&query.repo, &query.environment).await {
         Ok(status) => answer(StatusCode::OK, json!(status)),
         Err(e) => refusal(e, "its status cannot be shown"),
+    }
+}
+
+/// Active and waiting previews of every repo, with their apps' services.
+async fn previews(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = api.authorize(&headers) {
+        return *refused;
+    }
+    match api.dispatcher.previews().await {
+        Ok(previews) => answer(StatusCode::OK, json!({"previews": previews})),
+        Err(e) => {
+            warn!(message = "API request failed.", error = %e);
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": e.public_reason(), "retry": true}),
+            )
+        }
     }
 }
 

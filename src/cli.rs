@@ -73,8 +73,12 @@ enum Command {
     Render {
         #[arg(long)]
         repo: PathBuf,
-        #[arg(long)]
-        env: String,
+        #[arg(long, required_unless_present = "preview")]
+        env: Option<String>,
+        /// Render pull request N's preview at `--ref` (its head): what `previews:` on the
+        /// default branch would deploy for it.
+        #[arg(long, value_name = "N", requires = "git_ref", conflicts_with = "env")]
+        preview: Option<u64>,
         /// Commit, branch or tag to render instead of the environment's branch head.
         #[arg(long = "ref")]
         git_ref: Option<String>,
@@ -92,8 +96,11 @@ enum Command {
     Plan {
         #[arg(long)]
         repo: PathBuf,
-        #[arg(long)]
-        env: String,
+        #[arg(long, required_unless_present = "preview")]
+        env: Option<String>,
+        /// Plan pull request N's preview at `--ref` (its head).
+        #[arg(long, value_name = "N", requires = "git_ref", conflicts_with = "env")]
+        preview: Option<u64>,
         /// Commit, branch or tag to plan instead of the environment's branch head (e.g. a
         /// pull request's head).
         #[arg(long = "ref")]
@@ -127,13 +134,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Render {
             repo,
             env,
+            preview,
             git_ref,
             root,
             default_branch,
             sources,
         } => render(
             &repo,
-            &env,
+            &Target::of(env, preview),
             git_ref.as_deref(),
             &Trusted::new(&root, &default_branch, sources),
         ),
@@ -142,13 +150,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan {
             repo,
             env,
+            preview,
             git_ref,
             root,
             default_branch,
             sources,
         } => Ok(plan(
             &repo,
-            &env,
+            &Target::of(env, preview),
             git_ref.as_deref(),
             &Trusted::new(&root, &default_branch, sources),
         )
@@ -290,26 +299,66 @@ fn validate(repo: &Path, only: Option<&str>, trusted: &Trusted<'_>) -> anyhow::R
     Ok(print_problems(&all))
 }
 
+/// An environment, or a pull request's preview.
+enum Target {
+    Environment(String),
+    Preview(u64),
+}
+
+impl Target {
+    fn of(env: Option<String>, preview: Option<u64>) -> Self {
+        match (preview, env) {
+            (Some(n), _) => Target::Preview(n),
+            (None, env) => Target::Environment(env.unwrap_or_default()),
+        }
+    }
+
+    /// The environment whose branch and bindings it reads.
+    fn environment<'r>(
+        &'r self,
+        root: &'r resolve::manifest::Root,
+        root_path: &str,
+    ) -> anyhow::Result<&'r str> {
+        match self {
+            Target::Environment(env) => Ok(env),
+            Target::Preview(_) => root.previews.as_ref().map(|p| p.from.as_str()).with_context(|| {
+                format!("the root ({root_path}) on the default branch sets no `previews`; add it there to preview pull requests")
+            }),
+        }
+    }
+
+    fn resolve(
+        &self,
+        files: &dyn resolve::Files,
+        trusted: &Trusted<'_>,
+        root: &resolve::manifest::Root,
+        commit: git2::Oid,
+    ) -> Result<resolve::DesiredState, resolve::Error> {
+        let (sources, root_path, commit) =
+            (&trusted.sources, trusted.root_path, &commit.to_string());
+        match self {
+            Target::Environment(env) => {
+                resolve::resolve_bound(files, sources, root_path, root, env, commit)
+            }
+            Target::Preview(n) => {
+                resolve::resolve_preview(files, sources, root_path, root, *n, commit)
+            }
+        }
+    }
+}
+
 fn render(
     repo: &Path,
-    env: &str,
+    target: &Target,
     git_ref: Option<&str>,
     trusted: &Trusted<'_>,
 ) -> anyhow::Result<ExitCode> {
-    let root_path = trusted.root_path;
     let local = Local::open(repo)?;
-    let (root, commit) = match environment_at(&local, repo, env, git_ref, trusted)? {
+    let (root, commit) = match environment_at(&local, repo, target, git_ref, trusted)? {
         Ok(found) => found,
         Err(problems) => return Ok(print_problems(&problems)),
     };
-    match resolve::resolve_bound(
-        &local.snapshot(commit)?,
-        &trusted.sources,
-        root_path,
-        &root,
-        env,
-        &commit.to_string(),
-    ) {
+    match target.resolve(&local.snapshot(commit)?, trusted, &root, commit) {
         Ok(state) => {
             let mut out = std::io::stdout().lock();
             serde_json::to_writer_pretty(&mut out, &state)?;
@@ -323,26 +372,21 @@ fn render(
 
 async fn plan(
     repo: &Path,
-    env: &str,
+    target: &Target,
     git_ref: Option<&str>,
     trusted: &Trusted<'_>,
 ) -> anyhow::Result<ExitCode> {
     let root_path = trusted.root_path;
     let local = Local::open(repo)?;
-    let (root, commit) = match environment_at(&local, repo, env, git_ref, trusted)? {
+    let (root, commit) = match environment_at(&local, repo, target, git_ref, trusted)? {
         Ok(found) => found,
         Err(problems) => return Ok(print_problems(&problems)),
     };
+    let env = target.environment(&root, root_path)?;
     let resolve_at = |commit: git2::Oid| {
-        resolve::resolve_bound(
-            &local.snapshot(commit)?,
-            &trusted.sources,
-            root_path,
-            &root,
-            env,
-            &commit.to_string(),
-        )
-        .map_err(anyhow::Error::from)
+        target
+            .resolve(&local.snapshot(commit)?, trusted, &root, commit)
+            .map_err(anyhow::Error::from)
     };
     let state = match resolve_at(commit) {
         Ok(state) => state,
@@ -364,11 +408,21 @@ async fn plan(
 
     let mut out = std::io::stdout().lock();
     let branch = &find_environment(&root, env, root_path)?.branch;
-    writeln!(
-        out,
-        "Plan for {} (branch {branch}, cluster {}) at {:.12}:",
-        state.environment, state.cluster, state.commit
-    )?;
+    match target {
+        Target::Environment(_) => writeln!(
+            out,
+            "Plan for {} (branch {branch}, cluster {}) at {:.12}:",
+            state.environment, state.cluster, state.commit
+        )?,
+        Target::Preview(n) => writeln!(
+            out,
+            "Plan for preview {} of {} (cluster {}) at {:.12}:",
+            resolve::preview::name(*n),
+            state.environment,
+            state.cluster,
+            state.commit
+        )?,
+    }
     for p in &plans {
         write!(out, "{p}")?;
     }
@@ -394,7 +448,7 @@ async fn plan(
 fn environment_at(
     local: &Local,
     repo: &Path,
-    env: &str,
+    target: &Target,
     git_ref: Option<&str>,
     trusted: &Trusted<'_>,
 ) -> anyhow::Result<Result<(resolve::manifest::Root, git2::Oid), Vec<Problem>>> {
@@ -402,6 +456,7 @@ fn environment_at(
         Ok(root) => root,
         Err(problems) => return Ok(Err(problems)),
     };
+    let env = target.environment(&root, trusted.root_path)?;
     let environment = find_environment(&root, env, trusted.root_path)?;
     let commit = match git_ref {
         Some(spec) => local.rev(spec)?,

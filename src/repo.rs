@@ -126,12 +126,17 @@ impl Mirror {
 
     /// Fetches `branch` and returns its head. The mirror's ref is forced to the remote's, so
     /// forced pushes and branch re-creation are followed exactly.
+    ///
+    /// A full ref name (`refs/pull/7/head`) is fetched as itself: a pull request's head.
     pub fn fetch_branch(&self, branch: &str) -> Result<Oid> {
         let no_such_branch = || Error::NoSuchBranch {
             url: redact_url(&self.fetch_url),
             branch: branch.to_owned(),
         };
-        let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+        let refspec = match branch.strip_prefix("refs/") {
+            Some(_) => format!("+{branch}:{branch}"),
+            None => format!("+refs/heads/{branch}:refs/heads/{branch}"),
+        };
         if !self.fetch(&[&refspec], branch)? {
             return Err(no_such_branch());
         }
@@ -354,11 +359,17 @@ impl Local {
     }
 
     /// The head of a local branch, or of `origin/<branch>` in a clone that never checked it out.
+    /// A full ref name (`refs/pull/7/head`) is looked up as itself.
     pub fn branch_head(&self, branch: &str) -> Result<Option<Oid>> {
-        for name in [
-            format!("refs/heads/{branch}"),
-            format!("refs/remotes/origin/{branch}"),
-        ] {
+        let names = if branch.starts_with("refs/") {
+            vec![branch.to_owned()]
+        } else {
+            vec![
+                format!("refs/heads/{branch}"),
+                format!("refs/remotes/origin/{branch}"),
+            ]
+        };
+        for name in names {
             match self.repo.refname_to_id(&name) {
                 Ok(oid) => return Ok(Some(self.peel(oid)?)),
                 Err(e) if e.code() == git2::ErrorCode::NotFound => continue,

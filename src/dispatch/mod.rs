@@ -3,19 +3,26 @@
 //! same answer for the same branch head:
 //!
 //! - `push.rs`: a verified push (webhooks), and the environments that read the branch pushed;
+//! - `preview.rs`: a pull request's preview, its teardown, and the sweeper of what outlived
+//!   its PR; `registry.rs`: which previews are active or waiting, on the preview cluster's tags;
 //! - `reconcile.rs`: every environment against ECS, on an interval;
 //! - `resync.rs`: a sync asked for through the API, and the status the API shows;
 //! - `readers.rs`: which environment branches read which branches of other repos;
 //! - `plan.rs`: the shared path, fetch and resolve one branch.
 
 mod plan;
+mod preview;
 mod push;
 mod readers;
 mod reconcile;
+mod registry;
 mod resync;
 
 use plan::{
     EnvironmentResult, Plan, environment_bindings, environment_branches, prune_job, specs_of,
+};
+pub use preview::{
+    PreviewAppStatus, PreviewOutcome, PreviewStatus, PullRequest, PullRequestKind, Swept,
 };
 pub use reconcile::Reconciled;
 pub use resync::{EnvironmentStatus, ResyncError};
@@ -249,7 +256,7 @@ impl Error {
         match self {
             Error::Fetch(_) => "cannot fetch the config repo",
             Error::Queue(_) => "the job queue did not accept the jobs",
-            Error::Ecs(_) => "cannot read ECS",
+            Error::Ecs(_) => "ECS did not answer",
             Error::Read(_) | Error::Internal(_) => "internal error",
             Error::Lagging { .. } => {
                 "the config repo's fetch URL does not have the pushed commit yet"

@@ -145,6 +145,18 @@ impl Dispatcher {
                         warn!(message = "Reconcile failed; next interval tries again.", repo = %repo.config.name, error = %e)
                     }
                 }
+                match self.sweep_previews(repo).await {
+                    Ok(s) if !s.torn_down.is_empty() || !s.promoted.is_empty() => info!(
+                        message = "Previews swept.",
+                        repo = %repo.config.name,
+                        torn_down = ?s.torn_down,
+                        promoted = ?s.promoted
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(message = "Sweeping previews failed; next interval tries again.", repo = %repo.config.name, error = %e)
+                    }
+                }
             }
         }
     }

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_ecs::types::{ServiceField, Tag, TaskDefinitionField, TaskDefinitionStatus};
+use aws_sdk_ecs::types::{
+    ClusterField, ServiceField, Tag, TaskDefinitionField, TaskDefinitionStatus,
+};
 use budget::{Budget, Spend};
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -105,6 +107,14 @@ where
         message,
         retryable,
     }
+}
+
+/// A cluster's identity and tags.
+#[derive(Debug, Clone)]
+pub struct ClusterTags {
+    pub arn: String,
+    pub name: String,
+    pub tags: HashMap<String, String>,
 }
 
 /// What `sync` needs to know about a live service.
@@ -494,6 +504,56 @@ impl Ecs {
             .clusters()
             .first()
             .and_then(|c| c.status().map(str::to_owned)))
+    }
+
+    /// An ACTIVE cluster's ARN and tags; `None` when there is no such cluster (or it is being
+    /// deleted).
+    pub async fn cluster_tags(&self, cluster: &str) -> Result<Option<ClusterTags>> {
+        Ok(self.describe_clusters(&[cluster]).await?.pop())
+    }
+
+    /// The ACTIVE clusters among `clusters` (names or ARNs, at most 100), with their tags.
+    pub async fn describe_clusters(&self, clusters: &[&str]) -> Result<Vec<ClusterTags>> {
+        self.budget.spend(Spend::Call).await;
+        let out = self
+            .client
+            .describe_clusters()
+            .set_clusters(Some(clusters.iter().map(|c| (*c).to_owned()).collect()))
+            .include(ClusterField::Tags)
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeClusters", &clusters.join(","), e))?;
+        Ok(out
+            .clusters()
+            .iter()
+            .filter(|c| c.status() == Some("ACTIVE"))
+            .map(|c| ClusterTags {
+                arn: c.cluster_arn().unwrap_or_default().to_owned(),
+                name: c.cluster_name().unwrap_or_default().to_owned(),
+                tags: tags(c.tags()),
+            })
+            .collect())
+    }
+
+    /// Every cluster of the account in this region, by ARN.
+    pub async fn list_clusters(&self) -> Result<Vec<String>> {
+        let mut arns = Vec::new();
+        let mut next = None;
+        loop {
+            self.budget.spend(Spend::Call).await;
+            let out = self
+                .client
+                .list_clusters()
+                .set_next_token(next)
+                .send()
+                .await
+                .map_err(|e| api_error("ListClusters", "", e))?;
+            arns.extend(out.cluster_arns().iter().cloned());
+            next = out.next_token().map(str::to_owned);
+            if next.is_none() {
+                return Ok(arns);
+            }
+        }
     }
 
     pub async fn untag_resource(&self, arn: &str, keys: &[&str]) -> Result<()> {

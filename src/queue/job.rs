@@ -12,6 +12,7 @@ use crate::resolve::DesiredApp;
 pub enum Job {
     Sync(Box<SyncJob>),
     Prune(Box<PruneJob>),
+    Teardown(Box<TeardownJob>),
 }
 
 impl Job {
@@ -26,6 +27,10 @@ impl Job {
             Some(kind) if kind.as_str() == Some(PruneJob::KIND) => {
                 let job: PruneJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
                 (job.version, Job::Prune(Box::new(job)))
+            }
+            Some(kind) if kind.as_str() == Some(TeardownJob::KIND) => {
+                let job: TeardownJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                (job.version, Job::Teardown(Box::new(job)))
             }
             Some(kind) => {
                 return Err(format!(
@@ -80,6 +85,51 @@ impl PruneJob {
         hasher.update(b"prune");
         hex::encode(hasher.finalize())
     }
+}
+
+/// Delete one app of a pull request's preview: its service and its task definitions. Sent in
+/// the app's own preview group, after any sync of it, so a push and a close of one PR are
+/// applied in the order they came.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TeardownJob {
+    pub version: u32,
+    /// Always [`TeardownJob::KIND`].
+    pub kind: String,
+    pub repo: String,
+    pub delivery: String,
+    pub root: String,
+    pub environment: String,
+    pub preview: u64,
+    pub cluster: String,
+    pub app: String,
+    pub service: String,
+    pub family: String,
+}
+
+impl TeardownJob {
+    pub const KIND: &str = "teardown";
+
+    pub fn group_id(&self) -> String {
+        preview_group(&self.root, &self.environment, &self.app, self.preview)
+    }
+
+    pub fn deduplication_id(&self) -> String {
+        let mut hasher = Sha256::new();
+        for part in [&self.delivery, &self.root, &self.app, &self.service] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hasher.update(self.preview.to_be_bytes());
+        hasher.update(b"teardown");
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// One group per app of a preview: a single group for the whole PR would hold a job that waits
+/// for its `dependsOn` in front of the very job it waits for.
+fn preview_group(root: &str, environment: &str, app: &str, preview: u64) -> String {
+    fifo_group(format!("{root}/{environment}/{app}#pr-{preview}"))
 }
 
 /// A FIFO group id SQS accepts: at most 128 ASCII letters, digits and punctuation. A name that
@@ -171,10 +221,11 @@ impl SyncJob {
 
     /// FIFO group: one app of one environment is never synced by two workers at once.
     pub fn group_id(&self) -> String {
-        fifo_group(format!(
-            "{}/{}/{}",
-            self.app.root, self.app.environment, self.app.name
-        ))
+        let app = &self.app;
+        match app.preview {
+            Some(preview) => preview_group(&app.root, &app.environment, &app.name, preview),
+            None => fifo_group(format!("{}/{}/{}", app.root, app.environment, app.name)),
+        }
     }
 
     /// One delivery of one app at one commit and spec is one job, however many times the Git

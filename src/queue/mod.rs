@@ -13,7 +13,7 @@ use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
-pub use job::{Job, PruneJob, SyncJob};
+pub use job::{Job, PruneJob, SyncJob, TeardownJob};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -134,6 +134,13 @@ impl Queue {
         })
         .await?;
         Ok(())
+    }
+
+    pub async fn send_teardown(&self, jobs: &[TeardownJob]) -> Result<Vec<String>> {
+        self.send_all(jobs, |j| {
+            (serde_json::to_string(j), j.group_id(), j.deduplication_id())
+        })
+        .await
     }
 
     /// The message ids of `items`, in order.

@@ -223,7 +223,10 @@ pub async fn apply(
         && (!e.is_retryable()
             || (attempt.last_receive && !matches!(e, Error::Waiting { .. } | Error::Interrupted)))
         && !e.rolled_back()
-        && !matches!(e, Error::OwnedElsewhere { .. })
+        && !matches!(
+            e,
+            Error::OwnedElsewhere { .. } | Error::NotThePreviews { .. }
+        )
     {
         record_failure(ecs, job, e).await;
     }
@@ -298,6 +301,20 @@ async fn apply_once(
                 environment: environment.clone(),
             });
         }
+    }
+
+    // A preview writes only its own services; an environment never writes a preview's.
+    // Previews of several repos may share a cluster: the root tells them apart.
+    if let Some(live) = &live
+        && (live.tags.get(tag::PREVIEW).map(String::as_str)
+            != app.preview.map(|n| n.to_string()).as_deref()
+            || (app.preview.is_some() && live.tags.get(tag::ROOT) != Some(&app.root)))
+    {
+        return Err(Error::NotThePreviews {
+            service: app.service_name().to_owned(),
+            cluster: app.cluster.clone(),
+            preview: app.preview,
+        });
     }
 
     if let Some(live_commit) = live.as_ref().and_then(|l| l.tags.get(tag::REVISION))

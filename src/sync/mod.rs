@@ -8,6 +8,7 @@ mod apply;
 pub mod plan;
 mod prune;
 pub mod status;
+mod teardown;
 
 use crate::resolve::SourceUse;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -87,6 +88,17 @@ pub enum Error {
         root: String,
         environment: String,
     },
+    /// A preview's job met a service that is not that preview's (no `fleetsync:preview` tag of
+    /// its number), or an environment's job met a preview's: nothing was written.
+    #[error(
+        "service {service} in cluster {cluster} is not {}'s; a preview touches only services carrying its own fleetsync:preview tag, and an environment never touches a preview's",
+        match .preview { Some(n) => format!("preview pr-{n}"), None => "this environment".to_owned() }
+    )]
+    NotThePreviews {
+        service: String,
+        cluster: String,
+        preview: Option<u64>,
+    },
     /// Stopped between two steps, never within one: its message was taken back (the receipt
     /// expired) or shutdown's grace ran out. Another attempt goes on from what is live.
     #[error("stopped between steps; another attempt takes the job over")]
@@ -162,6 +174,7 @@ impl Error {
             | Error::RolloutFailed { .. }
             | Error::RolloutTimeout { .. }
             | Error::OwnedElsewhere { .. }
+            | Error::NotThePreviews { .. }
             | Error::RollbackFailed { .. } => false,
         }
     }
@@ -181,6 +194,7 @@ impl Error {
             Error::DependencyFailed { .. } => "DependencyFailed",
             Error::Preflight(_) => "PreflightRefused",
             Error::OwnedElsewhere { .. } => "OwnedElsewhere",
+            Error::NotThePreviews { .. } => "NotThePreviews",
             Error::RollbackFailed { original, .. } => original.code(),
         }
     }
@@ -472,6 +486,18 @@ impl Worker {
                     Some(pruned)
                 };
                 // Deletes are not cut short: a prune runs to its end.
+                self.run_job(work, &receipt, receive_count, &ctx.abort.child_token())
+                    .instrument(span)
+                    .await;
+            }
+            Ok(Job::Teardown(job)) => {
+                let span = tracing::info_span!("teardown", %message_id, preview = job.preview, app = %job.app);
+                let work = async {
+                    let torn_down = teardown::tear_down(&self.ecs, &job).await;
+                    drop(permit);
+                    Some(torn_down)
+                };
+                // Deletes are not cut short: a teardown runs to its end.
                 self.run_job(work, &receipt, receive_count, &ctx.abort.child_token())
                     .instrument(span)
                     .await;

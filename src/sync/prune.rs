@@ -34,9 +34,11 @@ pub async fn prune(ecs: &Ecs, history: &impl History, job: &PruneJob) -> Result<
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let live = ecs.describe_services(&job.cluster, &names).await?;
     let listed: HashSet<&str> = job.apps.iter().map(String::as_str).collect();
+    // A preview carries its environment's tags too, and is torn down, never pruned.
     let owned = |tags: &HashMap<String, String>| {
         tags.get(tag::ROOT) == Some(&job.root)
             && tags.get(tag::ENVIRONMENT) == Some(&job.environment)
+            && !tags.contains_key(tag::PREVIEW)
     };
 
     let mut pruned = Pruned::default();

@@ -93,26 +93,8 @@ pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
     // read as a success. A push that changes the spec leaves the mark behind; after a rollback,
     // the same spec applied again clears it.
     let marked = marked_failure(live, &app.spec_hash);
-    // ECS's verdict on the deployment of what fleetsync set: the circuit breaker's, even when
-    // ECS has already made its rollback the PRIMARY deployment.
-    let set = live
-        .tags
-        .get(tag::TASK_DEFINITION)
-        .map_or(task_definition_id(&live.task_definition), |t| {
-            task_definition_id(t)
-        });
-    let failed_deployment = live
-        .deployments
-        .iter()
-        .filter(|d| task_definition_id(&d.task_definition) == set)
-        .find(|d| d.rollout_state.as_deref() == Some("FAILED"));
-    status.health = if marked.is_some_and(|m| is_rollout(m.code)) || failed_deployment.is_some() {
-        Health::Degraded
-    } else if settled(live) {
-        Health::Healthy
-    } else {
-        Health::Progressing
-    };
+    let failed_deployment = failed_deployment(live);
+    status.health = health(live, &app.spec_hash);
     if let Some(m) = marked {
         status.failure = Some(m.code.to_owned());
         status.failed_revision = m.commit.map(str::to_owned);
@@ -127,6 +109,42 @@ pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
         status.events = live.events.iter().take(EVENTS).cloned().collect();
     }
     status
+}
+
+/// ECS's verdict on the deployment of what fleetsync set: the circuit breaker's, even when ECS
+/// has already made its rollback the PRIMARY deployment.
+fn failed_deployment(live: &LiveService) -> Option<&crate::ecs::Deployment> {
+    let set = live
+        .tags
+        .get(tag::TASK_DEFINITION)
+        .map_or(task_definition_id(&live.task_definition), |t| {
+            task_definition_id(t)
+        });
+    live.deployments
+        .iter()
+        .filter(|d| task_definition_id(&d.task_definition) == set)
+        .find(|d| d.rollout_state.as_deref() == Some("FAILED"))
+}
+
+/// The health of a service running `spec_hash`.
+pub fn health(live: &LiveService, spec_hash: &str) -> Health {
+    let marked = marked_failure(live, spec_hash);
+    if marked.is_some_and(|m| is_rollout(m.code)) || failed_deployment(live).is_some() {
+        Health::Degraded
+    } else if settled(live) {
+        Health::Healthy
+    } else {
+        Health::Progressing
+    }
+}
+
+/// The health of what a service says it runs (its own spec-hash tag): for services no desired
+/// state names, such as a preview's.
+pub fn live_health(live: &LiveService) -> Health {
+    health(
+        live,
+        live.tags.get(tag::SPEC_HASH).map_or("", String::as_str),
+    )
 }
 
 /// A failure fleetsync marked on a service.

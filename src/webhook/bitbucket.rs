@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::event::{Delivery, PullRequestEvent, PushEvent, ZERO_SHA};
+use super::event::{Delivery, PullRequestEvent, PullRequestKind, PushEvent, ZERO_SHA};
 use super::provider::{is_zero, required_text, text, texts};
 
 pub fn parse(
@@ -14,11 +14,11 @@ pub fn parse(
         "repo:push" => cloud_push(&json()?).map(Delivery::Pushes),
         "repo:refs_changed" => server_push(&json()?).map(Delivery::Pushes),
         e if e.starts_with("pullrequest:") => {
-            cloud_pull_request(&json()?, &e["pullrequest:".len()..]).map(Delivery::PullRequest)
+            cloud_pull_request(&json()?, &e["pullrequest:".len()..])
+                .map(|pr| Delivery::PullRequest(Box::new(pr)))
         }
-        e if e.starts_with("pr:") => {
-            server_pull_request(&json()?, &e["pr:".len()..]).map(Delivery::PullRequest)
-        }
+        e if e.starts_with("pr:") => server_pull_request(&json()?, &e["pr:".len()..])
+            .map(|pr| Delivery::PullRequest(Box::new(pr))),
         "" => Err("no X-Event-Key header".into()),
         other => Ok(Delivery::Ignored(format!(
             "`{other}` events do not trigger syncs"
@@ -80,6 +80,19 @@ fn cloud_pull_request(v: &Value, action: &str) -> Result<PullRequestEvent, Strin
         .get("pullrequest")
         .ok_or("pull request payload without `pullrequest`")?;
     let required = |path: &[&str]| required_text(pr, "pull request payload", "pullrequest", path);
+    let kind = match action {
+        "created" => PullRequestKind::Opened,
+        // Bitbucket Cloud sends `updated` for new commits and for edits alike: the head decides.
+        "updated" => PullRequestKind::Pushed,
+        "fulfilled" | "rejected" => PullRequestKind::Closed,
+        _ => PullRequestKind::Other,
+    };
+    let repo = |side: &str| {
+        text(pr, &[side, "repository", "uuid"])
+            .or_else(|| text(pr, &[side, "repository", "full_name"]))
+    };
+    let source = repo("source");
+    let head_ref = required(&["source", "branch", "name"])?;
     Ok(PullRequestEvent {
         repository_urls: cloud_urls(v),
         number: pr
@@ -87,11 +100,15 @@ fn cloud_pull_request(v: &Value, action: &str) -> Result<PullRequestEvent, Strin
             .and_then(Value::as_u64)
             .ok_or("pull request payload without `pullrequest.id`")?,
         action: action.to_owned(),
+        kind,
         head_sha: required(&["source", "commit", "hash"])?,
-        head_ref: required(&["source", "branch", "name"])?,
+        // Bitbucket Cloud keeps no ref for a pull request: its source branch is fetched.
+        fetch_ref: format!("refs/heads/{head_ref}"),
+        head_ref,
         base_ref: required(&["destination", "branch", "name"])?,
-        from_fork: text(pr, &["source", "repository", "full_name"])
-            != text(pr, &["destination", "repository", "full_name"]),
+        from_fork: source.is_none() || source != repo("destination"),
+        draft: pr.get("draft").and_then(Value::as_bool).unwrap_or(false),
+        labels: Vec::new(),
         sender: text(v, &["actor", "nickname"]),
     })
 }
@@ -149,25 +166,38 @@ fn server_pull_request(v: &Value, action: &str) -> Result<PullRequestEvent, Stri
         .ok_or("pull request payload without `pullRequest`")?;
     let required = |path: &[&str]| required_text(pr, "pull request payload", "pullRequest", path);
     let repo = |side: &str| {
-        let r = pr.get(side).and_then(|s| s.get("repository"));
-        r.map(|r| (text(r, &["project", "key"]), text(r, &["slug"])))
+        pr.get(side)?
+            .get("repository")?
+            .get("id")
+            .and_then(Value::as_u64)
     };
     let branch = |id: String| {
         id.strip_prefix("refs/heads/")
             .map(str::to_owned)
             .unwrap_or(id)
     };
+    let kind = match action {
+        "opened" | "reopened" => PullRequestKind::Opened,
+        "from_ref_updated" => PullRequestKind::Pushed,
+        "merged" | "declined" | "deleted" => PullRequestKind::Closed,
+        _ => PullRequestKind::Other,
+    };
+    let number = pr
+        .get("id")
+        .and_then(Value::as_u64)
+        .ok_or("pull request payload without `pullRequest.id`")?;
     Ok(PullRequestEvent {
         repository_urls: server_urls(pr.pointer("/toRef/repository").unwrap_or(&Value::Null)),
-        number: pr
-            .get("id")
-            .and_then(Value::as_u64)
-            .ok_or("pull request payload without `pullRequest.id`")?,
+        number,
         action: action.to_owned(),
+        kind,
         head_sha: required(&["fromRef", "latestCommit"])?,
         head_ref: branch(required(&["fromRef", "id"])?),
+        fetch_ref: format!("refs/pull-requests/{number}/from"),
         base_ref: branch(required(&["toRef", "id"])?),
-        from_fork: repo("fromRef") != repo("toRef"),
+        from_fork: repo("fromRef").is_none() || repo("fromRef") != repo("toRef"),
+        draft: pr.get("draft").and_then(Value::as_bool).unwrap_or(false),
+        labels: Vec::new(),
         sender: text(v, &["actor", "name"]),
     })
 }

@@ -23,20 +23,8 @@ impl PushEvent {
     }
 }
 
-/// A pull (merge) request event, for preview environments.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PullRequestEvent {
-    pub repository_urls: Vec<String>,
-    pub number: u64,
-    /// The provider's action, lower-cased (`opened`, `synchronize`, `open`, `update`, …).
-    pub action: String,
-    pub head_sha: String,
-    pub head_ref: String,
-    pub base_ref: String,
-    /// The head branch lives in another repository.
-    pub from_fork: bool,
-    pub sender: Option<String>,
-}
+/// A pull (merge) request event: its shape is the preview trigger's.
+pub use crate::dispatch::{PullRequest as PullRequestEvent, PullRequestKind};
 
 /// What a verified delivery asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +32,7 @@ pub enum Delivery {
     Ping,
     /// Bitbucket may report several refs in one delivery; the others report one.
     Pushes(Vec<PushEvent>),
-    PullRequest(PullRequestEvent),
+    PullRequest(Box<PullRequestEvent>),
     /// An event fleetsync does not act on, and why.
     Ignored(String),
 }

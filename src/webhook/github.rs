@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::event::{Delivery, PullRequestEvent, PushEvent};
+use super::event::{Delivery, PullRequestEvent, PullRequestKind, PushEvent};
 use super::provider::{is_zero, required_text, text, texts, value};
 
 const REPOSITORY_URLS: &[&[&str]] = &[
@@ -19,7 +19,7 @@ pub fn parse(event: &str, json: &[u8]) -> Result<Delivery, String> {
     match event {
         "ping" => Ok(Delivery::Ping),
         "push" => push(json).map(|p| Delivery::Pushes(vec![p])),
-        "pull_request" => pull_request(&value(json)?).map(Delivery::PullRequest),
+        "pull_request" => pull_request(&value(json)?).map(|pr| Delivery::PullRequest(Box::new(pr))),
         "" => Err("no event header (X-GitHub-Event, X-Gitea-Event, …)".into()),
         other => Ok(Delivery::Ignored(format!(
             "`{other}` events do not trigger syncs"
@@ -96,19 +96,55 @@ fn pull_request(v: &Value) -> Result<PullRequestEvent, String> {
         .get("pull_request")
         .ok_or("pull_request payload without `pull_request`")?;
     let required = |path: &[&str]| required_text(pr, "pull_request payload", "pull_request", path);
-    let head_repo = text(pr, &["head", "repo", "full_name"]);
-    let base_repo = text(pr, &["base", "repo", "full_name"]);
+    let number = v
+        .get("number")
+        .and_then(Value::as_u64)
+        .ok_or("pull_request payload without `number`")?;
+    let action = text(v, &["action"]).unwrap_or_default();
+    let label = text(v, &["label", "name"]);
+    // Gitea and Forgejo send the same payload with their own action names.
+    let kind = match action.as_str() {
+        "opened" | "reopened" | "ready_for_review" => PullRequestKind::Opened,
+        "synchronize" | "synchronized" => PullRequestKind::Pushed,
+        "labeled" => PullRequestKind::Labeled(label.into_iter().collect()),
+        "label_updated" => PullRequestKind::Labeled(Vec::new()),
+        "unlabeled" => PullRequestKind::Unlabeled(label.into_iter().collect()),
+        "label_cleared" => PullRequestKind::Unlabeled(Vec::new()),
+        "closed" => PullRequestKind::Closed,
+        _ => PullRequestKind::Other,
+    };
+    // A head repository deleted since (`null`) is not the base repository either.
+    let repo_id = |side: &str| {
+        let repo = pr.get(side)?.get("repo")?;
+        repo.get("id")
+            .and_then(Value::as_u64)
+            .map(|id| id.to_string())
+            .or_else(|| text(repo, &["full_name"]))
+    };
+    let head = repo_id("head");
     Ok(PullRequestEvent {
         repository_urls: texts(v, REPOSITORY_URLS),
-        number: v
-            .get("number")
-            .and_then(Value::as_u64)
-            .ok_or("pull_request payload without `number`")?,
-        action: text(v, &["action"]).unwrap_or_default(),
+        number,
+        action,
+        kind,
         head_sha: required(&["head", "sha"])?,
         head_ref: required(&["head", "ref"])?,
+        fetch_ref: format!("refs/pull/{number}/head"),
         base_ref: required(&["base", "ref"])?,
-        from_fork: head_repo != base_repo,
+        from_fork: head.is_none() || head != repo_id("base"),
+        draft: pr.get("draft").and_then(Value::as_bool).unwrap_or(false),
+        labels: labels(pr, "name"),
         sender: text(v, &["sender", "login"]),
     })
+}
+
+/// The names of `within.labels[].<key>`.
+pub(super) fn labels(within: &Value, key: &str) -> Vec<String> {
+    within
+        .get("labels")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|l| text(l, &[key]))
+        .collect()
 }

@@ -4,7 +4,7 @@
 use axum::http::HeaderMap;
 use serde_json::Value;
 
-use super::event::{Delivery, PullRequestEvent, PushEvent};
+use super::event::{Delivery, PullRequestEvent, PullRequestKind, PushEvent};
 use super::provider::{header, is_zero, required_text, text, texts};
 use super::verify::Check;
 
@@ -67,7 +67,7 @@ pub fn parse(
     match kind.as_str() {
         "push" => push(&v).map(|p| Delivery::Pushes(vec![p])),
         "tag_push" => Ok(Delivery::Ignored("tag pushes do not trigger syncs".into())),
-        "merge_request" => merge_request(&v).map(Delivery::PullRequest),
+        "merge_request" => merge_request(&v).map(|pr| Delivery::PullRequest(Box::new(pr))),
         other => Ok(Delivery::Ignored(format!(
             "`{other}` events do not trigger syncs"
         ))),
@@ -98,17 +98,65 @@ fn merge_request(v: &Value) -> Result<PullRequestEvent, String> {
     let required =
         |path: &[&str]| required_text(attrs, "merge request payload", "object_attributes", path);
     let project = |key: &str| attrs.get(key).and_then(Value::as_u64);
+    let number = attrs
+        .get("iid")
+        .and_then(Value::as_u64)
+        .ok_or("merge request payload without `object_attributes.iid`")?;
+    let action = text(attrs, &["action"]).unwrap_or_default();
+    let labels = super::github::labels(v, "title");
+    let kind = match action.as_str() {
+        "open" | "reopen" => PullRequestKind::Opened,
+        // An update brings new commits when it says where the head was (`oldrev`); otherwise
+        // it changed the title, labels, draft state…
+        "update" if attrs.get("oldrev").is_some_and(|r| !r.is_null()) => PullRequestKind::Pushed,
+        "update" if v.pointer("/changes/labels").is_some() => label_change(v),
+        "update"
+            if v.pointer("/changes/draft/current") == Some(&Value::Bool(false))
+                || v.pointer("/changes/work_in_progress/current") == Some(&Value::Bool(false)) =>
+        {
+            PullRequestKind::Opened
+        }
+        "close" | "merge" => PullRequestKind::Closed,
+        _ => PullRequestKind::Other,
+    };
+    let draft = ["draft", "work_in_progress"]
+        .iter()
+        .any(|k| attrs.get(*k).and_then(Value::as_bool) == Some(true));
     Ok(PullRequestEvent {
         repository_urls: texts(v, PROJECT_URLS),
-        number: attrs
-            .get("iid")
-            .and_then(Value::as_u64)
-            .ok_or("merge request payload without `object_attributes.iid`")?,
-        action: text(attrs, &["action"]).unwrap_or_default(),
+        number,
+        action,
+        kind,
         head_sha: required(&["last_commit", "id"])?,
         head_ref: required(&["source_branch"])?,
+        fetch_ref: format!("refs/merge-requests/{number}/head"),
         base_ref: required(&["target_branch"])?,
-        from_fork: project("source_project_id") != project("target_project_id"),
+        from_fork: project("source_project_id").is_none()
+            || project("source_project_id") != project("target_project_id"),
+        draft,
+        labels,
         sender: text(v, &["user", "username"]),
     })
+}
+
+/// A label change: what `changes.labels` added, or else what it removed.
+fn label_change(v: &Value) -> PullRequestKind {
+    let titles = |side: &str| {
+        v.pointer(&format!("/changes/labels/{side}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|l| text(l, &["title"]))
+            .collect::<Vec<_>>()
+    };
+    let (before, after) = (titles("previous"), titles("current"));
+    let added: Vec<String> = after
+        .iter()
+        .filter(|l| !before.contains(l))
+        .cloned()
+        .collect();
+    if !added.is_empty() {
+        return PullRequestKind::Labeled(added);
+    }
+    PullRequestKind::Unlabeled(before.into_iter().filter(|l| !after.contains(l)).collect())
 }

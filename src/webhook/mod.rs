@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use verify::Mismatch;
 
 use crate::config::{Config, RepoConfig, WebhookConfig, repo_identity};
-use crate::dispatch::{Dispatcher, Outcome, WatchedRepo};
+use crate::dispatch::{Dispatcher, Outcome, PreviewOutcome, WatchedRepo};
 
 struct Receiver {
     dispatcher: Arc<Dispatcher>,
@@ -321,10 +321,51 @@ async fn handle(
     let (status, body, outcome) = match parsed {
         Delivery::Ping => (StatusCode::OK, json!({"status": "pong"}), "ping"),
         Delivery::Ignored(reason) => ignored(reason),
-        Delivery::PullRequest(pr) => ignored(format!(
-            "pull request #{} ({}) parsed; preview environments are not built yet",
-            pr.number, pr.action
-        )),
+        Delivery::PullRequest(pr) => {
+            let repo = rx
+                .dispatcher
+                .repos
+                .iter()
+                .position(|r| names_repo(&pr.repository_urls, &r.config));
+            match repo {
+                Some(i) if named.is_some_and(|n| n != i) => {
+                    let message = format!(
+                        "this is the route of repo `{}`, and the pull request is not about it; point the webhook at /webhooks/{name}/<the repo's name>",
+                        rx.dispatcher.repos[named.unwrap_or_default()].config.name
+                    );
+                    return refused("wrong_route", StatusCode::BAD_REQUEST, &message, &delivery);
+                }
+                Some(i) if verifier.verify(i) => {
+                    let dispatcher = rx.dispatcher.clone();
+                    let id = delivery.clone();
+                    let work = rx.dispatcher.tasks.spawn(async move {
+                        handle_pull_request(&dispatcher, &dispatcher.repos[i], &pr, &id).await
+                    });
+                    match work.await {
+                        Ok(answer) => answer,
+                        Err(e) => {
+                            warn!(message = "Delivery handling failed; it can be delivered again.", %delivery, error = %e);
+                            unavailable("the delivery could not be handled")
+                        }
+                    }
+                }
+                Some(i) => {
+                    let reason = format!(
+                        "signature does not match the secret of repo `{}`; check the webhook secret",
+                        rx.dispatcher.repos[i].config.name
+                    );
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        json!({"status": "refused", "reason": reason}),
+                        "bad_signature",
+                    )
+                }
+                None => ignored(format!(
+                    "repository {} is not watched",
+                    pr.repository_urls.first().map_or("(none)", String::as_str)
+                )),
+            }
+        }
         Delivery::Pushes(pushes) => {
             // In a task of its own: a Git host that gives up waiting (GitHub after 10 s) drops
             // this handler, and a push must not be left half enqueued when it does.
@@ -494,9 +535,64 @@ async fn handle_push(
 
 /// Whether a push names this repo among its URLs.
 fn is_about(push: &PushEvent, repo: &RepoConfig) -> bool {
-    push.repository_urls
-        .iter()
+    names_repo(&push.repository_urls, repo)
+}
+
+fn names_repo(urls: &[String], repo: &RepoConfig) -> bool {
+    urls.iter()
         .any(|u| repo_identity(u).as_deref() == Some(repo.identity.as_str()))
+}
+
+async fn handle_pull_request(
+    dispatcher: &Dispatcher,
+    repo: &WatchedRepo,
+    pr: &PullRequestEvent,
+    delivery: &str,
+) -> Answer {
+    let name = &repo.config.name;
+    let number = pr.number;
+    match dispatcher.pull_request(repo, pr, delivery).await {
+        Ok(PreviewOutcome::Ignored { reason }) => ignored(reason),
+        Ok(PreviewOutcome::Skipped { preview, reason }) => {
+            let body = json!({"status": "skipped", "repo": name, "pullRequest": number, "preview": preview, "reason": reason});
+            (StatusCode::OK, body, "skipped")
+        }
+        Ok(PreviewOutcome::Invalid {
+            preview,
+            commit,
+            problems,
+        }) => {
+            warn!(message = "Pull request does not resolve; no preview.", %delivery, repo = %name, %preview, %commit, problems = %problems.join("\n"));
+            let body = json!({"status": "invalid", "repo": name, "pullRequest": number, "preview": preview, "commit": commit, "problems": problems});
+            (StatusCode::OK, body, "invalid")
+        }
+        Ok(PreviewOutcome::Waiting {
+            preview,
+            commit,
+            ahead,
+        }) => {
+            let body = json!({"status": "waiting", "repo": name, "pullRequest": number, "preview": preview, "commit": commit, "ahead": ahead,
+                "reason": "as many previews as `previews.maxActive` allows are running; this one deploys when one is torn down"});
+            (StatusCode::ACCEPTED, body, "waiting")
+        }
+        Ok(PreviewOutcome::Enqueued {
+            preview,
+            commit,
+            jobs,
+            removed,
+        }) => {
+            let body = json!({"status": "enqueued", "repo": name, "pullRequest": number, "preview": preview, "commit": commit, "jobs": jobs, "removed": removed});
+            (StatusCode::ACCEPTED, body, "enqueued")
+        }
+        Ok(PreviewOutcome::TornDown { preview, apps }) => {
+            let body = json!({"status": "tearing-down", "repo": name, "pullRequest": number, "preview": preview, "apps": apps});
+            (StatusCode::ACCEPTED, body, "tearing_down")
+        }
+        Err(e) => {
+            warn!(message = "Delivery not accepted; it can be delivered again.", %delivery, repo = %name, pull_request = number, error = %e);
+            unavailable(e.public_reason())
+        }
+    }
 }
 
 /// A delivery's signature checked against repos' secrets, each at most once.

@@ -377,3 +377,74 @@ fn hmac_hex(key: &[u8], body: &[u8]) -> String {
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
 }
+
+/// What each host's pull request event means for a preview, from the real payloads.
+#[test]
+fn pull_request_events_normalise_to_what_they_mean_for_a_preview() {
+    use super::event::PullRequestKind;
+    let parse = |provider: Provider, header: (&str, &str), path: &str| match provider
+        .parse(&headers(&[header]), &fixture(path))
+        .unwrap()
+    {
+        Delivery::PullRequest(pr) => pr,
+        other => panic!("{path}: not a pull request: {other:?}"),
+    };
+    let github = ("x-github-event", "pull_request");
+    let labeled = parse(
+        Provider::GitHub,
+        github,
+        "github/pull_request-labeled.payload.json",
+    );
+    assert_eq!(labeled.kind, PullRequestKind::Labeled(vec!["bug".into()]));
+    assert_eq!(labeled.fetch_ref, "refs/pull/2/head");
+    assert!(labeled.labels.contains(&"bug".to_owned()));
+    assert!(!labeled.from_fork, "same repository id on both sides");
+    let pushed = parse(
+        Provider::GitHub,
+        github,
+        "github/pull_request-synchronize.payload.json",
+    );
+    assert_eq!(pushed.kind, PullRequestKind::Pushed);
+    let closed = parse(
+        Provider::GitHub,
+        github,
+        "github/pull_request-closed.payload.json",
+    );
+    assert_eq!(closed.kind, PullRequestKind::Closed);
+
+    let gitea = parse(
+        Provider::Gitea,
+        ("x-gitea-event", "pull_request"),
+        "gitea/go-playground.pull-request-event.json",
+    );
+    assert_eq!(gitea.kind, PullRequestKind::Opened);
+    assert!(gitea.from_fork, "head repo id 2, base repo id 1");
+
+    let gitlab = parse(
+        Provider::GitLab,
+        ("x-gitlab-event", "Merge Request Hook"),
+        "gitlab/go-gitlab.webhooks.merge_request.json",
+    );
+    assert_eq!(gitlab.kind, PullRequestKind::Opened);
+    assert_eq!(gitlab.fetch_ref, "refs/merge-requests/1/head");
+    assert!(!gitlab.draft && !gitlab.from_fork);
+
+    let cloud = parse(
+        Provider::Bitbucket,
+        ("x-event-key", "pullrequest:created"),
+        "bitbucket-cloud/go-playground.pull-request-created.json",
+    );
+    assert_eq!(cloud.kind, PullRequestKind::Opened);
+    assert_eq!(cloud.fetch_ref, format!("refs/heads/{}", cloud.head_ref));
+
+    let merged = parse(
+        Provider::Bitbucket,
+        ("x-event-key", "pr:merged"),
+        "bitbucket-server/go-playground.pr-merged.json",
+    );
+    assert_eq!(merged.kind, PullRequestKind::Closed);
+    assert_eq!(
+        merged.fetch_ref,
+        format!("refs/pull-requests/{}/from", merged.number)
+    );
+}

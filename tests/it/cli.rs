@@ -299,3 +299,63 @@ fn validate_and_render_read_apps_of_other_repos_from_local_clones() {
         serde_json::json!([{"repo": "team", "reference": "main", "commit": team.head("main").to_string()}])
     );
 }
+
+#[test]
+fn render_and_validate_show_a_preview_as_previews_on_the_default_branch_define_it() {
+    let repo = ConfigRepo::example_with(str::to_owned);
+    let path = repo.path();
+    let path = path.to_str().unwrap();
+    let run = fleetsync(&[
+        "render",
+        "--repo",
+        path,
+        "--preview",
+        "7",
+        "--ref",
+        "staging",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert!(run.stderr.contains("sets no `previews`"), "{}", run.stderr);
+
+    repo.commit("main", "fleetsync.yaml", |t| {
+        Some(format!(
+            "{}previews: {{ from: staging, cluster: previews }}\n",
+            t.unwrap()
+        ))
+    });
+    let run = fleetsync(&[
+        "render",
+        "--repo",
+        path,
+        "--preview",
+        "7",
+        "--ref",
+        "staging",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let state: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(state["environment"], "staging");
+    let api = app_named(&state, "api");
+    assert_eq!(api["cluster"], "previews");
+    assert_eq!(api["preview"], 7);
+    assert_eq!(api["createService"]["serviceName"], "api-pr-7");
+    assert_eq!(api["createService"]["desiredCount"], 1);
+    assert_eq!(api["registerTaskDefinition"]["family"], "staging-api-pr-7");
+
+    // A preview cluster that is an environment's, on the default branch: validate says so.
+    repo.commit("main", "fleetsync.yaml", |t| {
+        Some(
+            t.unwrap()
+                .replace("cluster: previews }", "cluster: production }"),
+        )
+    });
+    let run = validate(&repo);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains(
+            "`previews.cluster` is `production`, which environment `production` is bound to"
+        ),
+        "{}",
+        run.stdout
+    );
+}

@@ -97,9 +97,19 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
 
     // The receiver sends jobs (dispatch → queue::Queue::send), counts the dead-letter queue
     // (queue::Queue::dead_letters) and, to reconcile and show status, reads services
-    // (dispatch → ecs::Ecs::describe_services); nothing else. The worker reads the redrive
-    // policy too (GetQueueAttributes), but never sends or looks up another queue.
-    let receiver_only = ["sqs:GetQueueUrl", "sqs:SendMessage"];
+    // (dispatch → ecs::Ecs::describe_services); for previews it keeps their registry on the
+    // preview cluster's tags and lists clusters and services to sweep; nothing else. The worker
+    // reads the redrive policy too (GetQueueAttributes), but never sends or looks up another
+    // queue, nor lists clusters.
+    let receiver_only = ["sqs:GetQueueUrl", "sqs:SendMessage", "ecs:ListClusters"];
+    let receiver_ecs = [
+        "ecs:DescribeClusters",
+        "ecs:DescribeServices",
+        "ecs:ListClusters",
+        "ecs:ListServices",
+        "ecs:TagResource",
+        "ecs:UntagResource",
+    ];
     let receiver_sqs = [
         "sqs:GetQueueAttributes",
         "sqs:GetQueueUrl",
@@ -108,11 +118,12 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
     let receiver = &roles["ReceiverTaskRole"];
     assert_eq!(
         receiver.iter().collect::<Vec<_>>(),
-        [&["ecs:DescribeServices"][..], &receiver_sqs].concat()
+        [&receiver_ecs[..], &receiver_sqs].concat()
     );
     assert!(
-        receiver_sqs.iter().all(|a| sqs.contains(*a)) && ecs.contains("ecs:DescribeServices"),
-        "{sqs:?}"
+        receiver_sqs.iter().all(|a| sqs.contains(*a))
+            && receiver_ecs.iter().all(|a| ecs.contains(*a)),
+        "{sqs:?} {ecs:?}"
     );
     let dispatch: String = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/dispatch"))
         .unwrap()
@@ -123,11 +134,20 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
         .map(|(i, _)| &dispatch[i + 9..i + 27])
         .collect();
     assert!(!ecs_calls.is_empty(), "reconcile and status read services");
+    let receiver_calls = [
+        "describe_services(",
+        "list_services(",
+        "describe_clusters(",
+        "list_clusters(",
+        "cluster_tags(",
+        "tag_resource(",
+        "untag_resource(",
+    ];
     assert!(
         ecs_calls
             .iter()
-            .all(|c| c.starts_with("describe_services(")),
-        "the receiver calls ECS beyond DescribeServices: {ecs_calls:?}"
+            .all(|c| receiver_calls.iter().any(|r| c.starts_with(r))),
+        "the receiver calls ECS beyond what its role grants: {ecs_calls:?}"
     );
 
     // The worker makes every other call: all ECS calls, and the rest of the queue's.

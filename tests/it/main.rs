@@ -7,5 +7,6 @@ mod deploy;
 mod e2e;
 mod harness;
 mod preflight;
+mod previews;
 mod tidy;
 mod webhooks;
