@@ -195,8 +195,7 @@ async fn serve(path: &str) -> anyhow::Result<ExitCode> {
         tokio::spawn(dispatcher.clone().reconcile_every(every, shutdown.clone()));
     }
     let (public, mut operations) = webhook::routers(dispatcher.clone(), &config);
-    if let Some(source) = &config.api_token_hashes {
-        let tokens = api::TokenHashes::load(source).map_err(anyhow::Error::msg)?;
+    if let Some(tokens) = api::Tokens::from_config(&config).map_err(anyhow::Error::msg)? {
         operations = operations.merge(api::router(dispatcher.clone(), tokens));
     }
     let timeout = config.webhooks.header_timeout;

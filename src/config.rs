@@ -50,9 +50,60 @@ pub struct Config {
     pub reconcile_interval: Option<Duration>,
     /// Where the API's token digests are (`api.tokenHashes`); no API without them.
     pub api_token_hashes: Option<SecretRef>,
+    /// `api.tokens`: named tokens with scopes, by the SHA-256 digest of each.
+    pub api_tokens: Vec<ApiToken>,
     /// `api.listen`: the API and `/metrics` on an address of their own, so that only the
     /// webhook routes (and health checks) face the Git hosts. `None`: all on `listen`.
     pub api_listen: Option<SocketAddr>,
+}
+
+/// An API token, known by its digest: its name is the actor in logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub scopes: Vec<Scope>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every GET of the API.
+    Read,
+    /// Syncs of one environment (`sync:<environment>`), or of any (`sync:*`: `None`).
+    Sync(Option<String>),
+    /// Rollbacks of one environment.
+    Rollback(String),
+    /// Everything.
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(text: &str) -> Option<Scope> {
+        let simple = |name: &str| {
+            crate::resolve::manifest::is_simple_name(name, 63).then(|| name.to_owned())
+        };
+        match text.split_once(':') {
+            None if text == "read" => Some(Scope::Read),
+            None if text == "admin" => Some(Scope::Admin),
+            Some(("sync", "*")) => Some(Scope::Sync(None)),
+            Some(("sync", env)) => simple(env).map(|e| Scope::Sync(Some(e))),
+            Some(("rollback", env)) => simple(env).map(Scope::Rollback),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Read => f.write_str("read"),
+            Scope::Sync(None) => f.write_str("sync:*"),
+            Scope::Sync(Some(env)) => write!(f, "sync:{env}"),
+            Scope::Rollback(env) => write!(f, "rollback:{env}"),
+            Scope::Admin => f.write_str("admin"),
+        }
+    }
 }
 
 /// How the receiver protects itself. Every limit answers with its own status code, never with
@@ -133,7 +184,17 @@ struct RawConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawApi {
     token_hashes: Option<String>,
+    #[serde(default)]
+    tokens: Vec<RawToken>,
     listen: Option<SocketAddr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    sha256: String,
+    scopes: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -372,6 +433,7 @@ impl Config {
                     })
                 })
                 .transpose()?,
+            api_tokens: api_tokens(&raw.api.tokens).map_err(invalid)?,
             api_listen: raw.api.listen,
             reconcile_interval: match raw.reconcile_interval {
                 None => Some(Duration::from_secs(180)),
@@ -498,6 +560,57 @@ pub fn repo_identity(url: &str) -> Option<String> {
     Some(format!("{host}/{path}"))
 }
 
+/// `api.tokens`, checked: each names itself, holds a digest (never a token), and scopes fleetsync
+/// knows. A message never repeats a digest field's text: it may be a token pasted by mistake.
+fn api_tokens(raw: &[RawToken]) -> std::result::Result<Vec<ApiToken>, String> {
+    let mut tokens: Vec<ApiToken> = Vec::with_capacity(raw.len());
+    for (i, t) in raw.iter().enumerate() {
+        let at = format!("`api.tokens[{i}]`");
+        if !crate::resolve::manifest::is_simple_name(&t.name, 63) {
+            return Err(format!(
+                "{at}: `name` must be 1-63 letters, digits, `-` or `_`: it names the actor in logs"
+            ));
+        }
+        if tokens.iter().any(|o| o.name == t.name) {
+            return Err(format!("{at}: another token is named `{}`", t.name));
+        }
+        let mut sha256 = [0u8; 32];
+        if t.sha256.len() != 64
+            || t.sha256.bytes().any(|b| b.is_ascii_uppercase())
+            || hex::decode_to_slice(&t.sha256, &mut sha256).is_err()
+        {
+            return Err(format!(
+                "{at} (`{}`): `sha256` is not a SHA-256 digest in lowercase hex; store `printf %s \"$TOKEN\" | sha256sum`, never the token",
+                t.name
+            ));
+        }
+        if t.scopes.is_empty() {
+            return Err(format!(
+                "{at} (`{}`): `scopes` is empty; the token could do nothing",
+                t.name
+            ));
+        }
+        let scopes = t
+            .scopes
+            .iter()
+            .map(|s| {
+                Scope::parse(s).ok_or_else(|| {
+                    format!(
+                        "{at} (`{}`): unknown scope `{s}`; use read, sync:<environment>, sync:*, rollback:<environment> or admin",
+                        t.name
+                    )
+                })
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        tokens.push(ApiToken {
+            name: t.name.clone(),
+            sha256,
+            scopes,
+        });
+    }
+    Ok(tokens)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,6 +635,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("needs `worker.maxWorkers`"), "{err}");
+    }
+
+    #[test]
+    fn api_tokens_are_named_digests_with_known_scopes() {
+        let with = |tokens: &str| {
+            Config::parse(
+                Path::new("c.yaml"),
+                &format!("{MINIMAL}api:\n  tokens:\n{tokens}"),
+            )
+        };
+        let digest = "a".repeat(64);
+        let config = with(&format!(
+            "    - {{ name: ci-staging, sha256: {digest}, scopes: [read, \"sync:staging\", \"sync:*\", \"rollback:production\", admin] }}\n"
+        ))
+        .unwrap();
+        let token = &config.api_tokens[0];
+        assert_eq!(token.name, "ci-staging");
+        assert_eq!(
+            token.scopes,
+            [
+                Scope::Read,
+                Scope::Sync(Some("staging".into())),
+                Scope::Sync(None),
+                Scope::Rollback("production".into()),
+                Scope::Admin
+            ]
+        );
+        for (tokens, expected) in [
+            (
+                format!("    - {{ name: ci, sha256: {digest}, scopes: [write] }}\n"),
+                "unknown scope `write`",
+            ),
+            (
+                "    - { name: ci, sha256: hunter2, scopes: [read] }\n".to_owned(),
+                "`sha256` is not a SHA-256 digest",
+            ),
+            (
+                format!("    - {{ name: ci, sha256: {digest}, scopes: [] }}\n"),
+                "`scopes` is empty",
+            ),
+            (
+                format!(
+                    "    - {{ name: ci, sha256: {digest}, scopes: [read] }}\n    - {{ name: ci, sha256: {digest}, scopes: [read] }}\n"
+                ),
+                "another token is named `ci`",
+            ),
+        ] {
+            let err = with(&tokens).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+            assert!(
+                !err.contains("hunter2"),
+                "a pasted token is never repeated: {err}"
+            );
+        }
     }
 
     #[test]

@@ -85,6 +85,27 @@ impl Dispatcher {
         })
     }
 
+    /// Every environment the watched repos declare on their default branch (fetched now), as
+    /// (repo, environment), in config order. A repo whose default branch cannot be fetched
+    /// fails the whole answer: a partial list would read as environments gone.
+    pub async fn declared(&self) -> Result<Vec<(String, String)>, Error> {
+        let mut declared = Vec::new();
+        for repo in &self.repos {
+            let (mirror, config) = (repo.mirror.clone(), repo.config.clone());
+            let bindings =
+                tokio::task::spawn_blocking(move || environment_bindings(&mirror, &config))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))??
+                    .unwrap_or_default();
+            declared.extend(
+                bindings
+                    .into_iter()
+                    .map(|(environment, _)| (repo.config.name.clone(), environment)),
+            );
+        }
+        Ok(declared)
+    }
+
     /// Jobs in the dead-letter queue, read at most every [`DEAD_LETTERS_TTL`] however often
     /// metrics are scraped; `None` when there is no dead-letter queue or it cannot be read.
     pub async fn dead_letters(&self) -> Option<u64> {

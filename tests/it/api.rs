@@ -99,3 +99,75 @@ async fn a_sync_asked_for_through_the_api_enqueues_that_environment_or_app() {
     }
     assert_eq!(emulator.queue_depth(&queue_url).await, 7);
 }
+
+/// `GET /api/v1/previews` with `token`.
+async fn get_previews(receiver: &Receiver, token: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}/api/v1/previews", receiver.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_tokens_do_only_what_their_scopes_allow_and_token_hashes_stay_admins() {
+    let emulator = Emulator::start().await;
+    let queue_url = emulator.create_queue("fleetsync.fifo").await;
+    let repo = ConfigRepo::example(&emulator);
+    let dir = tempfile::tempdir().unwrap();
+    let digest = |token: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token));
+    let digests = dir.path().join("api-token-hashes");
+    std::fs::write(&digests, digest(TOKEN)).unwrap();
+    let extra = format!(
+        "api:\n  tokenHashes: file:{}\n  tokens:\n    - {{ name: ci-staging, sha256: {}, scopes: [read, \"sync:staging\"] }}\n    - {{ name: deployer, sha256: {}, scopes: [\"sync:*\"] }}\n",
+        digests.display(),
+        digest("ci-token"),
+        digest("deployer-token"),
+    );
+    let config = config(dir.path(), &repo.file_url(), &queue_url, &extra);
+    let receiver = Receiver::start(&config, &emulator.aws).await;
+    let staging = r#"{"repo": "platform", "environment": "staging"}"#;
+    let production = r#"{"repo": "platform", "environment": "production"}"#;
+
+    let (status, body) = call(&receiver, Some("ci-token"), staging).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = call(&receiver, Some("ci-token"), production).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["error"],
+        "token `ci-staging` may not do this: it needs scope `sync:production` (or admin), and has read, sync:staging"
+    );
+    assert_eq!(get_previews(&receiver, "ci-token").await.0, 200);
+
+    // sync:* syncs anything and reads nothing.
+    let (status, body) = call(&receiver, Some("deployer-token"), production).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = get_previews(&receiver, "deployer-token").await;
+    assert_eq!(
+        (status, &body["needed"]),
+        (403, &serde_json::json!("read")),
+        "{body}"
+    );
+
+    // A digest of api.tokenHashes is an admin token, as before scopes existed.
+    let (status, body) = call(&receiver, Some(TOKEN), production).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(get_previews(&receiver, TOKEN).await.0, 200);
+    assert_eq!(call(&receiver, Some("unknown"), staging).await.0, 401);
+
+    // The description needs no token: a client generator has none yet.
+    let response = reqwest::get(format!("{}/api/v1/openapi.json", receiver.url))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let document: serde_json::Value =
+        serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    assert!(document["paths"]["/api/v1/sync"]["post"].is_object());
+}

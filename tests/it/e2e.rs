@@ -2627,3 +2627,83 @@ async fn a_receipt_that_expires_during_a_write_stops_the_job_after_the_write_not
         .count();
     assert_eq!(updates, 1, "the service was updated once");
 }
+
+/// `GET {path}` of the API with the admin token.
+async fn api_get(receiver: &Receiver, path: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", receiver.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environments_api_counts_apps_by_sync_and_health_and_shows_each_app() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+
+    let (status, body) = api_get(&receiver, "/api/v1/environments").await;
+    assert_eq!(status, 200, "{body}");
+    let listed = body["environments"].as_array().unwrap();
+    let staging = listed
+        .iter()
+        .find(|e| e["environment"] == "staging")
+        .unwrap();
+    assert_eq!(staging["repo"], "platform");
+    assert_eq!(staging["branch"], "staging");
+    assert_eq!(staging["commit"], s.repo.head("staging").to_string());
+    assert_eq!(staging["sync"], serde_json::json!({"Synced": APPS.len()}));
+    assert_eq!(
+        staging["health"],
+        serde_json::json!({"Healthy": APPS.len()})
+    );
+    let production = listed
+        .iter()
+        .find(|e| e["environment"] == "production")
+        .unwrap();
+    assert_eq!(
+        production["sync"],
+        serde_json::json!({"OutOfSync": APPS.len()})
+    );
+    assert_eq!(
+        production["health"],
+        serde_json::json!({"Missing": APPS.len()})
+    );
+
+    let (status, body) = api_get(&receiver, "/api/v1/environments/staging/apps/api").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["sync"], &body["health"]),
+        (&serde_json::json!("Synced"), &serde_json::json!("Healthy"))
+    );
+    let (status, body) = api_get(&receiver, "/api/v1/environments/staging/apps").await;
+    assert_eq!(
+        (status, body["apps"].as_array().unwrap().len()),
+        (200, APPS.len())
+    );
+
+    let (status, body) = api_get(&receiver, "/api/v1/environments/staging/apps/nope").await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body["error"],
+        "no app `nope` in environment `staging` of repo `platform`; apps: accounts, api, web, fleetsync-worker"
+    );
+    let (status, body) = api_get(&receiver, "/api/v1/environments/qa/apps").await;
+    assert_eq!(
+        (status, &body["error"]),
+        (
+            404,
+            &serde_json::json!("no watched repo declares environment `qa`")
+        )
+    );
+    let (status, _) = api_get(&receiver, "/api/v1/environments?repo=nope").await;
+    assert_eq!(status, 404);
+}

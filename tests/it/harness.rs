@@ -485,8 +485,7 @@ impl Receiver {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let mut router = fleetsync::webhook::router(dispatcher.clone(), config);
-        if let Some(source) = &config.api_token_hashes {
-            let tokens = fleetsync::api::TokenHashes::load(source).unwrap();
+        if let Some(tokens) = fleetsync::api::Tokens::from_config(config).unwrap() {
             router = router.merge(fleetsync::api::router(dispatcher, tokens));
         }
         tokio::spawn(fleetsync::webhook::serve(
