@@ -408,6 +408,23 @@ async fn repo_of(
     }
 }
 
+/// `environment` of the repo `?repo=` names (or the only one declaring it), read for a token
+/// that may read: its status, or the answer to send instead.
+async fn environment_status(
+    api: &Api,
+    headers: &HeaderMap,
+    environment: &str,
+    query: Result<Query<RepoQuery>, QueryRejection>,
+) -> Result<(String, crate::dispatch::EnvironmentStatus), Box<Response>> {
+    api.authorize(headers, Need::Read)?;
+    let query = repo_query(query)?;
+    let repo = repo_of(api, query.repo, environment).await?;
+    match api.dispatcher.status(&repo, environment).await {
+        Ok(status) => Ok((repo, status)),
+        Err(e) => Err(Box::new(refusal(e, "its status cannot be shown"))),
+    }
+}
+
 /// Every app of an environment: sync status, health, what runs, and why not what Git says.
 async fn environment_apps(
     State(api): State<Arc<Api>>,
@@ -415,20 +432,9 @@ async fn environment_apps(
     Path(environment): Path<String>,
     query: Result<Query<RepoQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(refused) = api.authorize(&headers, Need::Read) {
-        return *refused;
-    }
-    let query = match repo_query(query) {
-        Ok(q) => q,
-        Err(refused) => return *refused,
-    };
-    let repo = match repo_of(&api, query.repo, &environment).await {
-        Ok(repo) => repo,
-        Err(refused) => return *refused,
-    };
-    match api.dispatcher.status(&repo, &environment).await {
-        Ok(status) => answer(StatusCode::OK, json!(status)),
-        Err(e) => refusal(e, "its status cannot be shown"),
+    match environment_status(&api, &headers, &environment, query).await {
+        Ok((_, status)) => answer(StatusCode::OK, json!(status)),
+        Err(refused) => *refused,
     }
 }
 
@@ -439,29 +445,19 @@ async fn environment_app(
     Path((environment, app)): Path<(String, String)>,
     query: Result<Query<RepoQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(refused) = api.authorize(&headers, Need::Read) {
-        return *refused;
-    }
-    let query = match repo_query(query) {
-        Ok(q) => q,
+    let (repo, status) = match environment_status(&api, &headers, &environment, query).await {
+        Ok(found) => found,
         Err(refused) => return *refused,
     };
-    let repo = match repo_of(&api, query.repo, &environment).await {
-        Ok(repo) => repo,
-        Err(refused) => return *refused,
-    };
-    match api.dispatcher.status(&repo, &environment).await {
-        Ok(status) => match status.apps.iter().find(|a| a.app == app) {
-            Some(found) => answer(StatusCode::OK, json!(found)),
-            None => {
-                let known: Vec<&str> = status.apps.iter().map(|a| a.app.as_str()).collect();
-                answer(
-                    StatusCode::NOT_FOUND,
-                    json!({"error": format!("no app `{app}` in environment `{environment}` of repo `{repo}`; apps: {}", known.join(", "))}),
-                )
-            }
-        },
-        Err(e) => refusal(e, "its status cannot be shown"),
+    match status.apps.iter().find(|a| a.app == app) {
+        Some(found) => answer(StatusCode::OK, json!(found)),
+        None => {
+            let known: Vec<&str> = status.apps.iter().map(|a| a.app.as_str()).collect();
+            answer(
+                StatusCode::NOT_FOUND,
+                json!({"error": format!("no app `{app}` in environment `{environment}` of repo `{repo}`; apps: {}", known.join(", "))}),
+            )
+        }
     }
 }
 

@@ -102,17 +102,7 @@ async fn a_sync_asked_for_through_the_api_enqueues_that_environment_or_app() {
 
 /// `GET /api/v1/previews` with `token`.
 async fn get_previews(receiver: &Receiver, token: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
-        .get(format!("{}/api/v1/previews", receiver.url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (
-        status,
-        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
-    )
+    receiver.get("/api/v1/previews", token).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2630,17 +2630,7 @@ async fn a_receipt_that_expires_during_a_write_stops_the_job_after_the_write_not
 
 /// `GET {path}` of the API with the admin token.
 async fn api_get(receiver: &Receiver, path: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
-        .get(format!("{}{path}", receiver.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (
-        status,
-        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
-    )
+    receiver.get(path, TOKEN).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -576,6 +576,19 @@ impl Receiver {
         )
     }
 
+    /// GETs `path` of the API with `token`: the status and the JSON answer.
+    pub async fn get(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap())
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.url))
             .await

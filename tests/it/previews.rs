@@ -260,14 +260,9 @@ impl Setup {
     }
 
     async fn previews_api(&self) -> Value {
-        let response = reqwest::Client::new()
-            .get(format!("{}/api/v1/previews", self.receiver.url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        serde_json::from_str(&response.text().await.unwrap()).unwrap()
+        let (status, body) = self.receiver.get("/api/v1/previews", TOKEN).await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 }
 
