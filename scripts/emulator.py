@@ -78,6 +78,13 @@ docs.aws.amazon.com/AmazonECS/latest/APIReference/, unless said otherwise):
     tags: a resource can have at most 50 tags, this request would leave N." / "Tag key KEY
     exceeds the maximum length of 128 characters." / "Tag value of KEY exceeds the maximum
     length of 256 characters." (the real texts were not found; the code is ECS's usual).
+    RegisterTaskDefinition records registeredAt, which DescribeTaskDefinition returns
+    (API_TaskDefinition.html; moto keeps none).
+    Keys and values must match the Tag shape's pattern ^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$
+    (API_Tag.html); otherwise the call fails with InvalidParameterException in the wording
+    AWS's request validation uses for patterns: "1 validation error detected: Value 'V' at
+    'tags.N.member.value' failed to satisfy constraint: Member must satisfy regular
+    expression pattern: ^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$".
 
 SQS FIFO, always on (SQS API Reference, API_SendMessage.html / API_SendMessageBatch.html, and
 the developer guide's "Using the message deduplication ID in Amazon SQS",
@@ -143,7 +150,7 @@ STATUS" when a fault answered it; so tests can count the calls fleetsync makes.
 """
 import argparse
 import collections, copy, functools, hashlib, inspect, json, re
-import os, random, signal, sys, threading, time, urllib.error, urllib.request, uuid
+import os, random, signal, sys, threading, time, urllib.error, urllib.request, uuid, unicodedata
 
 from moto.core.responses import ActionResult, BaseResponse
 from moto.core.utils import utcnow
@@ -312,11 +319,23 @@ def _require_active_revision(backend, td_str, error):
         raise error("TaskDefinition is inactive")
 
 
+TAG_PATTERN = r"^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$"
+
+
+def _tag_text_allowed(text):
+    return all(unicodedata.category(c)[0] in "LZN" or c in "_.:/=+-@" for c in text)
+
+
 def _check_tags(tags):
     """tags: what the resource would carry, as [{"key", "value"}]."""
     tags = tags or []
-    for t in tags:
+    for i, t in enumerate(tags, 1):
         key, value = t.get("key") or "", t.get("value") or ""
+        for field, text in (("key", key), ("value", value)):
+            if not _tag_text_allowed(text):
+                raise InvalidParameterException(
+                    f"1 validation error detected: Value '{text}' at 'tags.{i}.member.{field}' "
+                    f"failed to satisfy constraint: Member must satisfy regular expression pattern: {TAG_PATTERN}")
         if len(key) > MAX_TAG_KEY:
             raise InvalidParameterException(
                 f"Tag key {key} exceeds the maximum length of {MAX_TAG_KEY} characters.")
@@ -414,7 +433,9 @@ def run_task(self, *args, **kwargs):
 def register_task_definition(self, *args, **kwargs):
     _check_tags(_args(_orig_register, self, *args, **kwargs).get("tags"))
     with _lock:
-        return _orig_register(self, *args, **kwargs)
+        td = _orig_register(self, *args, **kwargs)
+        td.registered_at = utcnow()
+        return td
 
 
 def tag_resource(self, arn, tags):

@@ -416,6 +416,26 @@ impl Local {
             })
     }
 
+    /// Who wrote `commit` and the first line of its message: the audit trail's
+    /// `commit-author` and a push's reason. Untrusted text, bounded here.
+    pub fn commit_info(&self, commit: Oid) -> Result<CommitInfo> {
+        let found = self.repo.find_commit(commit).map_err(|source| Error::Git {
+            path: self.path.clone(),
+            source,
+        })?;
+        let bounded = |text: &str| text.chars().take(CommitInfo::MAX_CHARS).collect();
+        Ok(CommitInfo {
+            author: bounded(&String::from_utf8_lossy(found.author().name_bytes())),
+            summary: bounded(&String::from_utf8_lossy(
+                found
+                    .message_bytes()
+                    .split(|b| *b == b'\n')
+                    .next()
+                    .unwrap_or_default(),
+            )),
+        })
+    }
+
     /// The files of one commit.
     pub fn snapshot(&self, commit: Oid) -> Result<Snapshot<'_>> {
         let tree = self
@@ -443,6 +463,18 @@ impl Local {
             source,
         })
     }
+}
+
+/// A commit's author and summary line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub author: String,
+    pub summary: String,
+}
+
+impl CommitInfo {
+    /// As much as an ECS tag value holds.
+    const MAX_CHARS: usize = 256;
 }
 
 /// The tree of one commit.

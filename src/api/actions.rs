@@ -1,22 +1,27 @@
-//! What the API changes: a sync of an environment, or of some of its apps, now.
+//! What the API changes: a sync of an environment (or some of its apps) now, and a rollback
+//! of one app to an earlier revision. Each is enqueued like a push's jobs, carrying who asked
+//! and why into the audit trail on ECS.
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::routing::post;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::info;
 
-use axum::Router;
-use axum::routing::post;
-
 use super::auth::Need;
 use super::{Api, answer, refusal};
+use crate::dispatch::{RollbackRequest, Trigger, TriggerKind};
 
 pub(super) fn routes() -> Router<Arc<Api>> {
-    Router::new().route("/api/v1/sync", post(sync))
+    Router::new()
+        .route("/api/v1/sync", post(sync))
+        .route("/api/v1/rollback", post(rollback))
 }
 
 #[derive(serde::Deserialize)]
@@ -24,41 +29,130 @@ pub(super) fn routes() -> Router<Arc<Api>> {
 struct SyncRequest {
     repo: String,
     environment: String,
+    /// One app (kept from the first release), or `apps`; neither: every app, and prune.
     app: Option<String>,
+    apps: Option<Vec<String>>,
+    /// Recorded on what the sync deploys (`fleetsync:reason`).
+    #[serde(default)]
+    reason: String,
+    /// A new deployment even of a spec that is live.
+    #[serde(default)]
+    force: bool,
 }
 
-async fn sync(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
+/// The JSON body, or the 400 naming what to send.
+fn body<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(answer(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("the body must be {shape}: {e}")}),
+        ))
+    })
+}
+
+async fn sync(State(api): State<Arc<Api>>, headers: HeaderMap, bytes: Bytes) -> Response {
     let token = match api.authenticate(&headers) {
         Ok(token) => token,
         Err(refused) => return *refused,
     };
-    let request: SyncRequest = match serde_json::from_slice(&body) {
+    let request: SyncRequest = match body(
+        &bytes,
+        r#"{"repo": …, "environment": …, "apps": […] (optional), "reason": … (optional), "force": false}"#,
+    ) {
         Ok(r) => r,
-        Err(e) => {
-            return answer(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("the body must be {{\"repo\": …, \"environment\": …, \"app\": … (optional)}}: {e}")}),
-            );
-        }
+        Err(refused) => return *refused,
     };
     let environment = &request.environment;
     let actor = match Api::permit(token, Need::Sync { environment }) {
         Ok(actor) => actor,
         Err(refused) => return *refused,
     };
-    let app = request.app.as_deref();
+    let apps = match (request.app, request.apps) {
+        (Some(_), Some(_)) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "give `app` or `apps`, not both", "field": "apps"}),
+            );
+        }
+        (Some(app), None) => Some(vec![app]),
+        (None, apps) => apps,
+    };
+    if apps.as_ref().is_some_and(Vec::is_empty) {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "`apps` is empty; leave it out to sync every app", "field": "apps"}),
+        );
+    }
+    let trigger = Trigger::new(TriggerKind::Api, &actor).because(&request.reason);
     match api
         .dispatcher
-        .resync(&request.repo, &request.environment, app)
+        .resync(
+            &request.repo,
+            environment,
+            apps.as_deref(),
+            (&trigger, request.force),
+        )
         .await
     {
         Ok(jobs) => {
-            info!(message = "Sync requested through the API.", %actor, repo = %request.repo, environment = %request.environment, app = ?app, jobs = jobs.len());
+            info!(message = "Sync requested through the API.", %actor, repo = %request.repo, %environment, apps = ?apps, reason = %trigger.reason, force = request.force, jobs = jobs.len());
             answer(
                 StatusCode::ACCEPTED,
                 json!({"status": "enqueued", "jobs": jobs}),
             )
         }
+        Err(e) => refusal(e, "nothing was enqueued"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    repo: String,
+    environment: String,
+    app: String,
+    /// The revision number to return to; the newest earlier one that completed by default.
+    to: Option<i32>,
+    reason: String,
+}
+
+async fn rollback(State(api): State<Arc<Api>>, headers: HeaderMap, bytes: Bytes) -> Response {
+    let token = match api.authenticate(&headers) {
+        Ok(token) => token,
+        Err(refused) => return *refused,
+    };
+    let request: RollbackBody = match body(
+        &bytes,
+        r#"{"repo": …, "environment": …, "app": …, "to": <revision> (optional), "reason": …}"#,
+    ) {
+        Ok(r) => r,
+        Err(refused) => return *refused,
+    };
+    let environment = &request.environment;
+    let actor = match Api::permit(token, Need::Rollback { environment }) {
+        Ok(actor) => actor,
+        Err(refused) => return *refused,
+    };
+    // A rollback overrides Git for a while: the trail must say why.
+    if request.reason.trim().is_empty() {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "say why in `reason`: it is recorded on the service and the revision", "field": "reason"}),
+        );
+    }
+    let asked = RollbackRequest {
+        repo: &request.repo,
+        environment,
+        app: &request.app,
+        to: request.to,
+        actor: &actor,
+        reason: &request.reason,
+    };
+    match api.dispatcher.rollback(&asked).await {
+        Ok(enqueued) => answer(
+            StatusCode::ACCEPTED,
+            json!({"status": "enqueued", "rollback": enqueued}),
+        ),
         Err(e) => refusal(e, "nothing was enqueued"),
     }
 }

@@ -66,6 +66,7 @@ pub struct Tokens(Vec<Token>);
 pub(super) enum Need<'a> {
     Read,
     Sync { environment: &'a str },
+    Rollback { environment: &'a str },
 }
 
 impl std::fmt::Display for Need<'_> {
@@ -73,6 +74,7 @@ impl std::fmt::Display for Need<'_> {
         match self {
             Need::Read => f.write_str("read"),
             Need::Sync { environment } => write!(f, "sync:{environment}"),
+            Need::Rollback { environment } => write!(f, "rollback:{environment}"),
         }
     }
 }
@@ -82,7 +84,8 @@ fn allows(scope: &Scope, need: Need<'_>) -> bool {
         (Scope::Admin, _) | (Scope::Read, Need::Read) | (Scope::Sync(None), Need::Sync { .. }) => {
             true
         }
-        (Scope::Sync(Some(env)), Need::Sync { environment }) => env == environment,
+        (Scope::Sync(Some(env)), Need::Sync { environment })
+        | (Scope::Rollback(env), Need::Rollback { environment }) => env == environment,
         _ => false,
     }
 }

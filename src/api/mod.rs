@@ -55,6 +55,7 @@ fn refusal(e: ResyncError, consequence: &str) -> Response {
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({"error": format!("the environment does not resolve; {consequence}"), "problems": problems}),
         ),
+        ResyncError::Conflict(why) => answer(StatusCode::CONFLICT, json!({"error": why})),
         ResyncError::Failed(e) => {
             warn!(message = "API request failed.", error = %e);
             answer(

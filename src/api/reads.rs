@@ -14,7 +14,7 @@ use axum::routing::get;
 
 use super::auth::Need;
 use super::{Api, answer, refusal};
-use crate::dispatch::ResyncError;
+use crate::dispatch::{MAX_HISTORY, ResyncError};
 
 pub(super) fn routes() -> Router<Arc<Api>> {
     Router::new()
@@ -28,6 +28,10 @@ pub(super) fn routes() -> Router<Arc<Api>> {
         .route(
             "/api/v1/environments/{environment}/apps/{app}",
             get(environment_app),
+        )
+        .route(
+            "/api/v1/environments/{environment}/apps/{app}/history",
+            get(app_history),
         )
 }
 
@@ -141,7 +145,7 @@ async fn environments(
                 listed
                     .push(json!({"repo": repo, "environment": environment, "problems": problems}));
             }
-            Err(ResyncError::Unknown(why)) => {
+            Err(ResyncError::Unknown(why) | ResyncError::Conflict(why)) => {
                 listed.push(json!({"repo": repo, "environment": environment, "problems": [why]}));
             }
             Err(ResyncError::Failed(e)) => return unavailable(&e),
@@ -234,6 +238,56 @@ async fn environment_app(
                 json!({"error": format!("no app `{app}` in environment `{environment}` of repo `{repo}`; apps: {}", known.join(", "))}),
             )
         }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    repo: Option<String>,
+    limit: Option<usize>,
+}
+
+/// How many deployments history shows when `?limit=` is not given.
+const DEFAULT_HISTORY: usize = 10;
+
+/// One app's deployments, newest first: from its task definition revisions' tags.
+async fn app_history(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path((environment, app)): Path<(String, String)>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Response {
+    if let Err(refused) = api.authorize(&headers, Need::Read) {
+        return *refused;
+    }
+    let Query(query) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("the query parameters are `repo` and `limit` (1 to {MAX_HISTORY}): {}", e.body_text())}),
+            );
+        }
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_HISTORY);
+    if !(1..=MAX_HISTORY).contains(&limit) {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("`limit` must be 1 to {MAX_HISTORY}"), "field": "limit"}),
+        );
+    }
+    let repo = match repo_of(&api, query.repo, &environment).await {
+        Ok(repo) => repo,
+        Err(refused) => return *refused,
+    };
+    match api
+        .dispatcher
+        .history(&repo, &environment, &app, limit)
+        .await
+    {
+        Ok(history) => answer(StatusCode::OK, json!(history)),
+        Err(e) => refusal(e, "its history cannot be shown"),
     }
 }
 

@@ -7,9 +7,11 @@
 //!   its PR; `registry.rs`: which previews are active or waiting, on the preview cluster's tags;
 //! - `reconcile.rs`: every environment against ECS, on an interval;
 //! - `resync.rs`: a sync asked for through the API, and the status the API shows;
+//! - `history.rs`: an app's deployments as ECS keeps them, and a rollback to one of them;
 //! - `readers.rs`: which environment branches read which branches of other repos;
 //! - `plan.rs`: the shared path, fetch and resolve one branch.
 
+mod history;
 mod plan;
 mod preview;
 mod push;
@@ -18,6 +20,7 @@ mod reconcile;
 mod registry;
 mod resync;
 
+pub use history::{AppHistory, Deployment, MAX_HISTORY, RollbackEnqueued, RollbackRequest};
 use plan::{
     EnvironmentResult, Plan, environment_bindings, environment_branches, prune_job, specs_of,
 };
@@ -39,6 +42,11 @@ use crate::config::{Config, RepoConfig, Secret};
 use crate::ecs::{Ecs, LiveService, task_definition_id};
 use crate::queue::job::{RECONCILE_DELIVERY, dependency_index};
 use crate::queue::{self, Enqueued, PruneJob, Queue, SyncJob};
+pub use crate::queue::{Trigger, TriggerKind};
+
+/// Where a request to deploy came from: its delivery id (a Git host's, or one made for an API
+/// call) and its trigger, which every job it makes carries.
+pub type Origin<'a> = (&'a str, &'a Trigger);
 use crate::repo::{self, Mirror, MirrorSources};
 use crate::resolve::{self, DesiredApp, DesiredState, Problem, tag};
 use crate::sync::status;

@@ -41,6 +41,7 @@ impl Dispatcher {
             commit,
             bindings,
             results,
+            ..
         } = &plan
             && results.iter().any(|r| r.environment.is_some())
         {
@@ -148,6 +149,8 @@ pub(super) enum Plan {
     Ignored(String),
     Resolved {
         commit: String,
+        /// Its author and summary line, for the jobs' audit trail.
+        head: repo::CommitInfo,
         /// The default branch's commit, whose root bound the environments.
         bindings: String,
         results: Vec<EnvironmentResult>,
@@ -233,6 +236,7 @@ fn resolve_heads(
     let (head, default_head) = (heads.branch, heads.default);
     let commit = head.to_string();
     let local = mirror.local().map_err(Error::Fetch)?;
+    let head_info = local.commit_info(head).map_err(Error::Fetch)?;
     let trusted = match resolve::read_root(
         &local.snapshot(default_head).map_err(Error::Fetch)?,
         root_path,
@@ -248,6 +252,7 @@ fn resolve_heads(
         Err(resolve::Error::Invalid(problems)) => {
             return Ok(Plan::Resolved {
                 commit,
+                head: head_info,
                 bindings: default_head.to_string(),
                 results: vec![EnvironmentResult {
                     environment: None,
@@ -301,6 +306,7 @@ fn resolve_heads(
     }
     Ok(Plan::Resolved {
         commit,
+        head: head_info,
         bindings: default_head.to_string(),
         results,
     })

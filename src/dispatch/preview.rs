@@ -240,13 +240,17 @@ impl Dispatcher {
                 ),
             });
         }
+        let trigger = Trigger::new(
+            TriggerKind::Preview,
+            pr.sender.as_deref().unwrap_or_default(),
+        );
         self.deploy(
             repo,
             &trusted,
             previews,
             (pr.number, &pr.fetch_ref),
             (&head, default),
-            delivery,
+            (delivery, &trigger),
         )
         .await
     }
@@ -337,11 +341,11 @@ impl Dispatcher {
         previews: &Previews,
         (number, fetch_ref): (u64, &str),
         (head, default): (&str, git2::Oid),
-        delivery: &str,
+        (delivery, trigger): Origin<'_>,
     ) -> Result<PreviewOutcome, Error> {
         let name = preview::name(number);
-        let state = match self.resolve_preview(repo, number, head, default).await? {
-            Ok(state) => state,
+        let (state, info) = match self.resolve_preview(repo, number, head, default).await? {
+            Ok(resolved) => resolved,
             Err(problems) => {
                 return Ok(PreviewOutcome::Invalid {
                     preview: name,
@@ -388,7 +392,9 @@ impl Dispatcher {
             .apps
             .into_iter()
             .map(|app| {
-                SyncJob::new(&repo.config.name, fetch_ref, delivery, app).with_dependencies(&index)
+                SyncJob::new(&repo.config.name, fetch_ref, delivery, app)
+                    .with_dependencies(&index)
+                    .triggered_by(trigger.clone().about_commit(&info.author, &info.summary))
             })
             .collect();
         let enqueued = self.queue.send(&jobs).await?;
@@ -410,7 +416,7 @@ impl Dispatcher {
         number: u64,
         head: &str,
         default: git2::Oid,
-    ) -> Result<Result<DesiredState, Vec<Problem>>, Error> {
+    ) -> Result<Result<(DesiredState, repo::CommitInfo), Vec<Problem>>, Error> {
         let head = git2::Oid::from_str(head).map_err(|e| Error::Internal(e.to_string()))?;
         let _resolving = self
             .resolves
@@ -434,6 +440,7 @@ impl Dispatcher {
                 Err(e) => return Err(Error::Read(e)),
             };
             let files = local.snapshot(head).map_err(Error::Fetch)?;
+            let info = local.commit_info(head).map_err(Error::Fetch)?;
             match resolve::resolve_preview(
                 &files,
                 &*sources,
@@ -442,7 +449,7 @@ impl Dispatcher {
                 number,
                 &head.to_string(),
             ) {
-                Ok(state) => Ok(Ok(state)),
+                Ok(state) => Ok(Ok((state, info))),
                 Err(resolve::Error::Invalid(problems)) => Ok(Err(problems)),
                 Err(e) => Err(Error::Read(e)),
             }
@@ -567,7 +574,7 @@ impl Dispatcher {
                     .map_err(Error::Fetch)?
             };
             if let Some(default) = default
-                && let Ok(Ok(state)) = self
+                && let Ok(Ok((state, _))) = self
                     .resolve_preview(repo, number, &head.to_string(), default)
                     .await
             {
@@ -623,6 +630,10 @@ impl Dispatcher {
             // The head it was admitted with, never a later one fetched now: for a fork, that
             // is the head its label approved (a later push was refused, and needs the label).
             let head = entry.head.clone();
+            let trigger = Trigger::new(TriggerKind::Preview, "fleetsync").because(&format!(
+                "pull request #{} got a place in the previews budget",
+                entry.number
+            ));
             match self
                 .deploy(
                     repo,
@@ -630,7 +641,7 @@ impl Dispatcher {
                     previews,
                     (entry.number, &entry.fetch_ref),
                     (&head, default),
-                    &delivery,
+                    (&delivery, &trigger),
                 )
                 .await
             {

@@ -31,15 +31,16 @@ impl Dispatcher {
         repo: &WatchedRepo,
         branch: &str,
         (before, after): (&str, &str),
-        delivery: &str,
+        origin: Origin<'_>,
     ) -> Result<Pushed, Error> {
+        let delivery = origin.0;
         if !repo::is_valid_branch(branch) {
             return Ok(Pushed::alone(Outcome::Ignored {
                 reason: format!("`{branch}` is not a valid branch name"),
             }));
         }
         let moved = Moved::Branch { before };
-        let mut own = self.push_branch(repo, branch, moved, delivery).await?;
+        let mut own = self.push_branch(repo, branch, moved, origin).await?;
         let mut retries = LAGGING_FETCH_RETRIES.iter();
         while !self.has_commit(repo, branch, after).await? {
             let Some(wait) = retries.next() else {
@@ -49,7 +50,7 @@ impl Dispatcher {
                 });
             };
             tokio::time::sleep(*wait).await;
-            own = self.push_branch(repo, branch, moved, delivery).await?;
+            own = self.push_branch(repo, branch, moved, origin).await?;
         }
         let about_own = !matches!(own, Outcome::Ignored { .. });
         // The head fetched: readers must read it or a later one.
@@ -99,7 +100,7 @@ impl Dispatcher {
             // One reader that cannot be read must not fail the push, nor every other push that
             // it reads: it is named in the answer and left to reconcile.
             match self
-                .push_branch(reader, &reader_branch, moved, delivery)
+                .push_branch(reader, &reader_branch, moved, origin)
                 .await
             {
                 Ok(theirs) => outcome = combine(outcome, theirs),
@@ -163,7 +164,7 @@ impl Dispatcher {
         repo: &WatchedRepo,
         branch: &str,
         moved: Moved<'_>,
-        delivery: &str,
+        origin: Origin<'_>,
     ) -> Result<Outcome, Error> {
         let state = self.branch_state(&repo.config.name, branch);
         let ticket = state.arrivals.fetch_add(1, Ordering::SeqCst) + 1;
@@ -179,7 +180,7 @@ impl Dispatcher {
         };
         let after_failure = state.failed.load(Ordering::SeqCst);
         match self
-            .push_now(repo, branch, moved, delivery, last.as_ref(), after_failure)
+            .push_now(repo, branch, moved, origin, last.as_ref(), after_failure)
             .await
         {
             Ok((outcome, resolved, enqueued)) => {
@@ -207,22 +208,24 @@ impl Dispatcher {
         repo: &WatchedRepo,
         branch: &str,
         moved: Moved<'_>,
-        delivery: &str,
+        (delivery, trigger): Origin<'_>,
         last: Option<&LastAnswer>,
         after_failure: bool,
     ) -> Result<(Outcome, Option<Resolution>, Specs), Error> {
         let plan = self.plan(repo, branch).await?;
 
-        let (commit, bindings, results) = match plan {
+        let (commit, head, bindings, results) = match plan {
             Plan::Ignored(reason) => {
                 return Ok((Outcome::Ignored { reason }, None, Specs::new()));
             }
             Plan::Resolved {
                 commit,
+                head,
                 bindings,
                 results,
-            } => (commit, bindings, results),
+            } => (commit, head, bindings, results),
         };
+        let trigger = trigger.clone().about_commit(&head.author, &head.summary);
         let sources = results
             .iter()
             .filter_map(|r| r.result.as_ref().ok())
@@ -301,7 +304,8 @@ impl Dispatcher {
                         } else {
                             jobs.push(
                                 SyncJob::new(&repo.config.name, branch, delivery, app)
-                                    .with_dependencies(&index),
+                                    .with_dependencies(&index)
+                                    .triggered_by(trigger.clone()),
                             );
                         }
                     }

@@ -45,7 +45,7 @@ impl Dispatcher {
                     }
                 }
             };
-            let Plan::Resolved { results, .. } = plan else {
+            let Plan::Resolved { results, head, .. } = plan else {
                 continue;
             };
             let mut jobs = Vec::new();
@@ -98,14 +98,19 @@ impl Dispatcher {
                     match drift {
                         Drift::InSync => report.in_sync += 1,
                         Drift::Quarantined => report.quarantined += 1,
-                        Drift::Drifted => jobs.push(
+                        Drift::Drifted(why) => jobs.push(
                             SyncJob::new(
                                 &repo.config.name,
                                 &branch,
                                 &reconcile_delivery(live),
                                 app.clone(),
                             )
-                            .with_dependencies(&index),
+                            .with_dependencies(&index)
+                            .triggered_by(
+                                Trigger::new(TriggerKind::Reconcile, "fleetsync")
+                                    .because(why)
+                                    .about_commit(&head.author, &head.summary),
+                            ),
                         ),
                     }
                 }
@@ -179,7 +184,8 @@ pub struct Reconciled {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Drift {
     InSync,
-    Drifted,
+    /// And what differs: the reason its job records.
+    Drifted(&'static str),
     /// Runs another spec because this one failed its rollout, or depends on such an app: its
     /// job could only wait for a dependency that will not change until a push.
     Quarantined,
@@ -196,7 +202,8 @@ fn hold_back_dependents(apps: &[DesiredApp], drifts: &mut [Drift]) {
             .collect();
         let mut changed = false;
         for (app, drift) in apps.iter().zip(drifts.iter_mut()) {
-            if *drift == Drift::Drifted && app.depends_on.iter().any(|d| held.contains(d.as_str()))
+            if matches!(drift, Drift::Drifted(_))
+                && app.depends_on.iter().any(|d| held.contains(d.as_str()))
             {
                 *drift = Drift::Quarantined;
                 changed = true;
@@ -210,18 +217,24 @@ fn hold_back_dependents(apps: &[DesiredApp], drifts: &mut [Drift]) {
 
 fn drift(app: &DesiredApp, live: Option<&LiveService>) -> Drift {
     let Some(live) = live else {
-        return Drift::Drifted;
+        return Drift::Drifted("the service does not exist");
     };
     let moved = live
         .tags
         .get(tag::TASK_DEFINITION)
         .is_some_and(|set| task_definition_id(set) != task_definition_id(&live.task_definition));
     if live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash) {
-        if moved { Drift::Drifted } else { Drift::InSync }
-    } else if status::quarantined(live, &app.spec_hash) {
+        if moved {
+            Drift::Drifted("the service runs another task definition than fleetsync set")
+        } else {
+            Drift::InSync
+        }
+    } else if status::quarantined(live, &app.spec_hash)
+        || live.tags.get(tag::ROLLED_BACK_FROM) == Some(&app.commit)
+    {
         Drift::Quarantined
     } else {
-        Drift::Drifted
+        Drift::Drifted("the service runs another spec than Git's")
     }
 }
 
@@ -277,14 +290,14 @@ mod tests {
     #[test]
     fn drift_quarantines_only_a_failed_spec_that_is_not_running() {
         let h = app("h");
-        assert!(matches!(drift(&h, None), Drift::Drifted));
+        assert!(matches!(drift(&h, None), Drift::Drifted(_)));
         assert!(matches!(
             drift(&h, Some(&live("h", "a:2", "a:2", None))),
             Drift::InSync
         ));
         assert!(matches!(
             drift(&h, Some(&live("g", "a:1", "a:1", None))),
-            Drift::Drifted
+            Drift::Drifted(_)
         ));
         assert!(matches!(
             drift(&h, Some(&live("g", "a:1", "a:1", Some("h")))),
@@ -295,11 +308,23 @@ mod tests {
         refused
             .tags
             .insert(tag::FAILURE.to_owned(), "PreflightRefused c1".to_owned());
-        assert!(matches!(drift(&h, Some(&refused)), Drift::Drifted));
+        assert!(matches!(drift(&h, Some(&refused)), Drift::Drifted(_)));
+        // Rolled back from this commit through the API: held until Git moves on.
+        let mut rolled_back = live("g", "a:1", "a:1", None);
+        rolled_back
+            .tags
+            .insert(tag::ROLLED_BACK_FROM.to_owned(), h.commit.clone());
+        assert!(matches!(drift(&h, Some(&rolled_back)), Drift::Quarantined));
+        let mut newer = h.clone();
+        newer.commit = format!("{}-next", h.commit);
+        assert!(matches!(
+            drift(&newer, Some(&rolled_back)),
+            Drift::Drifted(_)
+        ));
         // It failed once, succeeded later, then was moved in the console: that is drift.
         assert!(matches!(
             drift(&h, Some(&live("h", "a:2", "a:1", Some("h")))),
-            Drift::Drifted
+            Drift::Drifted(_)
         ));
     }
 
@@ -318,10 +343,10 @@ mod tests {
             named("cron", &[]),
         ];
         let mut drifts = [
-            Drift::Drifted,
-            Drift::Drifted,
+            Drift::Drifted("x"),
+            Drift::Drifted("x"),
             Drift::Quarantined,
-            Drift::Drifted,
+            Drift::Drifted("x"),
         ];
         hold_back_dependents(&apps, &mut drifts);
         assert_eq!(
@@ -330,7 +355,7 @@ mod tests {
                 Drift::Quarantined,
                 Drift::Quarantined,
                 Drift::Quarantined,
-                Drift::Drifted
+                Drift::Drifted("x")
             ]
         );
     }

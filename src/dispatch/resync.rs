@@ -14,40 +14,55 @@ impl Dispatcher {
         &self,
         repo_name: &str,
         environment: &str,
-        app: Option<&str>,
+        apps: Option<&[String]>,
+        (trigger, force): (&Trigger, bool),
     ) -> Result<Vec<Enqueued>, ResyncError> {
         // The branch's turn is held until the jobs are enqueued, as for a push.
         let Resolved {
             repo,
             branch,
             state,
+            head,
             _turn,
         } = self.environment(repo_name, environment).await?;
+        if let Some(apps) = apps {
+            let unknown: Vec<&str> = apps
+                .iter()
+                .filter(|name| !state.apps.iter().any(|a| a.name == **name))
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                let listed: Vec<&str> = state.apps.iter().map(|a| a.name.as_str()).collect();
+                return Err(ResyncError::Unknown(format!(
+                    "no app `{}` in environment `{environment}`; it lists: {}",
+                    unknown.join("`, `"),
+                    listed.join(", ")
+                )));
+            }
+        }
+        let trigger = trigger.clone().about_commit(&head.author, &head.summary);
         let index = dependency_index(&state.apps);
         // Its own delivery id: an explicit request is never deduplicated into an earlier one.
         // Unique across receivers and restarts: SQS drops for five minutes a job whose
         // deduplication id (made from this) it has seen, even once the first was deleted.
         let delivery = format!("api-{}", uuid::Uuid::new_v4().simple());
         let delivery = format!("{delivery}-{}", std::process::id());
-        let prune = app
+        let prune = apps
             .is_none()
             .then(|| prune_job(&repo.config.name, &branch, &delivery, &state))
             .flatten();
         let jobs: Vec<_> = state
             .apps
             .into_iter()
-            .filter(|a| app.is_none_or(|name| a.name == name))
+            .filter(|a| apps.is_none_or(|names| names.contains(&a.name)))
             .map(|a| {
-                SyncJob::new(&repo.config.name, &branch, &delivery, a).with_dependencies(&index)
+                let mut job = SyncJob::new(&repo.config.name, &branch, &delivery, a)
+                    .with_dependencies(&index)
+                    .triggered_by(trigger.clone());
+                job.force = force;
+                job
             })
             .collect();
-        if let Some(name) = app
-            && jobs.is_empty()
-        {
-            return Err(ResyncError::Unknown(format!(
-                "no app `{name}` in environment `{environment}`"
-            )));
-        }
         let enqueued = self.queue.send(&jobs).await.map_err(Error::Queue)?;
         self.queue
             .send_prune(Vec::from_iter(prune).as_slice())
@@ -166,7 +181,7 @@ impl Dispatcher {
         let entry = self.branch_state(&repo.config.name, &branch);
         let guard = entry.last.clone().lock_owned().await;
         let turn = (entry, guard);
-        let Plan::Resolved { results, .. } = self.plan(repo, &branch).await? else {
+        let Plan::Resolved { results, head, .. } = self.plan(repo, &branch).await? else {
             return Err(ResyncError::Unknown(format!(
                 "branch `{branch}` of environment `{environment}` does not exist"
             )));
@@ -186,6 +201,7 @@ impl Dispatcher {
             repo,
             branch,
             state,
+            head,
             _turn: turn,
         })
     }
@@ -193,9 +209,10 @@ impl Dispatcher {
 
 /// An environment resolved at its branch head, and the branch's turn.
 pub(super) struct Resolved<'a> {
-    repo: &'a WatchedRepo,
-    branch: String,
-    state: DesiredState,
+    pub(super) repo: &'a WatchedRepo,
+    pub(super) branch: String,
+    pub(super) state: DesiredState,
+    pub(super) head: repo::CommitInfo,
     /// The branch's entry too: while it is held, `branch_state` does not forget it.
     _turn: (
         Arc<BranchState>,
@@ -225,6 +242,10 @@ pub enum ResyncError {
     Unknown(String),
     #[error("the environment does not resolve")]
     Invalid(Vec<String>),
+    /// The request cannot be applied to what runs (nothing to roll back to, say): the message
+    /// says why and what to do.
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Failed(#[from] Error),
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::types::{
-    ClusterField, ServiceField, Tag, TaskDefinitionField, TaskDefinitionStatus,
+    ClusterField, ServiceField, SortOrder, Tag, TaskDefinitionField, TaskDefinitionStatus,
 };
 use budget::{Budget, Spend};
 use bytes::Bytes;
@@ -149,6 +149,19 @@ pub struct Deployment {
     pub running_count: i32,
 }
 
+/// A task definition revision, as history reads it.
+#[derive(Debug, Clone)]
+pub struct Revision {
+    /// `family:revision`.
+    pub id: String,
+    pub number: i32,
+    /// Not deregistered.
+    pub active: bool,
+    /// RFC 3339.
+    pub registered_at: Option<String>,
+    pub tags: HashMap<String, String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct LiveTaskDefinition {
     pub arn: String,
@@ -272,8 +285,13 @@ impl Ecs {
     }
 
     /// Registers a copy of `revision` (ACTIVE or not) with its tags, as a new revision of its
-    /// family; returns the copy's ARN.
-    pub async fn copy_task_definition(&self, revision: &str) -> Result<String> {
+    /// family; returns the copy's ARN. `overrides` replace (or add) tags of the same key: the
+    /// copy is a deployment of its own, with its own audit trail.
+    pub async fn copy_task_definition(
+        &self,
+        revision: &str,
+        overrides: &[(String, String)],
+    ) -> Result<String> {
         let incomplete = Error::Incomplete {
             operation: "DescribeTaskDefinition",
             target: revision.to_owned(),
@@ -311,13 +329,80 @@ impl Ecs {
             input.remove(read_only);
         }
         input.retain(|_, v| !v.is_null());
-        if let Some(tags) = answer
-            .remove("tags")
-            .filter(|t| t.as_array().is_some_and(|t| !t.is_empty()))
-        {
-            input.insert("tags".into(), tags);
+        let mut tags: Vec<Value> = match answer.remove("tags") {
+            Some(Value::Array(tags)) => tags,
+            _ => Vec::new(),
+        };
+        tags.retain(|t| {
+            let key = t.get("key").and_then(Value::as_str);
+            !overrides.iter().any(|(k, _)| Some(k.as_str()) == key)
+        });
+        tags.extend(
+            overrides
+                .iter()
+                .map(|(k, v)| serde_json::json!({"key": k, "value": v})),
+        );
+        if !tags.is_empty() {
+            input.insert("tags".into(), Value::Array(tags));
         }
         self.register_task_definition(&input).await
+    }
+
+    /// The newest `limit` revisions of `family` (at most 100), ACTIVE or deregistered, newest
+    /// first, each with its tags: an app's deployment history.
+    pub async fn revisions(&self, family: &str, limit: usize) -> Result<Vec<Revision>> {
+        let limit = limit.clamp(1, 100);
+        let mut ids = Vec::new();
+        for status in [TaskDefinitionStatus::Active, TaskDefinitionStatus::Inactive] {
+            // Newest first, so one page holds the newest `limit` of each status.
+            self.budget.spend(Spend::Call).await;
+            let out = self
+                .client
+                .list_task_definitions()
+                .family_prefix(family)
+                .status(status)
+                .sort(SortOrder::Desc)
+                .max_results(i32::try_from(limit).unwrap_or(100))
+                .send()
+                .await
+                .map_err(|e| api_error("ListTaskDefinitions", family, e))?;
+            ids.extend(
+                out.task_definition_arns()
+                    .iter()
+                    .map(|arn| task_definition_id(arn).to_owned())
+                    .filter_map(|id| {
+                        let (f, n) = id.rsplit_once(':')?;
+                        (f == family).then(|| (n.parse::<i32>().ok(), id.clone()))
+                    })
+                    .filter_map(|(n, id)| Some((n?, id))),
+            );
+        }
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        ids.truncate(limit);
+        let mut revisions = Vec::with_capacity(ids.len());
+        for (number, id) in ids {
+            self.budget.spend(Spend::Call).await;
+            let out = self
+                .client
+                .describe_task_definition()
+                .task_definition(&id)
+                .include(TaskDefinitionField::Tags)
+                .send()
+                .await
+                .map_err(|e| api_error("DescribeTaskDefinition", &id, e))?;
+            let td = out.task_definition();
+            revisions.push(Revision {
+                number,
+                active: td.and_then(|t| t.status()) == Some(&TaskDefinitionStatus::Active),
+                registered_at: td
+                    .and_then(|t| t.registered_at())
+                    .and_then(|at| at.fmt(aws_smithy_types::date_time::Format::DateTime).ok()),
+                tags: tags(out.tags()),
+                id,
+            });
+        }
+        Ok(revisions)
     }
 
     /// Registers `input` (RegisterTaskDefinition JSON) as sent; returns the new revision's ARN.

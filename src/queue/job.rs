@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::resolve::DesiredApp;
+use crate::resolve::{DesiredApp, tag};
 
 /// A message on the queue: sync one app, or prune what an environment no longer lists.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +13,7 @@ pub enum Job {
     Sync(Box<SyncJob>),
     Prune(Box<PruneJob>),
     Teardown(Box<TeardownJob>),
+    Rollback(Box<RollbackJob>),
 }
 
 impl Job {
@@ -31,6 +32,10 @@ impl Job {
             Some(kind) if kind.as_str() == Some(TeardownJob::KIND) => {
                 let job: TeardownJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
                 (job.version, Job::Teardown(Box::new(job)))
+            }
+            Some(kind) if kind.as_str() == Some(RollbackJob::KIND) => {
+                let job: RollbackJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                (job.version, Job::Rollback(Box::new(job)))
             }
             Some(kind) => {
                 return Err(format!(
@@ -126,6 +131,55 @@ impl TeardownJob {
     }
 }
 
+/// Put one app back on an earlier revision it ran (`POST /api/v1/rollback`): the task
+/// definition only, as ecspresso's rollback does; the service's other settings stay. Sent in
+/// the app's own group, so it is applied in order with the app's syncs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackJob {
+    pub version: u32,
+    /// Always [`RollbackJob::KIND`].
+    pub kind: String,
+    pub repo: String,
+    pub delivery: String,
+    pub root: String,
+    pub environment: String,
+    pub cluster: String,
+    pub app: String,
+    pub service: String,
+    /// The revision returned to, as `family:revision`.
+    pub to: String,
+    /// The commit that revision was registered from, and its task definition hash and source
+    /// (tags of the revision): what the service's tags say once it runs again.
+    pub commit: String,
+    pub task_definition_hash: String,
+    #[serde(default)]
+    pub source: String,
+    /// The commit rolled away from: what the service ran when the rollback was asked for. A
+    /// service that runs another by the time the job runs is left alone.
+    pub from: String,
+    pub trigger: Trigger,
+    pub rollout: crate::resolve::RolloutSpec,
+}
+
+impl RollbackJob {
+    pub const KIND: &str = "rollback";
+
+    pub fn group_id(&self) -> String {
+        fifo_group(format!("{}/{}/{}", self.root, self.environment, self.app))
+    }
+
+    pub fn deduplication_id(&self) -> String {
+        let mut hasher = Sha256::new();
+        for part in [&self.delivery, &self.environment, &self.app, &self.to] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hasher.update(b"rollback");
+        hex::encode(hasher.finalize())
+    }
+}
+
 /// One group per app of a preview: a single group for the whole PR would hold a job that waits
 /// for its `dependsOn` in front of the very job it waits for.
 fn preview_group(root: &str, environment: &str, app: &str, preview: u64) -> String {
@@ -172,6 +226,115 @@ pub struct SyncJob {
     /// environment, same commit) before this job may apply.
     #[serde(default)]
     pub dependencies: BTreeMap<String, Dependency>,
+    /// What started the job and on whose word: the audit trail it leaves on ECS.
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// Start a new deployment even when the spec is live (`POST /api/v1/sync` with `force`):
+    /// new tasks pull the image tag again and read secrets again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// Why a job exists: recorded on the service and on the task definition revision it
+/// registers (`fleetsync:trigger`, `…:actor`, `…:commit-author`, `…:reason`) and in its log
+/// lines, so who deployed what and why is answered by ECS alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trigger {
+    pub kind: TriggerKind,
+    /// The pusher, the API token's name, or `fleetsync` for reconcile.
+    #[serde(default)]
+    pub actor: String,
+    /// The author of the commit deployed.
+    #[serde(default)]
+    pub commit_author: String,
+    /// A push's head commit message (first line), the reason given to the API, or what
+    /// reconcile found drifted.
+    #[serde(default)]
+    pub reason: String,
+    /// For a push: the Git host that sent it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub provider: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerKind {
+    /// Also what a job from a receiver that predates triggers was.
+    #[default]
+    Push,
+    Api,
+    Reconcile,
+    Rollback,
+    Preview,
+}
+
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Push => "push",
+            TriggerKind::Api => "api",
+            TriggerKind::Reconcile => "reconcile",
+            TriggerKind::Rollback => "rollback",
+            TriggerKind::Preview => "preview",
+        }
+    }
+}
+
+/// The longest reason fleetsync carries: ECS keeps 256 characters of a tag value, and a job
+/// (an SQS message) stays small whatever a commit message holds.
+pub const MAX_REASON_CHARS: usize = tag::MAX_VALUE_CHARS;
+
+impl Trigger {
+    pub fn new(kind: TriggerKind, actor: &str) -> Self {
+        Trigger {
+            kind,
+            actor: bounded(actor),
+            ..Trigger::default()
+        }
+    }
+
+    /// The commit deployed: its author, and, when no reason was given, its message's first
+    /// line.
+    pub fn about_commit(mut self, author: &str, message: &str) -> Self {
+        self.commit_author = bounded(author);
+        if self.reason.is_empty() {
+            self.reason = bounded(message.lines().next().unwrap_or_default());
+        }
+        self
+    }
+
+    pub fn because(mut self, reason: &str) -> Self {
+        self.reason = bounded(reason);
+        self
+    }
+
+    pub fn from_provider(mut self, provider: &str) -> Self {
+        self.provider = bounded(provider);
+        self
+    }
+
+    /// The audit trail as ECS tags: every value one ECS takes (see [`tag::value`]). All four
+    /// are always written, so a service's tags never mix two deployments.
+    pub fn tags(&self) -> Vec<(String, String)> {
+        [
+            (tag::TRIGGER, self.kind.as_str()),
+            (tag::ACTOR, &self.actor),
+            (tag::COMMIT_AUTHOR, &self.commit_author),
+            (tag::REASON, &self.reason),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), tag::value(v)))
+        .collect()
+    }
+}
+
+/// Text from outside cut to what fleetsync keeps of it, with control characters gone.
+fn bounded(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_REASON_CHARS)
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -205,7 +368,14 @@ impl SyncJob {
             delivery: delivery.to_owned(),
             app,
             dependencies: BTreeMap::new(),
+            trigger: Trigger::default(),
+            force: false,
         }
+    }
+
+    pub fn triggered_by(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger;
+        self
     }
 
     /// Records the specs this app's `dependsOn` must be live at, from its environment's index.
@@ -219,7 +389,8 @@ impl SyncJob {
         self
     }
 
-    /// FIFO group: one app of one environment is never synced by two workers at once.
+    /// FIFO group: one app of one environment is never synced by two workers at once. A
+    /// rollback of the app shares it ([`RollbackJob::group_id`]).
     pub fn group_id(&self) -> String {
         let app = &self.app;
         match app.preview {

@@ -13,7 +13,7 @@ use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
-pub use job::{Job, PruneJob, SyncJob, TeardownJob};
+pub use job::{Job, PruneJob, RollbackJob, SyncJob, TeardownJob, Trigger, TriggerKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -141,6 +141,15 @@ impl Queue {
             (serde_json::to_string(j), j.group_id(), j.deduplication_id())
         })
         .await
+    }
+
+    pub async fn send_rollback(&self, job: &RollbackJob) -> Result<String> {
+        let ids = self
+            .send_all(std::slice::from_ref(job), |j| {
+                (serde_json::to_string(j), j.group_id(), j.deduplication_id())
+            })
+            .await?;
+        Ok(ids.into_iter().next().unwrap_or_default())
     }
 
     /// The message ids of `items`, in order.

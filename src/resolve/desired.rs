@@ -44,6 +44,74 @@ pub mod tag {
     /// updates or deletes only what carries its own.
     pub const PREVIEW: &str = "fleetsync:preview";
 
+    /// The audit trail, on services (the last deployment) and on the task definition
+    /// revisions fleetsync registers (the deployment that registered each): what started it
+    /// (`push`, `api`, `reconcile`, `rollback`, `preview`), on whose word (the pusher, the API
+    /// token's name), the author of the commit deployed, and why (a push's head commit
+    /// message, the reason given to the API, what reconcile found drifted).
+    pub const TRIGGER: &str = "fleetsync:trigger";
+    pub const ACTOR: &str = "fleetsync:actor";
+    pub const COMMIT_AUTHOR: &str = "fleetsync:commit-author";
+    pub const REASON: &str = "fleetsync:reason";
+    /// On task definition revisions: how the last rollout of the revision ended (`completed`,
+    /// `rolled-back`, `failed`), for history and for choosing what a rollback returns to.
+    pub const RESULT: &str = "fleetsync:result";
+    /// On services: the commit an API rollback moved away from. No push or reconcile of that
+    /// commit applies while it is set; a newer commit, or an explicit sync, does.
+    pub const ROLLED_BACK_FROM: &str = "fleetsync:rolled-back-from";
+
+    /// ECS's limit on a tag value, in characters.
+    pub const MAX_VALUE_CHARS: usize = 256;
+
+    /// Whether ECS takes `c` in a tag key or value: its Tag shape's pattern,
+    /// `^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$`.
+    pub fn is_allowed(c: char) -> bool {
+        use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+        matches!(c, '_' | '.' | ':' | '/' | '=' | '+' | '-' | '@')
+            || matches!(
+                c.general_category_group(),
+                GeneralCategoryGroup::Letter
+                    | GeneralCategoryGroup::Separator
+                    | GeneralCategoryGroup::Number
+            )
+    }
+
+    /// Text from outside (a commit message, an author's name, a reason typed into the API) as
+    /// a value ECS takes: characters it refuses and control characters become spaces, runs of
+    /// spaces one, cut to 256 characters. A value may not start with `aws:` (reserved).
+    pub fn value(text: &str) -> String {
+        let mut out = String::with_capacity(text.len().min(MAX_VALUE_CHARS));
+        let mut chars = 0;
+        let mut space = true; // no leading space
+        for c in text.chars() {
+            if chars == MAX_VALUE_CHARS {
+                break;
+            }
+            let c = if is_allowed(c) && !c.is_whitespace() {
+                c
+            } else {
+                ' '
+            };
+            if c == ' ' {
+                if space {
+                    continue;
+                }
+                space = true;
+            } else {
+                space = false;
+            }
+            out.push(c);
+            chars += 1;
+        }
+        if out.ends_with(' ') {
+            out.pop();
+        }
+        if out.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("aws:")) {
+            out.replace_range(3..4, "_");
+        }
+        out
+    }
+
     /// The part of [`TAG_KEYS`] that stands for `key`.
     pub fn key_digest(key: &str) -> String {
         use base64::Engine;

@@ -687,12 +687,18 @@ fn resolve_app_at(
         USER_TAGS_ON_TASK_DEFINITIONS,
         &mut Report::new(&td_file, problems),
     );
+    check_tag_characters(
+        &td_node,
+        task_definition.as_ref(),
+        &mut Report::new(&td_file, problems),
+    );
     if let Some(node) = &app.service {
         check_reserved_tags(
             node,
             USER_TAGS_ON_SERVICES,
             &mut Report::new(app_path, problems),
         );
+        check_tag_characters(node, service.as_ref(), &mut Report::new(app_path, problems));
     }
     if problems.len() > before {
         return Ok(None);
@@ -779,10 +785,10 @@ fn check_containers(td: &Node, report: &mut Report<'_>) {
     }
 }
 
-/// ECS allows 50 tags per resource; fleetsync's own take up to 6 on a task definition and up to
-/// 12 on a service (`tag::*`).
-const USER_TAGS_ON_TASK_DEFINITIONS: usize = 44;
-const USER_TAGS_ON_SERVICES: usize = 38;
+/// ECS allows 50 tags per resource; fleetsync's own take up to 11 on a task definition and up
+/// to 17 on a service (`tag::*`, the audit trail's five among them).
+const USER_TAGS_ON_TASK_DEFINITIONS: usize = 39;
+const USER_TAGS_ON_SERVICES: usize = 33;
 
 fn check_reserved_tags(node: &Node, max: usize, report: &mut Report<'_>) {
     let Kind::Map(entries) = &node.kind else {
@@ -818,6 +824,35 @@ fn check_reserved_tags(node: &Node, max: usize, report: &mut Report<'_>) {
                     tag::PREFIX
                 ),
             );
+        }
+    }
+}
+
+/// Tags whose key or value (variables substituted) has a character ECS refuses: it would
+/// refuse the whole CreateService or RegisterTaskDefinition at deploy time; here the author
+/// sees which tag and which character.
+fn check_tag_characters(node: &Node, input: Option<&Map<String, Value>>, report: &mut Report<'_>) {
+    let Some(Value::Array(tags)) = input.and_then(|i| i.get("tags")) else {
+        return;
+    };
+    let nodes = match node.get("tags").map(|t| &t.kind) {
+        Some(Kind::Seq(nodes)) => nodes.as_slice(),
+        _ => &[],
+    };
+    for (i, t) in tags.iter().enumerate() {
+        for field in ["key", "value"] {
+            let Some(text) = t.get(field).and_then(Value::as_str) else {
+                continue;
+            };
+            if let Some(bad) = text.chars().find(|c| !tag::is_allowed(*c)) {
+                let at = nodes.get(i).map(|n| n.get(field).map_or(n.pos, |f| f.pos));
+                report.at(
+                    at.unwrap_or(node.pos),
+                    format!(
+                        "tag {field} {text:?} has {bad:?}, which ECS does not take: only letters, digits, spaces and _ . : / = + - @"
+                    ),
+                );
+            }
         }
     }
 }

@@ -15,8 +15,8 @@ use tracing::{info, warn};
 use super::{Error, status};
 use crate::ecs::{self, Ecs, LiveService, task_definition_id};
 use crate::preflight::Preflight;
-use crate::queue::SyncJob;
 use crate::queue::job::RECONCILE_DELIVERY;
+use crate::queue::{SyncJob, TriggerKind};
 use crate::resolve::{DesiredApp, tag};
 
 /// What a job did.
@@ -37,6 +37,11 @@ pub enum Outcome {
     /// A reconcile job for a spec whose rollout failed and was rolled back; nothing was
     /// written. Only a push or the API applies it again.
     Quarantined,
+    /// The job's commit is the one an operator rolled back from; nothing was written. A newer
+    /// commit, or a sync through the API, applies it again.
+    RolledBack {
+        from: String,
+    },
     /// The service does not exist and the branch no longer wants it: its head `head` dropped
     /// the job's commit (a force-push) or no longer lists the app (prune may have deleted it
     /// already). Nothing was created.
@@ -317,6 +322,17 @@ async fn apply_once(
         });
     }
 
+    // An operator rolled this commit back: a redelivered push or a reconcile must not bring
+    // it back. A newer commit, or a sync asked for through the API, does.
+    if let Some(live) = &live
+        && live.tags.get(tag::ROLLED_BACK_FROM) == Some(&app.commit)
+        && job.trigger.kind != TriggerKind::Api
+    {
+        return Ok(Outcome::RolledBack {
+            from: app.commit.clone(),
+        });
+    }
+
     if let Some(live_commit) = live.as_ref().and_then(|l| l.tags.get(tag::REVISION))
         && !live_commit.is_empty()
         && *live_commit != app.commit
@@ -388,6 +404,7 @@ async fn apply_once(
     if let Some(live) = &live
         && live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash)
         && !task_definition_changed_elsewhere(live)
+        && !(job.force && settled(live))
     {
         // A previous attempt may have died, or handed the job over at shutdown, while the
         // rollout ran: finish watching it and act as that attempt would have. A settled
@@ -447,8 +464,9 @@ async fn apply_once(
         match reusable_task_definition(ecs, job, live.as_ref(), attempt.number).await? {
             Some(arn) => arn,
             None => {
-                ecs.register_task_definition(&app.register_task_definition)
-                    .await?
+                let mut input = app.register_task_definition.clone();
+                append_tags(&mut input, &job.trigger.tags());
+                ecs.register_task_definition(&input).await?
             }
         };
     info!(message = "Task definition ready.", %task_definition);
@@ -475,18 +493,20 @@ async fn apply_once(
             kept,
         }
     });
+    // A copy of a deregistered revision is this job's deployment: its own trail, no result yet.
+    let mut audit = job.trigger.tags();
+    audit.push((tag::RESULT.to_owned(), String::new()));
     let (outcome, deployment) = match &live {
         None => {
             let create = |revision: String| {
                 let mut input = app.create_service.clone();
-                if let Some(Value::Array(tags)) = input.get_mut("tags") {
-                    let id = task_definition_id(&revision);
-                    tags.push(json!({"key": tag::TASK_DEFINITION, "value": id}));
-                }
+                let id = task_definition_id(&revision).to_owned();
+                append_tags(&mut input, &[(tag::TASK_DEFINITION.to_owned(), id)]);
+                append_tags(&mut input, &job.trigger.tags());
                 input.insert("taskDefinition".into(), Value::String(revision));
                 async move { ecs.create_service(&input).await }
             };
-            let deployment = deploying(ecs, &mut task_definition, create).await?;
+            let deployment = deploying(ecs, &mut task_definition, &audit, create).await?;
             (
                 Outcome::Created {
                     task_definition: task_definition.clone(),
@@ -500,7 +520,10 @@ async fn apply_once(
                 "taskDefinition".into(),
                 Value::String(task_definition.clone()),
             );
-            let (deployment, revision) = update_service(ecs, input).await?;
+            if job.force {
+                input.insert("forceNewDeployment".into(), Value::Bool(true));
+            }
+            let (deployment, revision) = update_service(ecs, input, &audit).await?;
             task_definition = revision;
             // Tagged after the update: a crash in between leaves the old hash, so the retry
             // repeats the (idempotent) update instead of believing it happened.
@@ -513,6 +536,15 @@ async fn apply_once(
                 tag::DEPLOYMENT.into(),
                 deployment.clone().unwrap_or_default(),
             ));
+            tags.extend(job.trigger.tags());
+            // Git moved on from the commit rolled back (or a person asked for it again).
+            if live
+                .tags
+                .get(tag::ROLLED_BACK_FROM)
+                .is_some_and(|c| !c.is_empty())
+            {
+                tags.push((tag::ROLLED_BACK_FROM.into(), String::new()));
+            }
             // An app moved back into the config repo no longer comes from elsewhere.
             if app.source.is_none() && live.tags.get(tag::SOURCE).is_some_and(|s| !s.is_empty()) {
                 tags.push((tag::SOURCE.into(), String::new()));
@@ -554,11 +586,43 @@ async fn apply_once(
     Ok(outcome)
 }
 
+/// Adds `tags` to an input's `tags` list.
+fn append_tags(input: &mut Map<String, Value>, tags: &[(String, String)]) {
+    if let Value::Array(list) = input
+        .entry("tags")
+        .or_insert_with(|| Value::Array(Vec::new()))
+    {
+        list.extend(tags.iter().map(|(k, v)| json!({"key": k, "value": v})));
+    }
+}
+
+/// Records how the rollout of `revision` ended on the revision itself, for history and for
+/// choosing what a rollback returns to. Not fatal: the rollout's outcome stands, and its
+/// service's tags say the same.
+pub(super) async fn record_result(ecs: &Ecs, service_arn: &str, revision: &str, result: &str) {
+    let arn = task_definition_arn(service_arn, revision);
+    let tags = [(tag::RESULT.to_owned(), result.to_owned())];
+    if let Err(e) = ecs.tag_resource(&arn, &tags).await {
+        warn!(message = "Cannot record the rollout's result on its task definition; history shows it without one.", task_definition = %task_definition_id(revision), result, error = %e);
+    }
+}
+
+/// A revision's ARN: ECS names revisions by ARN everywhere fleetsync reads them, but a
+/// `family:revision` (a service's tag) is turned into one in the service's region and account.
+fn task_definition_arn(service_arn: &str, revision: &str) -> String {
+    if revision.starts_with("arn:") {
+        return revision.to_owned();
+    }
+    let prefix = service_arn.split(':').take(5).collect::<Vec<_>>().join(":");
+    format!("{prefix}:task-definition/{}", task_definition_id(revision))
+}
+
 /// UpdateService with `input`; returns the id of the deployment it started and the revision
 /// the service now runs (see [`deploying`]).
-async fn update_service(
+pub(super) async fn update_service(
     ecs: &Ecs,
     input: Map<String, Value>,
+    overrides: &[(String, String)],
 ) -> Result<(Option<String>, String), ecs::Error> {
     let mut revision = input["taskDefinition"]
         .as_str()
@@ -569,17 +633,18 @@ async fn update_service(
         input.insert("taskDefinition".into(), Value::String(revision));
         async move { ecs.update_service(&input).await }
     };
-    let deployment = deploying(ecs, &mut revision, update).await?;
+    let deployment = deploying(ecs, &mut revision, overrides, update).await?;
     Ok((deployment, revision))
 }
 
 /// CreateService or UpdateService (`call`) with `revision`; the id of the deployment it started.
 /// A revision deregistered since it was chosen (by prune, by hand, by other tooling) starts no
-/// deployment: a copy of it is registered, `revision` becomes the copy and the call is sent
-/// again.
+/// deployment: a copy of it is registered (its tags replaced by `overrides`), `revision`
+/// becomes the copy and the call is sent again.
 async fn deploying<F, Fut>(
     ecs: &Ecs,
     revision: &mut String,
+    overrides: &[(String, String)],
     call: F,
 ) -> Result<Option<String>, ecs::Error>
 where
@@ -588,7 +653,7 @@ where
 {
     match call(revision.clone()).await {
         Err(e) if e.is_inactive_task_definition() => {
-            let copy = ecs.copy_task_definition(revision).await?;
+            let copy = ecs.copy_task_definition(revision, overrides).await?;
             info!(message = "Revision was deregistered; registered a copy of it.", revision = %task_definition_id(revision), copy = %task_definition_id(&copy));
             *revision = copy;
             call(revision.clone()).await
@@ -740,9 +805,9 @@ fn previous_task_definition(live: &LiveService, target: &str) -> Option<String> 
 /// The deployment a job watches: by its id when ECS named it, else the one of its task
 /// definition.
 #[derive(Clone, Copy)]
-struct Ours<'a> {
-    task_definition: &'a str,
-    deployment: Option<&'a str>,
+pub(super) struct Ours<'a> {
+    pub task_definition: &'a str,
+    pub deployment: Option<&'a str>,
 }
 
 async fn watch_or_roll_back(
@@ -753,33 +818,70 @@ async fn watch_or_roll_back(
     poll: Duration,
     stop: &CancellationToken,
 ) -> Result<(), Error> {
-    match watch_rollout(ecs, job, ours, poll, stop).await {
-        Ok(()) => Ok(()),
+    let app = &job.app;
+    let timeout = Duration::from_secs(app.rollout.timeout_seconds);
+    let watched = (app.cluster.as_str(), app.service_name(), timeout);
+    match watch_rollout(ecs, watched, ours, poll, stop).await {
+        Ok(()) => {
+            if let Some(arn) = service_arn(ecs, job, rollback.as_ref()).await {
+                record_result(ecs, &arn, ours.task_definition, result::COMPLETED).await;
+            }
+            Ok(())
+        }
         // The job may be another worker's by now: the verdict is its to act on.
         Err(Error::RolloutFailed { .. } | Error::RolloutTimeout { .. }) if stop.is_cancelled() => {
             Err(Error::Interrupted)
         }
         Err(failure @ (Error::RolloutFailed { .. } | Error::RolloutTimeout { .. })) => {
-            Err(roll_back(ecs, job, rollback, failure).await)
+            let arn = service_arn(ecs, job, rollback.as_ref()).await;
+            let error = roll_back(ecs, job, rollback, failure).await;
+            if let Some(arn) = arn {
+                let result = if error.rolled_back() {
+                    result::ROLLED_BACK
+                } else {
+                    result::FAILED
+                };
+                record_result(ecs, &arn, ours.task_definition, result).await;
+            }
+            Err(error)
         }
         // Not a verdict on the rollout (say, DescribeServices throttled): a retry watches again.
         Err(other) => Err(other),
     }
 }
 
+/// The values of [`tag::RESULT`].
+pub mod result {
+    pub const COMPLETED: &str = "completed";
+    pub const ROLLED_BACK: &str = "rolled-back";
+    pub const FAILED: &str = "failed";
+}
+
+/// The service's ARN: known from before the update, else (a create) read.
+async fn service_arn(ecs: &Ecs, job: &SyncJob, rollback: Option<&Rollback>) -> Option<String> {
+    if let Some(r) = rollback {
+        return Some(r.service_arn.clone());
+    }
+    let app = &job.app;
+    match ecs.describe_service(&app.cluster, app.service_name()).await {
+        Ok(live) => live.map(|l| l.arn),
+        Err(e) => {
+            warn!(message = "Cannot read the service to record its rollout's result.", service = %app.service_name(), error = %e);
+            None
+        }
+    }
+}
+
 /// Follows ECS's own rollout state: our deployment reaching COMPLETED, or FAILED when the
 /// deployment circuit breaker trips.
-async fn watch_rollout(
+pub(super) async fn watch_rollout(
     ecs: &Ecs,
-    job: &SyncJob,
+    (cluster, service, timeout): (&str, &str, Duration),
     ours: Ours<'_>,
     poll: Duration,
     stop: &CancellationToken,
 ) -> Result<(), Error> {
     let task_definition = ours.task_definition;
-    let app = &job.app;
-    let service = app.service_name();
-    let timeout = Duration::from_secs(app.rollout.timeout_seconds);
     let deadline = Instant::now() + timeout;
     let target = task_definition_id(task_definition).to_owned();
     let failed = |reason: String| Error::RolloutFailed {
@@ -809,7 +911,7 @@ async fn watch_rollout(
             rolled_back_to: None,
         };
         let early = Instant::now() < settling && !seen_ours;
-        let Some(live) = ecs.describe_service(&app.cluster, service).await? else {
+        let Some(live) = ecs.describe_service(cluster, service).await? else {
             if early {
                 continue;
             }
@@ -928,7 +1030,7 @@ async fn roll_back(ecs: &Ecs, job: &SyncJob, rollback: Option<Rollback>, failure
     update.insert("taskDefinition".into(), json!(previous));
     let mut previous = previous;
     if !ecs_rolls_back {
-        match update_service(ecs, update).await {
+        match update_service(ecs, update, &[]).await {
             Ok((_, revision)) => previous = revision,
             Err(e) => {
                 return Error::RollbackFailed {

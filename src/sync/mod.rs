@@ -7,6 +7,7 @@
 mod apply;
 pub mod plan;
 mod prune;
+mod rollback;
 pub mod status;
 mod teardown;
 
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-pub use apply::{Attempt, History, MAX_DEPENDENCY_WAITS, Outcome, apply};
+pub use apply::{Attempt, History, MAX_DEPENDENCY_WAITS, Outcome, apply, result};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -113,6 +114,9 @@ pub enum Error {
         live: String,
         reason: String,
     },
+    /// An API rollback that cannot be applied as asked; nothing was written.
+    #[error("cannot roll {service} back: {reason}")]
+    NotRollable { service: String, reason: String },
     #[error("{original}; rolling back failed too: {rollback}")]
     RollbackFailed {
         original: Box<Error>,
@@ -175,6 +179,7 @@ impl Error {
             | Error::RolloutTimeout { .. }
             | Error::OwnedElsewhere { .. }
             | Error::NotThePreviews { .. }
+            | Error::NotRollable { .. }
             | Error::RollbackFailed { .. } => false,
         }
     }
@@ -195,6 +200,7 @@ impl Error {
             Error::Preflight(_) => "PreflightRefused",
             Error::OwnedElsewhere { .. } => "OwnedElsewhere",
             Error::NotThePreviews { .. } => "NotThePreviews",
+            Error::NotRollable { .. } => "CannotRollBack",
             Error::RollbackFailed { original, .. } => original.code(),
         }
     }
@@ -471,7 +477,8 @@ impl Worker {
         match job {
             Ok(Job::Sync(job)) => {
                 let app = &job.app;
-                let span = tracing::info_span!("job", %message_id, environment = %app.environment, app = %app.name, commit = %app.commit);
+                let trigger = &job.trigger;
+                let span = tracing::info_span!("job", %message_id, environment = %app.environment, app = %app.name, commit = %app.commit, delivery = %job.delivery, trigger = trigger.kind.as_str(), actor = %trigger.actor, reason = %trigger.reason);
                 let stop = ctx.abort.child_token();
                 let work = self.sync(&job, receive_count, permit, ctx, &stop);
                 self.run_job(work, &receipt, receive_count, &stop)
@@ -499,6 +506,19 @@ impl Worker {
                 };
                 // Deletes are not cut short: a teardown runs to its end.
                 self.run_job(work, &receipt, receive_count, &ctx.abort.child_token())
+                    .instrument(span)
+                    .await;
+            }
+            Ok(Job::Rollback(job)) => {
+                let span = tracing::info_span!("rollback", %message_id, environment = %job.environment, app = %job.app, to = %job.to, from = %job.from, actor = %job.trigger.actor, reason = %job.trigger.reason);
+                let stop = ctx.abort.child_token();
+                let poll = self.config.rollout_poll_interval;
+                let work = async {
+                    let rolled_back = rollback::roll_back(&self.ecs, &job, poll, &stop).await;
+                    drop(permit);
+                    Some(rolled_back)
+                };
+                self.run_job(work, &receipt, receive_count, &stop)
                     .instrument(span)
                     .await;
             }

@@ -58,6 +58,23 @@ pub struct AppStatus {
     /// The latest ECS service events, newest first, when the app is not healthy.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<String>,
+    /// What put the running deployment there, from the service's audit tags.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<LastSync>,
+    /// Git's commit, which an operator rolled the app back from: it stays out until Git moves
+    /// on (or a sync through the API asks for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<String>,
+}
+
+/// The audit trail of a service's last deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastSync {
+    pub trigger: String,
+    pub actor: String,
+    pub commit_author: String,
+    pub reason: String,
 }
 
 pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
@@ -72,6 +89,8 @@ pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
         failure: None,
         failed_revision: None,
         events: Vec::new(),
+        last_sync: None,
+        rolled_back_from: None,
     };
     let Some(live) = live else {
         return status;
@@ -105,6 +124,18 @@ pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
                 .unwrap_or_else(|| "the deployment failed".into()),
         );
     }
+    let audit = |key: &str| live.tags.get(key).cloned().unwrap_or_default();
+    status.last_sync = live.tags.contains_key(tag::TRIGGER).then(|| LastSync {
+        trigger: audit(tag::TRIGGER),
+        actor: audit(tag::ACTOR),
+        commit_author: audit(tag::COMMIT_AUTHOR),
+        reason: audit(tag::REASON),
+    });
+    status.rolled_back_from = live
+        .tags
+        .get(tag::ROLLED_BACK_FROM)
+        .filter(|from| **from == app.commit)
+        .cloned();
     if status.health != Health::Healthy || status.failure.is_some() {
         status.events = live.events.iter().take(EVENTS).cloned().collect();
     }

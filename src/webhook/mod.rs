@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use verify::Mismatch;
 
 use crate::config::{Config, RepoConfig, WebhookConfig, repo_identity};
-use crate::dispatch::{Dispatcher, Outcome, PreviewOutcome, WatchedRepo};
+use crate::dispatch::{Dispatcher, Outcome, PreviewOutcome, Trigger, TriggerKind, WatchedRepo};
 
 struct Receiver {
     dispatcher: Arc<Dispatcher>,
@@ -370,11 +370,11 @@ async fn handle(
             // In a task of its own: a Git host that gives up waiting (GitHub after 10 s) drops
             // this handler, and a push must not be left half enqueued when it does.
             let dispatcher = rx.dispatcher.clone();
-            let id = delivery.clone();
+            let (id, provider) = (delivery.clone(), name.clone());
             let work = rx.dispatcher.tasks.spawn(async move {
                 let verified: Vec<&WatchedRepo> =
                     verified.iter().map(|&i| &dispatcher.repos[i]).collect();
-                handle_pushes(&dispatcher, &verified, pushes, &id).await
+                handle_pushes(&dispatcher, &verified, pushes, (&provider, &id)).await
             });
             match work.await {
                 Ok(answer) => answer,
@@ -424,11 +424,13 @@ async fn handle_pushes(
     dispatcher: &Dispatcher,
     verified: &[&WatchedRepo],
     pushes: Vec<PushEvent>,
-    delivery: &str,
+    (provider, delivery): (&str, &str),
 ) -> Answer {
     let mut answers = Vec::with_capacity(pushes.len());
     for push in &pushes {
-        answers.push(handle_push(dispatcher, verified, push, delivery).await);
+        let pusher = push.sender.as_deref().unwrap_or_default();
+        let trigger = Trigger::new(TriggerKind::Push, pusher).from_provider(provider);
+        answers.push(handle_push(dispatcher, verified, push, (delivery, &trigger)).await);
     }
     if answers.len() == 1 {
         return answers.pop().expect("one answer");
@@ -460,7 +462,7 @@ async fn handle_push(
     dispatcher: &Dispatcher,
     verified: &[&WatchedRepo],
     push: &PushEvent,
-    delivery: &str,
+    (delivery, trigger): (&str, &Trigger),
 ) -> Answer {
     let watched = verified.iter().find(|r| is_about(push, &r.config));
     let Some(repo) = watched else {
@@ -491,7 +493,9 @@ async fn handle_push(
     }
     let name = &repo.config.name;
     let moved = (push.before.as_str(), push.after.as_str());
-    let pushed = dispatcher.push(repo, branch, moved, delivery).await;
+    let pushed = dispatcher
+        .push(repo, branch, moved, (delivery, trigger))
+        .await;
     let unresolved = match &pushed {
         Ok(p) if !p.unresolved.is_empty() => json!(p.unresolved),
         _ => Value::Null,

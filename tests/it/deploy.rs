@@ -97,7 +97,8 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
 
     // The receiver sends jobs (dispatch → queue::Queue::send), counts the dead-letter queue
     // (queue::Queue::dead_letters) and, to reconcile and show status, reads services
-    // (dispatch → ecs::Ecs::describe_services); for previews it keeps their registry on the
+    // (dispatch → ecs::Ecs::describe_services), and for history and rollbacks an app's task
+    // definition revisions (ecs::Ecs::revisions); for previews it keeps their registry on the
     // preview cluster's tags and lists clusters and services to sweep; nothing else. The worker
     // reads the redrive policy too (GetQueueAttributes), but never sends or looks up another
     // queue, nor lists clusters.
@@ -105,8 +106,10 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
     let receiver_ecs = [
         "ecs:DescribeClusters",
         "ecs:DescribeServices",
+        "ecs:DescribeTaskDefinition",
         "ecs:ListClusters",
         "ecs:ListServices",
+        "ecs:ListTaskDefinitions",
         "ecs:TagResource",
         "ecs:UntagResource",
     ];
@@ -125,17 +128,23 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
             && receiver_ecs.iter().all(|a| ecs.contains(*a)),
         "{sqs:?} {ecs:?}"
     );
+    // Whitespace dropped: rustfmt breaks long call chains over lines.
     let dispatch: String = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/dispatch"))
         .unwrap()
         .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect::<String>()
+        .split_whitespace()
         .collect();
     let ecs_calls: Vec<_> = dispatch
         .match_indices("self.ecs.")
-        .map(|(i, _)| &dispatch[i + 9..i + 27])
+        .map(|(i, _)| dispatch[i + 9..].chars().take(32).collect::<String>())
         .collect();
     assert!(!ecs_calls.is_empty(), "reconcile and status read services");
     let receiver_calls = [
         "describe_services(",
+        "describe_service(",
+        "describe_task_definition(",
+        "revisions(",
         "list_services(",
         "describe_clusters(",
         "list_clusters(",

@@ -368,6 +368,17 @@ impl ConfigRepo {
         path: &str,
         edit: impl FnOnce(Option<&str>) -> Option<String>,
     ) -> Oid {
+        self.commit_with_message(branch, path, &format!("Edit {path}"), edit)
+    }
+
+    /// [`ConfigRepo::commit`] with its message.
+    pub fn commit_with_message(
+        &self,
+        branch: &str,
+        path: &str,
+        message: &str,
+        edit: impl FnOnce(Option<&str>) -> Option<String>,
+    ) -> Oid {
         let parent = self.repo.find_commit(self.head(branch)).unwrap();
         let base = parent.tree().unwrap();
         let old = base.get_path(Path::new(path)).ok().map(|e| {
@@ -388,7 +399,7 @@ impl ConfigRepo {
             &path.split('/').collect::<Vec<_>>(),
             blob,
         );
-        let commit = self.commit_tree(tree, &[&parent], &format!("Edit {path}"));
+        let commit = self.commit_tree(tree, &[&parent], message);
         self.repo
             .reference(&format!("refs/heads/{branch}"), commit, true, "commit")
             .unwrap();
@@ -581,6 +592,25 @@ impl Receiver {
         let response = reqwest::Client::new()
             .get(format!("{}{path}", self.url))
             .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap())
+    }
+
+    /// POSTs `body` as JSON to `path` of the API with `token`: the status and the answer.
+    pub async fn api_post(
+        &self,
+        path: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .body(body.to_string())
             .send()
             .await
             .unwrap();

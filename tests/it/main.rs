@@ -6,6 +6,7 @@ mod cli;
 mod deploy;
 mod e2e;
 mod harness;
+mod operations;
 mod preflight;
 mod previews;
 mod tidy;

@@ -52,8 +52,8 @@ fn aws_and_http_stay_in_their_modules() {
             ("aws_sdk_cloudwatchlogs", "preflight/aws.rs"),
             (
                 "axum",
-                if relative == "api.rs" {
-                    "api.rs"
+                if relative.starts_with("api/") {
+                    "api/"
                 } else {
                     "webhook/"
                 },

@@ -212,9 +212,41 @@ fn more_tags_than_ecs_leaves_room_for_are_refused() {
     let found = db_problems(&text);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
-        found[0].contains("40 tags, but at most 38 fit"),
+        found[0].contains("40 tags, but at most 33 fit"),
         "{found:?}"
     );
+}
+
+/// ECS refuses a whole CreateService whose tags hold a character its Tag pattern does not take;
+/// the author is told which tag, where, once variables are substituted.
+#[test]
+fn a_tag_ecs_would_refuse_is_located_before_any_deploy() {
+    let text = app("db", "db:1").replace(
+        "desiredCount: 2\n",
+        "desiredCount: 2\n  tags: [{ key: team, value: \"payments (EU)\" }, { key: ok, value: \"a b:c/d=e+f-g@h_i.j\" }]\n",
+    );
+    assert_eq!(
+        db_problems(&text),
+        [
+            "apps/db/app.yaml:9:30: tag value \"payments (EU)\" has '(', which ECS does not take: only letters, digits, spaces and _ . : / = + - @"
+        ]
+    );
+}
+
+#[test]
+fn text_from_outside_becomes_a_tag_value_ecs_takes() {
+    use crate::resolve::tag;
+    assert_eq!(
+        tag::value("Fix login (#42), again\n\nbody"),
+        "Fix login 42 again body"
+    );
+    assert_eq!(tag::value("  naïve  ünïcode\t"), "naïve ünïcode");
+    assert_eq!(tag::value("AWS:root"), "AWS_root");
+    let long = tag::value(&"é".repeat(300));
+    assert_eq!(long.chars().count(), tag::MAX_VALUE_CHARS);
+    for text in ["\u{1b}[31mred", "a\u{0}b", "👍 ship it", "देवनागरी"] {
+        assert!(tag::value(text).chars().all(tag::is_allowed), "{text}");
+    }
 }
 
 /// Rules whose breach only the queue or ECS would show, long after the push was answered: a

@@ -1,5 +1,8 @@
 //! Subcommands. `validate` exits 0 when the repo is valid, 1 on problems, 2 on errors; `plan`
-//! exits 0 without changes, 2 with changes, 1 on problems or errors.
+//! exits 0 without changes, 2 with changes, 1 on problems or errors. The operator's verbs over
+//! a receiver's API (`status`, `sync`, `history`, `rollback`) are in `remote.rs`.
+
+mod remote;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -114,6 +117,99 @@ enum Command {
         #[arg(long = "source", value_name = "NAME=PATH", value_parser = parse_source)]
         sources: Vec<(String, PathBuf)>,
     },
+    /// Show environments, an environment's apps, or one app, as a running receiver sees them.
+    Status {
+        #[command(flatten)]
+        server: Server,
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long, requires = "env")]
+        app: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: remote::Output,
+    },
+    /// Sync an environment (or some of its apps) at its branch head now.
+    Sync {
+        #[command(flatten)]
+        server: Server,
+        #[arg(long)]
+        env: String,
+        /// Only this app; repeat it for each.
+        #[arg(long = "app")]
+        apps: Vec<String>,
+        /// Recorded on what the sync deploys.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Start a new deployment even of a spec that is live.
+        #[arg(long)]
+        force: bool,
+        /// Follow the rollout: exit 0 once Healthy, 1 when Degraded or not done in time.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// An app's deployments, newest first (`*` marks the one running).
+    History {
+        #[command(flatten)]
+        server: Server,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        app: String,
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: remote::Output,
+    },
+    /// Put an app back on an earlier revision that completed its rollout; Git's commit stays
+    /// out until Git moves on.
+    Rollback {
+        #[command(flatten)]
+        server: Server,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        app: String,
+        /// The revision to return to (see `history`); the newest earlier one that completed
+        /// by default.
+        #[arg(long)]
+        to: Option<i32>,
+        /// Why: recorded on the service and the revision.
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print the SHA-256 digest of the token read from stdin, for `api.tokens[].sha256`.
+    Hash,
+}
+
+/// Where the API is, and with which config repo; the token comes from FLEETSYNC_TOKEN only.
+#[derive(clap::Args)]
+struct Server {
+    #[arg(long, env = "FLEETSYNC_SERVER")]
+    server: String,
+    /// The watched repo; may be left out while only one declares the environment.
+    #[arg(long)]
+    repo: Option<String>,
+}
+
+impl Server {
+    fn remote(&self) -> anyhow::Result<remote::Remote> {
+        remote::Remote::new(&self.server, std::env::var("FLEETSYNC_TOKEN").ok())
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -166,6 +262,69 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         })),
+        Command::Status {
+            server,
+            env,
+            app,
+            output,
+        } => {
+            let target = (server.repo.as_deref(), env.as_deref(), app.as_deref());
+            remote::status(&server.remote()?, target, output).await
+        }
+        Command::Sync {
+            server,
+            env,
+            apps,
+            reason,
+            force,
+            wait,
+            timeout,
+        } => {
+            let args = remote::SyncArgs {
+                repo: server.repo.as_deref(),
+                env: &env,
+                apps: &apps,
+                reason: reason.as_deref(),
+                force,
+                wait: wait.then_some(timeout),
+            };
+            remote::sync(&server.remote()?, &args).await
+        }
+        Command::History {
+            server,
+            env,
+            app,
+            limit,
+            output,
+        } => {
+            let target = (server.repo.as_deref(), env.as_str(), app.as_str());
+            remote::history(&server.remote()?, target, limit, output).await
+        }
+        Command::Rollback {
+            server,
+            env,
+            app,
+            to,
+            reason,
+            wait,
+            timeout,
+        } => {
+            let args = remote::RollbackArgs {
+                repo: server.repo.as_deref(),
+                env: &env,
+                app: &app,
+                to,
+                reason: &reason,
+                wait: wait.then_some(timeout),
+            };
+            remote::rollback(&server.remote()?, &args).await
+        }
+        Command::Token {
+            command: TokenCommand::Hash,
+        } => {
+            println!("{}", remote::token_hash(&mut std::io::stdin().lock())?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
