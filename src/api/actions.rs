@@ -40,33 +40,38 @@ struct SyncRequest {
     force: bool,
 }
 
-/// The JSON body, or the 400 naming what to send.
-fn body<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Box<Response>> {
-    serde_json::from_slice(body).map_err(|e| {
+/// The JSON body (of `shape`, for the 400 otherwise) and the name of the token that sent it,
+/// when the token may do what `need` says of the body: an action's prologue.
+fn authorized<T: DeserializeOwned>(
+    api: &Api,
+    headers: &HeaderMap,
+    (bytes, shape): (&[u8], &str),
+    need: impl FnOnce(&T) -> Need<'_>,
+) -> Result<(T, String), Box<Response>> {
+    // Authenticated first: an anonymous caller learns nothing from the body's errors.
+    let token = api.authenticate(headers)?;
+    let request: T = serde_json::from_slice(bytes).map_err(|e| {
         Box::new(answer(
             StatusCode::BAD_REQUEST,
             json!({"error": format!("the body must be {shape}: {e}")}),
         ))
-    })
+    })?;
+    let actor = Api::permit(token, need(&request))?;
+    Ok((request, actor))
 }
 
 async fn sync(State(api): State<Arc<Api>>, headers: HeaderMap, bytes: Bytes) -> Response {
-    let token = match api.authenticate(&headers) {
-        Ok(token) => token,
-        Err(refused) => return *refused,
-    };
-    let request: SyncRequest = match body(
-        &bytes,
-        r#"{"repo": …, "environment": …, "apps": […] (optional), "reason": … (optional), "force": false}"#,
-    ) {
-        Ok(r) => r,
+    let shape = r#"{"repo": …, "environment": …, "apps": […] (optional), "reason": … (optional), "force": false}"#;
+    let authorized = authorized(&api, &headers, (&bytes, shape), |r: &SyncRequest| {
+        Need::Sync {
+            environment: &r.environment,
+        }
+    });
+    let (request, actor) = match authorized {
+        Ok(found) => found,
         Err(refused) => return *refused,
     };
     let environment = &request.environment;
-    let actor = match Api::permit(token, Need::Sync { environment }) {
-        Ok(actor) => actor,
-        Err(refused) => return *refused,
-    };
     let apps = match (request.app, request.apps) {
         (Some(_), Some(_)) => {
             return answer(
@@ -117,22 +122,18 @@ struct RollbackBody {
 }
 
 async fn rollback(State(api): State<Arc<Api>>, headers: HeaderMap, bytes: Bytes) -> Response {
-    let token = match api.authenticate(&headers) {
-        Ok(token) => token,
-        Err(refused) => return *refused,
-    };
-    let request: RollbackBody = match body(
-        &bytes,
-        r#"{"repo": …, "environment": …, "app": …, "to": <revision> (optional), "reason": …}"#,
-    ) {
-        Ok(r) => r,
+    let shape =
+        r#"{"repo": …, "environment": …, "app": …, "to": <revision> (optional), "reason": …}"#;
+    let authorized = authorized(&api, &headers, (&bytes, shape), |r: &RollbackBody| {
+        Need::Rollback {
+            environment: &r.environment,
+        }
+    });
+    let (request, actor) = match authorized {
+        Ok(found) => found,
         Err(refused) => return *refused,
     };
     let environment = &request.environment;
-    let actor = match Api::permit(token, Need::Rollback { environment }) {
-        Ok(actor) => actor,
-        Err(refused) => return *refused,
-    };
     // A rollback overrides Git for a while: the trail must say why.
     if request.reason.trim().is_empty() {
         return answer(

@@ -589,15 +589,8 @@ impl Receiver {
 
     /// GETs `path` of the API with `token`: the status and the JSON answer.
     pub async fn get(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
-        let response = reqwest::Client::new()
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap())
+        let request = reqwest::Client::new().get(format!("{}{path}", self.url));
+        api_call(request, token).await
     }
 
     /// POSTs `body` as JSON to `path` of the API with `token`: the status and the answer.
@@ -607,16 +600,10 @@ impl Receiver {
         token: &str,
         body: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        let response = reqwest::Client::new()
+        let request = reqwest::Client::new()
             .post(format!("{}{path}", self.url))
-            .bearer_auth(token)
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap())
+            .body(body.to_string());
+        api_call(request, token).await
     }
 
     pub async fn metrics(&self) -> String {
@@ -633,6 +620,13 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+async fn api_call(request: reqwest::RequestBuilder, token: &str) -> (u16, serde_json::Value) {
+    let response = request.bearer_auth(token).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap())
 }
 
 /// A real GitHub push payload (go-playground's fixture) re-pointed at our repo and commit.
