@@ -78,13 +78,13 @@ docs.aws.amazon.com/AmazonECS/latest/APIReference/, unless said otherwise):
     tags: a resource can have at most 50 tags, this request would leave N." / "Tag key KEY
     exceeds the maximum length of 128 characters." / "Tag value of KEY exceeds the maximum
     length of 256 characters." (the real texts were not found; the code is ECS's usual).
-    RegisterTaskDefinition records registeredAt, which DescribeTaskDefinition returns
-    (API_TaskDefinition.html; moto keeps none).
     Keys and values must match the Tag shape's pattern ^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$
     (API_Tag.html); otherwise the call fails with InvalidParameterException in the wording
     AWS's request validation uses for patterns: "1 validation error detected: Value 'V' at
     'tags.N.member.value' failed to satisfy constraint: Member must satisfy regular
     expression pattern: ^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$".
+  * RegisterTaskDefinition records registeredAt, which DescribeTaskDefinition returns
+    (API_TaskDefinition.html; moto keeps none).
 
 SQS FIFO, always on (SQS API Reference, API_SendMessage.html / API_SendMessageBatch.html, and
 the developer guide's "Using the message deduplication ID in Amazon SQS",

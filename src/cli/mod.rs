@@ -32,8 +32,24 @@ use crate::{api, shutdown, webhook};
     about = "GitOps for AWS ECS: App of Apps in Git, one branch per environment"
 )]
 pub struct Cli {
+    /// `json`: one JSON object per line, with the job's fields (app, commit, trigger, actor,
+    /// reason) and an `event` naming each state change of a job, for log queries.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETSYNC_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]

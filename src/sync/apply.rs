@@ -469,7 +469,7 @@ async fn apply_once(
                 ecs.register_task_definition(&input).await?
             }
         };
-    info!(message = "Task definition ready.", %task_definition);
+    info!(message = "Task definition ready.", event = "registered", %task_definition);
 
     let rollback = live.as_ref().map(|live| {
         let previous = previous_task_definition(live, &task_definition);
@@ -576,6 +576,7 @@ async fn apply_once(
         }
     };
 
+    info!(message = "Rolling out.", event = "rolling_out", task_definition = %task_definition_id(&task_definition), deployment = deployment.as_deref().unwrap_or_default());
     if app.rollout.wait {
         let ours = Ours {
             task_definition: &task_definition,

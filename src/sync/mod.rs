@@ -205,6 +205,15 @@ impl Error {
         }
     }
 
+    /// The job's end in the log's `event` field: `rolled_back` or `failed`.
+    fn event(&self) -> &'static str {
+        if self.rolled_back() {
+            "rolled_back"
+        } else {
+            "failed"
+        }
+    }
+
     /// A failed rollout that was rolled back (and the failure marked by the rollback).
     fn rolled_back(&self) -> bool {
         matches!(
@@ -229,6 +238,36 @@ impl Error {
             });
         }
         self
+    }
+}
+
+/// How a job that ended well ended, in the log's `event` field: one word a log query can
+/// match, beside the message a person reads.
+trait Done: std::fmt::Debug {
+    fn event(&self) -> &'static str;
+}
+
+impl Done for Outcome {
+    fn event(&self) -> &'static str {
+        match self {
+            Outcome::Unchanged => "unchanged",
+            Outcome::Created { .. } | Outcome::Updated { .. } => "completed",
+            Outcome::Superseded { .. } => "superseded",
+            Outcome::Quarantined | Outcome::RolledBack { .. } => "held_back",
+            Outcome::NotListed { .. } => "not_listed",
+        }
+    }
+}
+
+impl Done for prune::Pruned {
+    fn event(&self) -> &'static str {
+        "pruned"
+    }
+}
+
+impl Done for teardown::TornDown {
+    fn event(&self) -> &'static str {
+        "torn_down"
     }
 }
 
@@ -480,6 +519,7 @@ impl Worker {
                 let trigger = &job.trigger;
                 let span = tracing::info_span!("job", %message_id, environment = %app.environment, app = %app.name, commit = %app.commit, delivery = %job.delivery, trigger = trigger.kind.as_str(), actor = %trigger.actor, reason = %trigger.reason);
                 let stop = ctx.abort.child_token();
+                info!(parent: &span, message = "Job started.", event = "started", attempt = receive_count);
                 let work = self.sync(&job, receive_count, permit, ctx, &stop);
                 self.run_job(work, &receipt, receive_count, &stop)
                     .instrument(span)
@@ -573,7 +613,7 @@ impl Worker {
             // Said once per change of what it waits for, not on every tick.
             let reason = on.join(", ");
             if reason != told {
-                info!(message = "Job waits for its dependencies.", waiting_for = %reason);
+                info!(message = "Job waits for its dependencies.", event = "waiting", waiting_for = %reason);
                 told = reason;
             }
             drop(permit.take());
@@ -595,7 +635,7 @@ impl Worker {
     /// for a retry, or releases it, by how the work ended (`None`: released). When the message
     /// is taken back, `stop` asks the work to end at its next step: a write under way (an
     /// update and its tags, a rollback) is finished, not dropped half done.
-    async fn run_job<T: std::fmt::Debug>(
+    async fn run_job<T: Done>(
         &self,
         work: impl Future<Output = Option<Result<T, Error>>>,
         receipt: &str,
@@ -616,29 +656,29 @@ impl Worker {
                 self.set_visibility(receipt, Duration::ZERO).await;
             }
             Some(Ok(outcome)) => {
-                info!(message = "Job done.", outcome = ?outcome);
+                info!(message = "Job done.", event = outcome.event(), outcome = ?outcome);
                 self.delete(receipt).await;
             }
             Some(Err(e @ Error::Waiting { .. })) => {
                 // Sooner than failures: dependencies usually settle within a few polls.
                 let delay = (self.config.rollout_poll_interval * 2u32.pow(receive_count.min(16)))
                     .clamp(Duration::from_secs(1), Duration::from_secs(300));
-                info!(message = "Job waits for its dependencies in the queue.", reason = %e, retry_in = ?delay);
+                info!(message = "Job waits for its dependencies in the queue.", event = "waiting", reason = %e, retry_in = ?delay);
                 self.set_visibility(receipt, delay).await;
             }
             Some(Err(e)) if e.is_retryable() && self.is_last_receive(receive_count) => {
                 // Marked on its service by `apply`; the next receive moves it.
-                error!(message = "Job failed on its last allowed receive; the queue's redrive policy moves it to the dead-letter queue.", error = %e, attempt = receive_count);
+                error!(message = "Job failed on its last allowed receive; the queue's redrive policy moves it to the dead-letter queue.", event = e.event(), error = %e, attempt = receive_count);
                 self.set_visibility(receipt, Duration::ZERO).await;
             }
             Some(Err(e)) if e.is_retryable() => {
                 let backoff = Duration::from_secs(5 * 2u64.pow(receive_count.min(8)))
                     .min(Duration::from_secs(900));
-                warn!(message = "Job failed; it will be retried.", error = %e, attempt = receive_count, retry_in = ?backoff);
+                warn!(message = "Job failed; it will be retried.", event = "retrying", error = %e, attempt = receive_count, retry_in = ?backoff);
                 self.set_visibility(receipt, backoff).await;
             }
             Some(Err(e)) => {
-                error!(message = "Job failed.", error = %e, attempt = receive_count);
+                error!(message = "Job failed.", event = e.event(), error = %e, attempt = receive_count);
                 self.delete(receipt).await;
             }
         }

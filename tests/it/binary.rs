@@ -81,6 +81,11 @@ impl Fleet {
 
     /// `fleetsync <args> --config <file>`, reaching AWS through AWS_ENDPOINT_URL only.
     fn start(&self, args: &[&str]) -> Process {
+        self.start_logging(args, Stdio::null())
+    }
+
+    /// [`Fleet::start`], its log (stderr) to `log`.
+    fn start_logging(&self, args: &[&str], log: impl Into<Stdio>) -> Process {
         let child = Command::new(env!("CARGO_BIN_EXE_fleetsync"))
             .args(args)
             .args(["--config", self.config.to_str().unwrap()])
@@ -90,7 +95,7 @@ impl Fleet {
             .env("AWS_REGION", "us-east-1")
             .env("FLEETSYNC_WEBHOOK_SECRET", SECRET)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         Process(child)
@@ -111,6 +116,114 @@ impl Fleet {
         )
         .await;
         serve
+    }
+}
+
+/// With `--log-format json`, a log query can follow one job through its states and say who
+/// started it: every line is a JSON object with the job's fields and an `event`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_follow_each_job_through_its_states_with_who_started_it() {
+    let fleet = Fleet::new("  rolloutPollInterval: 100ms\n").await;
+    let logs = tempfile::tempdir().unwrap();
+    let (serve_log, worker_log) = (logs.path().join("serve"), logs.path().join("worker"));
+    let serve = fleet.start_logging(
+        &["serve", "--log-format", "json"],
+        std::fs::File::create(&serve_log).unwrap(),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the receiver to listen",
+        || async {
+            reqwest::get(format!("{}/readyz", fleet.receiver.url))
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        },
+    )
+    .await;
+    let worker = fleet.start_logging(
+        &["worker", "--grace", "5s", "--log-format", "json"],
+        std::fs::File::create(&worker_log).unwrap(),
+    );
+    let head = fleet.repo.head("staging");
+    let (status, body) = fleet.receiver.push("staging", head, "json-logs").await;
+    assert_eq!(status, 202, "{body}");
+    eventually(Duration::from_secs(60), "api deployed", || async {
+        fleet
+            .emulator
+            .service("staging", "api")
+            .await
+            .filter(|s| s.revision() == head.to_string())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the queue to drain", || async {
+        (fleet.emulator.queue_depth(&fleet.queue_url).await == 0).then_some(())
+    })
+    .await;
+    assert!(serve.terminate().await.success());
+    assert!(worker.terminate().await.success());
+
+    let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let enqueued: Vec<_> = lines(&serve_log)
+        .into_iter()
+        .filter(|l| l["event"] == "enqueued")
+        .collect();
+    assert_eq!(enqueued.len(), 1, "{enqueued:?}");
+    assert_eq!(
+        (
+            &enqueued[0]["commit"],
+            &enqueued[0]["delivery"],
+            &enqueued[0]["actor"]
+        ),
+        (
+            &serde_json::json!(head.to_string()),
+            &serde_json::json!("json-logs"),
+            &serde_json::json!("binkkatal")
+        )
+    );
+    let api: Vec<serde_json::Value> = lines(&worker_log)
+        .into_iter()
+        .filter(|l| l["span"]["app"] == "api" && l["event"].is_string())
+        .collect();
+    let mut events: Vec<&str> = api.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    // api depends on accounts: it waits for accounts' rollout, once per change of what it
+    // waits for (created, then settled).
+    events.dedup();
+    assert_eq!(
+        events,
+        [
+            "started",
+            "waiting",
+            "registered",
+            "rolling_out",
+            "completed"
+        ],
+        "{api:?}"
+    );
+    for line in &api {
+        let span = &line["span"];
+        assert_eq!(
+            (
+                &span["trigger"],
+                &span["actor"],
+                &span["commit"],
+                &span["environment"]
+            ),
+            (
+                &serde_json::json!("push"),
+                &serde_json::json!("binkkatal"),
+                &serde_json::json!(head.to_string()),
+                &serde_json::json!("staging")
+            ),
+            "{line}"
+        );
     }
 }
 
