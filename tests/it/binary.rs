@@ -102,7 +102,12 @@ impl Fleet {
     }
 
     async fn serve(&self) -> Process {
-        let serve = self.start(&["serve"]);
+        self.serve_logging(&["serve"], Stdio::null()).await
+    }
+
+    /// `serve` with `args`, its log to `log`, once it is ready.
+    async fn serve_logging(&self, args: &[&str], log: impl Into<Stdio>) -> Process {
+        let serve = self.start_logging(args, log);
         eventually(
             Duration::from_secs(30),
             "the receiver to listen",
@@ -126,22 +131,12 @@ async fn json_logs_follow_each_job_through_its_states_with_who_started_it() {
     let fleet = Fleet::new("  rolloutPollInterval: 100ms\n").await;
     let logs = tempfile::tempdir().unwrap();
     let (serve_log, worker_log) = (logs.path().join("serve"), logs.path().join("worker"));
-    let serve = fleet.start_logging(
-        &["serve", "--log-format", "json"],
-        std::fs::File::create(&serve_log).unwrap(),
-    );
-    eventually(
-        Duration::from_secs(30),
-        "the receiver to listen",
-        || async {
-            reqwest::get(format!("{}/readyz", fleet.receiver.url))
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
-        },
-    )
-    .await;
+    let serve = fleet
+        .serve_logging(
+            &["serve", "--log-format", "json"],
+            std::fs::File::create(&serve_log).unwrap(),
+        )
+        .await;
     let worker = fleet.start_logging(
         &["worker", "--grace", "5s", "--log-format", "json"],
         std::fs::File::create(&worker_log).unwrap(),
