@@ -50,14 +50,9 @@ async fn status(
     if let Err(refused) = api.authorize(&headers, Need::Read) {
         return *refused;
     }
-    let Query(query) = match query {
+    let query = match parsed(query, "ask for `/api/v1/status?repo=…&environment=…`", None) {
         Ok(q) => q,
-        Err(e) => {
-            return answer(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("ask for `/api/v1/status?repo=…&environment=…`: {}", e.body_text())}),
-            );
-        }
+        Err(refused) => return *refused,
     };
     match api.dispatcher.status(&query.repo, &query.environment).await {
         Ok(status) => answer(StatusCode::OK, json!(status)),
@@ -73,11 +68,21 @@ struct RepoQuery {
 
 /// `?repo=…`, refused with what to send instead.
 fn repo_query(query: Result<Query<RepoQuery>, QueryRejection>) -> Result<RepoQuery, Box<Response>> {
+    parsed(query, "the only query parameter is `repo`", Some("repo"))
+}
+
+/// The query, or the 400 saying what to send (`expected`) and, when there is one, the field.
+fn parsed<T>(
+    query: Result<Query<T>, QueryRejection>,
+    expected: &str,
+    field: Option<&str>,
+) -> Result<T, Box<Response>> {
     query.map(|Query(q)| q).map_err(|e| {
-        Box::new(answer(
-            StatusCode::BAD_REQUEST,
-            json!({"error": format!("the only query parameter is `repo`: {}", e.body_text()), "field": "repo"}),
-        ))
+        let mut body = json!({"error": format!("{expected}: {}", e.body_text())});
+        if let Some(field) = field {
+            body["field"] = json!(field);
+        }
+        Box::new(answer(StatusCode::BAD_REQUEST, body))
     })
 }
 
@@ -261,14 +266,10 @@ async fn app_history(
     if let Err(refused) = api.authorize(&headers, Need::Read) {
         return *refused;
     }
-    let Query(query) = match query {
+    let expected = format!("the query parameters are `repo` and `limit` (1 to {MAX_HISTORY})");
+    let query = match parsed(query, &expected, None) {
         Ok(q) => q,
-        Err(e) => {
-            return answer(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("the query parameters are `repo` and `limit` (1 to {MAX_HISTORY}): {}", e.body_text())}),
-            );
-        }
+        Err(refused) => return *refused,
     };
     let limit = query.limit.unwrap_or(DEFAULT_HISTORY);
     if !(1..=MAX_HISTORY).contains(&limit) {
