@@ -56,6 +56,12 @@ pub struct Deployment {
     /// targets.
     #[serde(skip)]
     ours: bool,
+    /// The revision's `task-definition-hash` and `source` tags: what a rollback to it writes
+    /// on the service.
+    #[serde(skip)]
+    task_definition_hash: String,
+    #[serde(skip)]
+    source: String,
 }
 
 impl Deployment {
@@ -75,6 +81,8 @@ impl Deployment {
             ours: tag(tag::ROOT).as_ref() == Some(&app.root)
                 && tag(tag::ENVIRONMENT).as_ref() == Some(&app.environment)
                 && revision.tags.get(tag::PREVIEW).is_none_or(String::is_empty),
+            task_definition_hash: tag(tag::TASK_DEFINITION_HASH).unwrap_or_default(),
+            source: tag(tag::SOURCE).unwrap_or_default(),
             task_definition: revision.id,
         }
     }
@@ -114,7 +122,12 @@ impl Dispatcher {
         limit: usize,
     ) -> Result<AppHistory, ResyncError> {
         let (resolved, desired) = self.app_at_head(repo_name, environment, app).await?;
-        let deployments = self.deployments(&desired, limit).await?;
+        let live = self
+            .ecs
+            .describe_service(&desired.cluster, desired.service_name())
+            .await
+            .map_err(Error::Ecs)?;
+        let deployments = self.deployments(&desired, live.as_ref(), limit).await?;
         Ok(AppHistory {
             repo: resolved.repo.config.name.clone(),
             environment: environment.to_owned(),
@@ -152,7 +165,7 @@ impl Dispatcher {
                 app.service_name()
             )));
         };
-        let deployments = self.deployments(&app, MAX_HISTORY).await?;
+        let deployments = self.deployments(&app, Some(&live), MAX_HISTORY).await?;
         let live_number = deployments.iter().find(|d| d.live).map(|d| d.revision);
         let completed = |d: &&Deployment| {
             d.ours && d.result.as_deref() == Some(sync_result::COMPLETED) && d.commit.is_some()
@@ -196,13 +209,6 @@ impl Dispatcher {
                     ))
                 })?,
         };
-        let revision_tags = self
-            .ecs
-            .describe_task_definition(&target.task_definition)
-            .await
-            .map_err(Error::Ecs)?
-            .map(|td| td.tags)
-            .unwrap_or_default();
         let delivery = format!(
             "rollback-{}-{}",
             uuid::Uuid::new_v4().simple(),
@@ -221,11 +227,8 @@ impl Dispatcher {
             service: app.service_name().to_owned(),
             to: target.task_definition.clone(),
             commit: commit.clone(),
-            task_definition_hash: revision_tags
-                .get(tag::TASK_DEFINITION_HASH)
-                .cloned()
-                .unwrap_or_default(),
-            source: revision_tags.get(tag::SOURCE).cloned().unwrap_or_default(),
+            task_definition_hash: target.task_definition_hash.clone(),
+            source: target.source.clone(),
             from: from.clone(),
             trigger: Trigger::new(TriggerKind::Rollback, request.actor)
                 .because(request.reason)
@@ -267,13 +270,13 @@ impl Dispatcher {
         Ok((resolved, desired))
     }
 
-    /// The app's newest `limit` revisions as deployments, newest first.
-    async fn deployments(&self, app: &DesiredApp, limit: usize) -> Result<Vec<Deployment>, Error> {
-        let live = self
-            .ecs
-            .describe_service(&app.cluster, app.service_name())
-            .await
-            .map_err(Error::Ecs)?;
+    /// The app's newest `limit` revisions as deployments, newest first; `live` is its service.
+    async fn deployments(
+        &self,
+        app: &DesiredApp,
+        live: Option<&LiveService>,
+        limit: usize,
+    ) -> Result<Vec<Deployment>, Error> {
         let live = live.map(|l| task_definition_id(&l.task_definition).to_owned());
         let revisions = self
             .ecs
