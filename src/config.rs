@@ -160,6 +160,8 @@ pub struct WorkerConfig {
     pub ecs_calls_per_second: f64,
     /// RegisterTaskDefinition calls per second, within the above: ECS's tightest quota.
     pub ecs_registers_per_second: f64,
+    /// `worker.metricsListen`: where the worker serves `/metrics`; `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +256,7 @@ struct RawWorker {
     ecs_registers_per_second: Option<f64>,
     account_budget: Option<RawAccountBudget>,
     max_workers: Option<u32>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// ECS throttles per account and Region, not per process: the rate all workers share.
@@ -412,6 +415,7 @@ impl Config {
                 .worker
                 .rollout_poll_interval
                 .unwrap_or(Duration::from_secs(5)),
+            metrics_listen: raw.worker.metrics_listen,
         };
         Ok(Config {
             listen: raw

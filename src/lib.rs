@@ -19,6 +19,7 @@
 //! - [`preflight`]: what an app references exists and is usable, checked before it deploys.
 //! - [`ecs`]: the thin ECS client layer.
 //! - [`api`]: `POST /api/v1/sync`, a sync asked for by a person, behind hashed bearer tokens.
+//! - [`metrics`]: `GET /metrics` of `serve` and `worker`; each part owns what it counts.
 //! - [`config`], [`cli`], [`shutdown`]: the edges.
 
 pub mod api;
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod ecs;
+pub mod metrics;
 pub mod preflight;
 pub mod queue;
 pub mod repo;

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use git2::{FetchOptions, Oid, Repository};
 
+use crate::metrics::{Counter, Histogram, Registry, Series};
 use crate::resolve;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +56,9 @@ pub struct Mirror {
     /// Fetches into one mirror are serialised: libgit2 takes ref locks and a second concurrent
     /// fetch of the same branch would fail instead of waiting.
     fetch_lock: Mutex<()>,
-    fetches: std::sync::atomic::AtomicU64,
+    fetches: Counter,
+    /// How long fetches took once they had the lock, failed ones included.
+    fetch_seconds: Histogram,
 }
 
 /// libgit2 re-hashes every object it reads to check it against its id; git itself does not (it
@@ -120,7 +123,8 @@ impl Mirror {
             path,
             fetch_url: fetch_url.to_owned(),
             fetch_lock: Mutex::new(()),
-            fetches: Default::default(),
+            fetches: Counter::default(),
+            fetch_seconds: crate::metrics::short_seconds(),
         })
     }
 
@@ -188,12 +192,18 @@ impl Mirror {
 
     /// Fetches `refspecs`; `Ok(false)` when the remote has no ref a refspec names.
     fn fetch(&self, refspecs: &[&str], what: &str) -> Result<bool> {
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.fetches.inc();
         let _guard = self
             .fetch_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let started = std::time::Instant::now();
+        let fetched = self.fetch_locked(refspecs, what);
+        self.fetch_seconds.observe(started.elapsed().as_secs_f64());
+        fetched
+    }
+
+    fn fetch_locked(&self, refspecs: &[&str], what: &str) -> Result<bool> {
         let repo = self.repo()?;
         let fetch_err = |e: git2::Error| Error::Fetch {
             url: redact_url(&self.fetch_url),
@@ -249,7 +259,7 @@ impl Mirror {
 
     /// Fetches started since the mirror was opened.
     pub fn fetch_count(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+        self.fetches.get()
     }
 
     pub fn local(&self) -> Result<Local> {
@@ -676,6 +686,30 @@ impl resolve::Files for AtCommit {
 }
 
 /// A branch name git accepts, and no pattern: it goes into a fetch refspec.
+/// Registers the fetches of `mirrors` (by repo name) as two families labelled `repo`.
+pub fn register_fetch_metrics<'m>(
+    mirrors: impl Iterator<Item = (&'m str, &'m Mirror)> + Clone,
+    registry: &mut Registry,
+) {
+    registry.register_collector(Box::new(Series {
+        name: "fleetsync_git_fetches",
+        help: "Fetches of the config repo into this process's mirror",
+        label: "repo",
+        series: mirrors
+            .clone()
+            .map(|(name, m)| (name.to_owned(), m.fetches.clone()))
+            .collect(),
+    }));
+    registry.register_collector(Box::new(Series {
+        name: "fleetsync_git_fetch_duration_seconds",
+        help: "Time a fetch took, once no other fetch of the mirror was under way",
+        label: "repo",
+        series: mirrors
+            .map(|(name, m)| (name.to_owned(), m.fetch_seconds.clone()))
+            .collect(),
+    }));
+}
+
 pub fn is_valid_branch(name: &str) -> bool {
     !name.contains('*') && git2::Reference::is_valid_name(&format!("refs/heads/{name}"))
 }

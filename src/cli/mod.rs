@@ -23,7 +23,7 @@ use crate::preflight::Preflight;
 use crate::repo::{Local, LocalSources};
 use crate::resolve::{self, DEFAULT_ROOT, Problem};
 use crate::sync::{Worker, plan};
-use crate::{api, shutdown, webhook};
+use crate::{shutdown, webhook};
 
 #[derive(Parser)]
 #[command(
@@ -369,10 +369,8 @@ async fn serve(path: &str) -> anyhow::Result<ExitCode> {
     if let Some(every) = config.reconcile_interval {
         tokio::spawn(dispatcher.clone().reconcile_every(every, shutdown.clone()));
     }
-    let (public, mut operations) = webhook::routers(dispatcher.clone(), &config);
-    if let Some(tokens) = api::Tokens::from_config(&config).map_err(anyhow::Error::msg)? {
-        operations = operations.merge(api::router(dispatcher.clone(), tokens));
-    }
+    let (public, operations) =
+        webhook::receiver_routes(dispatcher.clone(), &config).map_err(anyhow::Error::msg)?;
     let timeout = config.webhooks.header_timeout;
     match config.api_listen {
         None => webhook::serve(listener, public.merge(operations), timeout, shutdown).await?,
@@ -406,7 +404,33 @@ async fn worker(path: &str, grace: Duration) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let worker = Arc::new(Worker::from_config(&config, &aws_config().await)?);
     info!(message = "Worker started.", queue = %config.queue_url, concurrency = worker.config.concurrency);
+    // Up until the last job has drained, so the scrape sees how the worker ended.
+    let metrics_done = tokio_util::sync::CancellationToken::new();
+    let metrics = match config.worker.metrics_listen {
+        None => None,
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {address} (`worker.metricsListen` in {path})")
+                })?;
+            info!(message = "Metrics listening.", address = %listener.local_addr()?);
+            let scraped = worker.clone();
+            let router = crate::metrics::router(move |registry| scraped.register_metrics(registry));
+            let timeout = config.webhooks.header_timeout;
+            Some(tokio::spawn(webhook::serve(
+                listener,
+                router,
+                timeout,
+                metrics_done.clone(),
+            )))
+        }
+    };
     worker.run(shutdown::on_signals()?, grace).await;
+    metrics_done.cancel();
+    if let Some(server) = metrics {
+        server.await??;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -28,7 +28,7 @@ pub use preview::{
     PreviewAppStatus, PreviewOutcome, PreviewStatus, PullRequest, PullRequestKind, Swept,
 };
 pub use reconcile::Reconciled;
-pub use resync::{EnvironmentStatus, ResyncError};
+pub use resync::{EnvironmentStatus, QueueDepth, ResyncError};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -69,8 +69,8 @@ pub struct Dispatcher {
     /// One lock per (repo, branch), held from fetch to enqueue. One entry per branch ever
     /// pushed: small, and bounded by the repo's branches.
     branches: std::sync::Mutex<HashMap<String, Arc<BranchState>>>,
-    /// The last count of the dead-letter queue and when it was read.
-    dead_letters: tokio::sync::Mutex<Option<(Instant, Option<u64>)>>,
+    /// The last count of the queue's jobs and when it was read.
+    queue_depth: tokio::sync::Mutex<Option<(Instant, QueueDepth)>>,
     /// Every repo's mirror by name: where apps kept in another repo (`source:`) are read.
     sources: Arc<MirrorSources>,
     /// Which environment branches read which branches of other repos.
@@ -298,7 +298,7 @@ impl Dispatcher {
             ecs: Ecs::new(aws),
             tasks: tokio_util::task::TaskTracker::new(),
             branches: Default::default(),
-            dead_letters: Default::default(),
+            queue_depth: Default::default(),
             sources: Arc::new(MirrorSources(sources)),
             readers: Default::default(),
             refreshes: AtomicU64::new(0),

@@ -1,10 +1,11 @@
 //! The API's trigger and reads: a sync asked for by a person (`POST /api/v1/sync`), an
-//! environment's status (`GET /api/v1/status`) and the dead-letter count.
+//! environment's status (`GET /api/v1/status`), the queue's depth and the receiver's metrics.
 
 use super::*;
+use crate::metrics::{Family, Gauge, Registry};
 
-/// How long a count of the dead-letter queue is shown before SQS is asked again.
-const DEAD_LETTERS_TTL: Duration = Duration::from_secs(15);
+/// How long a count of the queue's jobs is shown before SQS is asked again.
+const DEPTH_TTL: Duration = Duration::from_secs(15);
 
 impl Dispatcher {
     /// Enqueues every app of `environment` (or just `app`) at its branch head, whatever this
@@ -121,31 +122,81 @@ impl Dispatcher {
         Ok(declared)
     }
 
-    /// Jobs in the dead-letter queue, read at most every [`DEAD_LETTERS_TTL`] however often
-    /// metrics are scraped; `None` when there is no dead-letter queue or it cannot be read.
+    /// Jobs in the dead-letter queue; `None` when there is no dead-letter queue or it cannot
+    /// be read.
     pub async fn dead_letters(&self) -> Option<u64> {
-        let mut cached = self.dead_letters.lock().await;
-        if let Some((at, count)) = *cached
-            && at.elapsed() < DEAD_LETTERS_TTL
+        self.queue_depth().await.dead_letters
+    }
+
+    /// The queue's and the dead-letter queue's jobs, read at most every [`DEPTH_TTL`] however
+    /// often metrics are scraped and status is asked for.
+    pub async fn queue_depth(&self) -> QueueDepth {
+        let mut cached = self.queue_depth.lock().await;
+        if let Some((at, depth)) = *cached
+            && at.elapsed() < DEPTH_TTL
         {
-            return count;
+            return depth;
         }
         // Bounded: scrapes and status requests wait behind this one.
-        let count = match tokio::time::timeout(DEAD_LETTERS_TTL / 5, self.queue.dead_letters())
-            .await
-        {
-            Ok(Ok(count)) => count,
-            Ok(Err(e)) => {
-                warn!(message = "Cannot count the dead-letter queue.", error = %e);
-                None
-            }
-            Err(_) => {
-                warn!(message = "Cannot count the dead-letter queue: SQS did not answer in time.");
-                None
+        let read = async {
+            let (jobs, dead_letters) = tokio::join!(self.queue.depth(), self.queue.dead_letters());
+            QueueDepth {
+                jobs: jobs
+                    .inspect_err(|e| warn!(message = "Cannot count the queue's jobs.", error = %e))
+                    .ok(),
+                dead_letters: dead_letters
+                    .inspect_err(
+                        |e| warn!(message = "Cannot count the dead-letter queue.", error = %e),
+                    )
+                    .ok()
+                    .flatten(),
             }
         };
-        *cached = Some((Instant::now(), count));
-        count
+        let depth = tokio::time::timeout(DEPTH_TTL / 5, read)
+            .await
+            .unwrap_or_else(|_| {
+                warn!(message = "Cannot count the queue's jobs: SQS did not answer in time.");
+                QueueDepth::default()
+            });
+        *cached = Some((Instant::now(), depth));
+        depth
+    }
+
+    /// What a receiver's scrape adds: each mirror's fetches and the queue's depth.
+    pub async fn register_metrics(&self, registry: &mut Registry) {
+        repo::register_fetch_metrics(
+            self.repos
+                .iter()
+                .map(|r| (r.config.name.as_str(), &*r.mirror)),
+            registry,
+        );
+        let depth = self.queue_depth().await;
+        if let Some(jobs) = depth.jobs {
+            let by_state = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+            for (state, count) in [
+                ("visible", jobs.visible),
+                ("in_flight", jobs.in_flight),
+                ("delayed", jobs.delayed),
+            ] {
+                by_state
+                    .get_or_create(&[("state", state)])
+                    .set(gauge(count));
+            }
+            registry.register(
+                "fleetsync_queue_jobs",
+                "Jobs in the queue by state, as SQS approximates them (at most 15 s old)",
+                by_state,
+            );
+        }
+        if let Some(count) = depth.dead_letters {
+            let dead = Gauge::<i64>::default();
+            dead.set(gauge(count));
+            registry.register(
+                "fleetsync_dead_letter_jobs",
+                "Jobs in the dead-letter queue the queue's redrive policy names (at most 15 s old)",
+                dead,
+            );
+        }
     }
 
     /// `environment` of `repo_name` resolved at its branch head, as of the bindings on the
@@ -218,6 +269,17 @@ pub(super) struct Resolved<'a> {
         Arc<BranchState>,
         tokio::sync::OwnedMutexGuard<Option<LastAnswer>>,
     ),
+}
+
+/// The queue's jobs by state, and the dead-letter queue's; `None` where SQS could not say.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueDepth {
+    pub jobs: Option<crate::queue::Depth>,
+    pub dead_letters: Option<u64>,
+}
+
+fn gauge(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 /// What `GET /api/v1/status` shows for an environment.

@@ -277,6 +277,45 @@ impl Queue {
     }
 }
 
+/// A queue's messages by state (SQS's approximate counts).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Depth {
+    /// Waiting to be received.
+    pub visible: u64,
+    /// Received and not yet deleted: jobs being worked on, or back-offs.
+    pub in_flight: u64,
+    /// Sent with a delay that has not run out.
+    pub delayed: u64,
+}
+
+impl Depth {
+    pub fn total(&self) -> u64 {
+        self.visible + self.in_flight + self.delayed
+    }
+}
+
+async fn count(client: &aws_sdk_sqs::Client, url: &str) -> Result<Depth> {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .map_err(|e| api_error("GetQueueAttributes", url, e))?;
+    let value = |name: QueueAttributeName| {
+        out.attributes()
+            .and_then(|values| values.get(&name)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(Depth {
+        visible: value(QueueAttributeName::ApproximateNumberOfMessages),
+        in_flight: value(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        delayed: value(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+    })
+}
+
 impl Queue {
     /// How many jobs wait in the dead-letter queue that the queue's redrive policy names: jobs
     /// that failed `maxReceiveCount` times or could not be read. `None` when there is no
@@ -285,26 +324,12 @@ impl Queue {
         let Some(url) = self.dead_letter_url().await? else {
             return Ok(None);
         };
-        let attributes = [
-            QueueAttributeName::ApproximateNumberOfMessages,
-            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
-        ];
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(url)
-            .set_attribute_names(Some(attributes.to_vec()))
-            .send()
-            .await
-            .map_err(|e| api_error("GetQueueAttributes", url, e))?;
-        let values = out.attributes();
-        Ok(Some(
-            attributes
-                .iter()
-                .filter_map(|a| values?.get(a)?.parse::<u64>().ok())
-                .sum(),
-        ))
+        Ok(Some(count(&self.client, url).await?.total()))
+    }
+
+    /// The queue's jobs by state, as SQS approximates them.
+    pub async fn depth(&self) -> Result<Depth> {
+        count(&self.client, &self.url).await
     }
 
     /// How many receives the redrive policy allows before SQS moves a job to the dead-letter

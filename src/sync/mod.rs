@@ -5,6 +5,7 @@
 //! crashed or failing worker never loses a job.
 
 mod apply;
+mod metrics;
 pub mod plan;
 mod prune;
 mod rollback;
@@ -283,6 +284,7 @@ pub struct Worker {
     last_wait: AtomicU32,
     /// The redrive policy's maxReceiveCount; 0 when the queue has none.
     max_receives: AtomicU32,
+    metrics: metrics::JobMetrics,
 }
 
 /// Bare mirrors of the server config's repos.
@@ -322,6 +324,18 @@ const DEPENDENCY_PATIENCE: Duration = Duration::from_secs(3600);
 const LONG_POLL: Duration = Duration::from_secs(10);
 
 impl Worker {
+    /// What the worker's scrape shows: its jobs and its mirrors' fetches.
+    pub fn register_metrics(&self, registry: &mut crate::metrics::Registry) {
+        self.metrics.register(registry);
+        repo::register_fetch_metrics(
+            self.mirrors
+                .by_name
+                .iter()
+                .map(|(name, watched)| (name.as_str(), &*watched.mirror)),
+            registry,
+        );
+    }
+
     pub fn from_config(config: &Config, aws: &aws_config::SdkConfig) -> Result<Self, repo::Error> {
         // Apart from the receivers' mirrors: two processes fetching into one repository would
         // fight over its ref locks.
@@ -366,6 +380,7 @@ impl Worker {
             mirrors,
             last_wait: AtomicU32::new(MAX_DEPENDENCY_WAITS),
             max_receives: AtomicU32::new(0),
+            metrics: Default::default(),
         })
     }
 
@@ -521,7 +536,7 @@ impl Worker {
                 let stop = ctx.abort.child_token();
                 info!(parent: &span, message = "Job started.", event = "started", attempt = receive_count);
                 let work = self.sync(&job, receive_count, permit, ctx, &stop);
-                self.run_job(work, &receipt, receive_count, &stop)
+                self.run_job("sync", work, &receipt, receive_count, &stop)
                     .instrument(span)
                     .await;
             }
@@ -533,9 +548,15 @@ impl Worker {
                     Some(pruned)
                 };
                 // Deletes are not cut short: a prune runs to its end.
-                self.run_job(work, &receipt, receive_count, &ctx.abort.child_token())
-                    .instrument(span)
-                    .await;
+                self.run_job(
+                    "prune",
+                    work,
+                    &receipt,
+                    receive_count,
+                    &ctx.abort.child_token(),
+                )
+                .instrument(span)
+                .await;
             }
             Ok(Job::Teardown(job)) => {
                 let span = tracing::info_span!("teardown", %message_id, preview = job.preview, app = %job.app);
@@ -545,9 +566,15 @@ impl Worker {
                     Some(torn_down)
                 };
                 // Deletes are not cut short: a teardown runs to its end.
-                self.run_job(work, &receipt, receive_count, &ctx.abort.child_token())
-                    .instrument(span)
-                    .await;
+                self.run_job(
+                    "teardown",
+                    work,
+                    &receipt,
+                    receive_count,
+                    &ctx.abort.child_token(),
+                )
+                .instrument(span)
+                .await;
             }
             Ok(Job::Rollback(job)) => {
                 let span = tracing::info_span!("rollback", %message_id, environment = %job.environment, app = %job.app, to = %job.to, from = %job.from, actor = %job.trigger.actor, reason = %job.trigger.reason);
@@ -558,7 +585,7 @@ impl Worker {
                     drop(permit);
                     Some(rolled_back)
                 };
-                self.run_job(work, &receipt, receive_count, &stop)
+                self.run_job("rollback", work, &receipt, receive_count, &stop)
                     .instrument(span)
                     .await;
             }
@@ -637,11 +664,13 @@ impl Worker {
     /// update and its tags, a rollback) is finished, not dropped half done.
     async fn run_job<T: Done>(
         &self,
+        kind: &'static str,
         work: impl Future<Output = Option<Result<T, Error>>>,
         receipt: &str,
         receive_count: u32,
         stop: &CancellationToken,
     ) {
+        let started = Instant::now();
         tokio::pin!(work);
         let result = tokio::select! {
             r = &mut work => r,
@@ -650,14 +679,16 @@ impl Worker {
                 work.await
             }
         };
-        match result {
+        let outcome = match result {
             Some(Err(Error::Interrupted)) | None => {
                 warn!(message = "Job interrupted; released to another worker.");
                 self.set_visibility(receipt, Duration::ZERO).await;
+                "interrupted"
             }
             Some(Ok(outcome)) => {
                 info!(message = "Job done.", event = outcome.event(), outcome = ?outcome);
                 self.delete(receipt).await;
+                outcome.event()
             }
             Some(Err(e @ Error::Waiting { .. })) => {
                 // Sooner than failures: dependencies usually settle within a few polls.
@@ -665,23 +696,28 @@ impl Worker {
                     .clamp(Duration::from_secs(1), Duration::from_secs(300));
                 info!(message = "Job waits for its dependencies in the queue.", event = "waiting", reason = %e, retry_in = ?delay);
                 self.set_visibility(receipt, delay).await;
+                "waiting"
             }
             Some(Err(e)) if e.is_retryable() && self.is_last_receive(receive_count) => {
                 // Marked on its service by `apply`; the next receive moves it.
                 error!(message = "Job failed on its last allowed receive; the queue's redrive policy moves it to the dead-letter queue.", event = e.event(), error = %e, attempt = receive_count);
                 self.set_visibility(receipt, Duration::ZERO).await;
+                e.event()
             }
             Some(Err(e)) if e.is_retryable() => {
                 let backoff = Duration::from_secs(5 * 2u64.pow(receive_count.min(8)))
                     .min(Duration::from_secs(900));
                 warn!(message = "Job failed; it will be retried.", event = "retrying", error = %e, attempt = receive_count, retry_in = ?backoff);
                 self.set_visibility(receipt, backoff).await;
+                "retrying"
             }
             Some(Err(e)) => {
                 error!(message = "Job failed.", event = e.event(), error = %e, attempt = receive_count);
                 self.delete(receipt).await;
+                e.event()
             }
-        }
+        };
+        self.metrics.ended(kind, outcome, started.elapsed());
     }
 
     /// Extends the message's visibility until dropped; returns once the message may no longer

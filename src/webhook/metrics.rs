@@ -1,73 +1,71 @@
-//! Counters the receiver exposes on `GET /metrics` (Prometheus text format).
-//!
-//! Keys are static strings, so counting a delivery allocates nothing on the hot path.
+//! The receiver's counters: deliveries by how they ended, refusals by reason.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use crate::metrics::{Counter, EncodeLabelSet, Family, Registry};
 
 #[derive(Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<Key, u64>>,
+    refusals: Family<Reason, Counter>,
+    deliveries: Family<Handled, Counter>,
+    unresolved_readers: Family<Handled, Counter>,
 }
 
-/// (metric, provider, label name, label value).
-type Key = (&'static str, &'static str, &'static str, &'static str);
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    provider: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Handled {
+    provider: &'static str,
+    outcome: &'static str,
+}
 
 impl Metrics {
     /// A delivery refused before it was handled, by reason.
     pub fn refused(&self, provider: &str, reason: &'static str) {
-        self.add((
-            "fleetsync_webhook_refusals_total",
-            label(provider),
-            "reason",
+        let labels = Reason {
+            provider: label(provider),
             reason,
-        ));
+        };
+        self.refusals.get_or_create(&labels).inc();
     }
 
     /// A delivery handled, by outcome (enqueued, ignored, duplicate, invalid, unavailable, …).
     pub fn handled(&self, provider: &str, outcome: &'static str) {
-        self.add((
-            "fleetsync_webhook_deliveries_total",
-            label(provider),
-            "outcome",
+        let labels = Handled {
+            provider: label(provider),
             outcome,
-        ));
+        };
+        self.deliveries.get_or_create(&labels).inc();
     }
 
     /// A push whose reading environment branches could not all be resolved (left to
     /// reconcile).
     pub fn unresolved_readers(&self, provider: &str) {
-        self.add((
-            "fleetsync_webhook_unresolved_readers_total",
-            label(provider),
-            "outcome",
-            "left_to_reconcile",
-        ));
+        let labels = Handled {
+            provider: label(provider),
+            outcome: "left_to_reconcile",
+        };
+        self.unresolved_readers.get_or_create(&labels).inc();
     }
 
-    fn add(&self, key: Key) {
-        *self
-            .counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default() += 1;
-    }
-
-    pub fn render(&self, extra: &[(String, u64)]) -> String {
-        let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = String::new();
-        for ((metric, provider, name, value), count) in counters.iter() {
-            let _ = writeln!(
-                out,
-                "{metric}{{provider=\"{provider}\",{name}=\"{value}\"}} {count}"
-            );
-        }
-        for (key, value) in extra {
-            let _ = writeln!(out, "{key} {value}");
-        }
-        out
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "fleetsync_webhook_refusals",
+            "Deliveries refused before they were handled, by reason",
+            self.refusals.clone(),
+        );
+        registry.register(
+            "fleetsync_webhook_deliveries",
+            "Deliveries handled, by outcome",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "fleetsync_webhook_unresolved_readers",
+            "Pushes after which environments that read the pushed repo could not be resolved",
+            self.unresolved_readers.clone(),
+        );
     }
 }
 

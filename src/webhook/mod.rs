@@ -42,19 +42,34 @@ struct Receiver {
     config: WebhookConfig,
     replays: guard::Replays,
     metrics: Arc<metrics::Metrics>,
+    /// Requests to every route this process serves, counted by [`crate::metrics::Http::track`].
+    http: Arc<crate::metrics::Http>,
     /// The repo whose secret verified the last delivery: checked first next time.
     last_verified: std::sync::atomic::AtomicUsize,
 }
 
-/// The receiver's routes. Separate from [`serve`] so tests can call it without a socket.
-pub fn router(dispatcher: Arc<Dispatcher>, config: &Config) -> Router {
-    let (public, metrics) = routers(dispatcher, config);
-    public.merge(metrics)
+/// `serve`'s routes: those Git hosts reach, and the operations routes (the API when tokens are
+/// configured, `/metrics`), every request counted.
+pub fn receiver_routes(
+    dispatcher: Arc<Dispatcher>,
+    config: &Config,
+) -> Result<(Router, Router), String> {
+    let http = Arc::<crate::metrics::Http>::default();
+    let (public, mut operations) = routers(dispatcher.clone(), config, http.clone());
+    if let Some(tokens) = crate::api::Tokens::from_config(config)? {
+        operations = operations.merge(crate::api::router(dispatcher, tokens));
+    }
+    Ok((http.track(public), http.track(operations)))
 }
 
-/// The routes Git hosts reach (webhooks, health checks), and `/metrics`: apart, for a receiver
-/// that serves its operations routes on a listener of their own (`api.listen`).
-pub fn routers(dispatcher: Arc<Dispatcher>, config: &Config) -> (Router, Router) {
+/// The routes Git hosts reach (webhooks, health checks), and `/metrics` (which shows what
+/// `http` counted): apart, for a receiver that serves its operations routes on a listener of
+/// their own (`api.listen`).
+fn routers(
+    dispatcher: Arc<Dispatcher>,
+    config: &Config,
+    http: Arc<crate::metrics::Http>,
+) -> (Router, Router) {
     let metrics = Arc::new(metrics::Metrics::default());
     let guard = Arc::new(guard::Guard::new(
         &config.webhooks,
@@ -69,6 +84,7 @@ pub fn routers(dispatcher: Arc<Dispatcher>, config: &Config) -> (Router, Router)
             config.webhooks.replay_capacity,
         ),
         metrics,
+        http,
         last_verified: Default::default(),
     });
     let webhooks = Router::new()
@@ -136,23 +152,12 @@ pub async fn serve(
     Ok(())
 }
 
-async fn render_metrics(State(rx): State<Arc<Receiver>>) -> String {
-    let fetches: Vec<(String, u64)> = rx
-        .dispatcher
-        .repos
-        .iter()
-        .map(|r| {
-            (
-                format!("fleetsync_git_fetches_total{{repo=\"{}\"}}", r.config.name),
-                r.mirror.fetch_count(),
-            )
-        })
-        .collect();
-    let mut extra = fetches;
-    if let Some(count) = rx.dispatcher.dead_letters().await {
-        extra.push(("fleetsync_dead_letter_jobs".to_owned(), count));
-    }
-    rx.metrics.render(&extra)
+async fn render_metrics(State(rx): State<Arc<Receiver>>) -> Response {
+    let mut registry = crate::metrics::Registry::default();
+    rx.metrics.register(&mut registry);
+    rx.http.register(&mut registry);
+    rx.dispatcher.register_metrics(&mut registry).await;
+    crate::metrics::render(&registry)
 }
 
 /// `POST /webhooks/{provider}/{repo}`: the repo named in the URL, so its secret is the only one

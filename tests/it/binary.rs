@@ -54,11 +54,7 @@ impl Fleet {
         let queue_url = emulator.create_queue("fleetsync.fifo").await;
         let repo = ConfigRepo::example(&emulator);
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let config = dir.path().join("fleetsync.yaml");
         std::fs::write(
             &config,
@@ -122,6 +118,142 @@ impl Fleet {
         .await;
         serve
     }
+}
+
+/// A loopback port nothing listens on, for a process the test starts to bind.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn scrape(url: &str) -> String {
+    let response = reqwest::get(format!("{url}/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let kind = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let text = response.text().await.unwrap();
+    // Prometheus's own Python client parses OpenMetrics strictly (one description per family,
+    // cumulative buckets, `# EOF`): what it reads, a Prometheus server reads.
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let mut parser = Command::new(python)
+        .args([
+            "-c",
+            "import sys; from prometheus_client.openmetrics.parser import text_string_to_metric_families as p; list(p(sys.stdin.read()))",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut parser.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let parsed = parser.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    text
+}
+
+/// The value of one series (`name{labels}`) in a scrape.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// What an operator graphs and alerts on: the queue's depth and the receiver's requests by
+/// route and status from `serve`, jobs by outcome and how long they took from each `worker`,
+/// and git fetches from both, in a format Prometheus reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_queue_requests_by_route_jobs_by_outcome_and_fetches() {
+    let metrics_port = free_port();
+    let fleet = Fleet::new(&format!(
+        "  rolloutPollInterval: 100ms\n  metricsListen: 127.0.0.1:{metrics_port}\n"
+    ))
+    .await;
+    let _serve = fleet.serve().await;
+    let public = fleet.receiver.url.clone();
+    let http = reqwest::Client::new();
+    let odd_method = reqwest::Method::from_bytes(b"PROPFIND").unwrap();
+    let answered = http.request(odd_method, format!("{public}/readyz")).send();
+    assert_eq!(answered.await.unwrap().status(), 405);
+    let missing = http.get(format!("{public}/wp-login.php")).send();
+    assert_eq!(missing.await.unwrap().status(), 404);
+    let head = fleet.repo.head("staging");
+    let (status, body) = fleet.receiver.push("staging", head, "metrics").await;
+    assert_eq!(status, 202, "{body}");
+    let jobs = body["jobs"].as_array().unwrap().len();
+
+    let receiver = scrape(&public).await;
+    let visible = sample(&receiver, "fleetsync_queue_jobs{state=\"visible\"}");
+    assert_eq!(visible, Some(jobs as f64), "{receiver}");
+    for (series, value) in [
+        (
+            "fleetsync_http_requests_total{route=\"/webhooks/{provider}\",method=\"POST\",status=\"202\"}",
+            1.0,
+        ),
+        (
+            "fleetsync_http_requests_total{route=\"/readyz\",method=\"other\",status=\"405\"}",
+            1.0,
+        ),
+        (
+            "fleetsync_webhook_deliveries_total{provider=\"github\",outcome=\"enqueued\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            sample(&receiver, series),
+            Some(value),
+            "{series} in\n{receiver}"
+        );
+    }
+    // Paths no route serves are not counted: a scan cannot grow the label set.
+    assert!(!receiver.contains("wp-login"), "{receiver}");
+    let fetches = sample(&receiver, "fleetsync_git_fetches_total{repo=\"platform\"}").unwrap();
+    assert!(fetches >= 1.0, "{receiver}");
+    assert_eq!(
+        sample(
+            &receiver,
+            "fleetsync_git_fetch_duration_seconds_count{repo=\"platform\"}"
+        ),
+        Some(fetches),
+        "{receiver}"
+    );
+
+    let _worker = fleet.start(&["worker"]);
+    let worker_url = format!("http://127.0.0.1:{metrics_port}");
+    let completed = "{kind=\"sync\",outcome=\"completed\"}";
+    let jobs_completed = format!("fleetsync_jobs_total{completed}");
+    eventually(Duration::from_secs(60), "every job completed", || async {
+        let text = reqwest::get(format!("{worker_url}/metrics")).await.ok()?;
+        let text = text.text().await.ok()?;
+        (sample(&text, &jobs_completed) == Some(jobs as f64)).then_some(())
+    })
+    .await;
+    let worker = scrape(&worker_url).await;
+    assert_eq!(
+        sample(
+            &worker,
+            &format!("fleetsync_job_duration_seconds_count{completed}")
+        ),
+        Some(jobs as f64),
+        "{worker}"
+    );
+    let took = sample(
+        &worker,
+        &format!("fleetsync_job_duration_seconds_sum{completed}"),
+    );
+    assert!(took.unwrap() > 0.0, "{worker}");
+    // A create first checks its branch in the worker's own mirror.
+    assert!(
+        sample(&worker, "fleetsync_git_fetches_total{repo=\"platform\"}").unwrap() >= 1.0,
+        "{worker}"
+    );
 }
 
 /// With `--log-format json`, a log query can follow one job through its states and say who

@@ -495,13 +495,10 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let mut router = fleetsync::webhook::router(dispatcher.clone(), config);
-        if let Some(tokens) = fleetsync::api::Tokens::from_config(config).unwrap() {
-            router = router.merge(fleetsync::api::router(dispatcher, tokens));
-        }
+        let (public, operations) = fleetsync::webhook::receiver_routes(dispatcher, config).unwrap();
         tokio::spawn(fleetsync::webhook::serve(
             listener,
-            router,
+            public.merge(operations),
             config.webhooks.header_timeout,
             shutdown.clone(),
         ));
