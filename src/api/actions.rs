@@ -117,8 +117,29 @@ struct RollbackBody {
     environment: String,
     app: String,
     /// The revision number to return to; the newest earlier one that completed by default.
+    #[serde(default, deserialize_with = "revision")]
     to: Option<i32>,
     reason: String,
+}
+
+/// A revision number as JSON Schema's `integer` has it: `170.0` is one too (what some JSON
+/// encoders write for a whole number).
+fn revision<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    use serde::Deserialize;
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = number.as_i64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0)
+            .map(|f| f as i64)
+    });
+    whole
+        .and_then(|n| i32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("`to` must be a revision number, not {number}")))
 }
 
 async fn rollback(State(api): State<Arc<Api>>, headers: HeaderMap, bytes: Bytes) -> Response {

@@ -9,5 +9,6 @@ mod harness;
 mod operations;
 mod preflight;
 mod previews;
+mod schema;
 mod tidy;
 mod webhooks;
