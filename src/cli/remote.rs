@@ -5,6 +5,7 @@
 //! Exit codes: 0 done (and, with `--wait`, Healthy); 1 the rollout failed, was rolled back or
 //! did not finish in time; 2 the request was refused or could not be sent.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -321,6 +322,16 @@ pub struct SyncArgs<'a> {
 
 pub async fn sync(remote: &Remote, args: &SyncArgs<'_>) -> anyhow::Result<ExitCode> {
     let repo = remote.repo_of(args.repo, args.env).await?;
+    // A forced sync of a live spec changes nothing but the deployment: it is done once each
+    // app runs a deployment other than the one it ran before the sync.
+    let before: HashMap<String, Value> = match (args.wait, args.force) {
+        (Some(_), true) => apps_of(remote, &repo, args.env)
+            .await?
+            .into_iter()
+            .filter_map(|a| Some((a["app"].as_str()?.to_owned(), a["deployment"].clone())))
+            .collect(),
+        _ => HashMap::new(),
+    };
     let mut body = json!({"repo": repo, "environment": args.env, "force": args.force});
     if !args.apps.is_empty() {
         body["apps"] = json!(args.apps);
@@ -348,7 +359,10 @@ pub async fn sync(remote: &Remote, args: &SyncArgs<'_>) -> anyhow::Result<ExitCo
     let done = |a: &Value| {
         a["sync"] == "Synced"
             && a["health"] == "Healthy"
-            && (!args.force || a["lastSync"]["trigger"] == "api")
+            && (!args.force
+                || a["app"]
+                    .as_str()
+                    .is_some_and(|app| before.get(app) != Some(&a["deployment"])))
     };
     wait(remote, &repo, args.env, &jobs, timeout, done).await
 }
@@ -396,6 +410,18 @@ pub async fn rollback(remote: &Remote, args: &RollbackArgs<'_>) -> anyhow::Resul
     .await
 }
 
+/// Every app of `env`, as the status API shows them.
+async fn apps_of(remote: &Remote, repo: &str, env: &str) -> anyhow::Result<Vec<Value>> {
+    let status = remote
+        .get(&format!(
+            "/api/v1/environments/{}/apps{}",
+            segment(env),
+            query(Some(repo))
+        ))
+        .await?;
+    Ok(status["apps"].as_array().cloned().unwrap_or_default())
+}
+
 /// Follows `apps` until each is `done` (exit 0), one is Degraded (1), or `timeout` passes (1).
 /// On a terminal one line is rewritten as states change; otherwise each change is a line.
 async fn wait(
@@ -410,14 +436,7 @@ async fn wait(
     let deadline = Instant::now() + timeout;
     let mut said = String::new();
     loop {
-        let status = remote
-            .get(&format!(
-                "/api/v1/environments/{}/apps{}",
-                segment(env),
-                query(Some(repo))
-            ))
-            .await?;
-        let listed = status["apps"].as_array().cloned().unwrap_or_default();
+        let listed = apps_of(remote, repo, env).await?;
         let watched: Vec<&Value> = listed
             .iter()
             .filter(|a| apps.iter().any(|name| a["app"] == **name))

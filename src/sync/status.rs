@@ -47,6 +47,10 @@ pub struct AppStatus {
     pub live_revision: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_definition: Option<String>,
+    /// The id of the service's PRIMARY deployment: a new one for every deployment ECS starts,
+    /// forced ones included, so a client can tell its sync's deployment from the one before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
     /// Why the spec Git resolves to is not running: the failure fleetsync marked on the service
     /// (`RolloutFailed`, `RolloutTimeout`, `PreflightRefused`, ... or the AWS error code), or
     /// ECS's reason for a failed deployment.
@@ -86,6 +90,7 @@ pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
         revision: app.commit.clone(),
         live_revision: None,
         task_definition: None,
+        deployment: None,
         failure: None,
         failed_revision: None,
         events: Vec::new(),
@@ -101,6 +106,11 @@ pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
         .filter(|r| !r.is_empty())
         .cloned();
     status.task_definition = Some(task_definition_id(&live.task_definition).to_owned());
+    status.deployment = live
+        .deployments
+        .iter()
+        .find(|d| d.status == "PRIMARY")
+        .map(|d| d.id.clone());
     let synced = live.tags.get(tag::SPEC_HASH) == Some(&app.spec_hash)
         && !task_definition_changed_elsewhere(live);
     if synced {

@@ -245,6 +245,14 @@ impl Emulator {
                 .collect(),
             task_definition: fleetsync::ecs::task_definition_id(s.task_definition().unwrap())
                 .to_owned(),
+            primary: s
+                .deployments()
+                .iter()
+                .find(|d| d.status() == Some("PRIMARY"))
+                .map(|d| {
+                    let state = d.rollout_state().map(|r| r.as_str().to_owned());
+                    (d.id().unwrap().to_owned(), state.unwrap_or_default())
+                }),
             tags: s
                 .tags()
                 .iter()
@@ -282,6 +290,8 @@ pub struct Live {
     pub task_definition: String,
     /// Service events, newest first.
     pub events: Vec<String>,
+    /// The PRIMARY deployment's id and rollout state.
+    pub primary: Option<(String, String)>,
     pub tags: std::collections::HashMap<String, String>,
 }
 

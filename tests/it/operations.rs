@@ -536,28 +536,37 @@ async fn the_cli_shows_syncs_waits_for_and_rolls_back_through_the_api() {
     let apps: serde_json::Value = serde_json::from_str(&apps.stdout).unwrap();
     assert_eq!(apps["apps"].as_array().unwrap().len(), 4);
 
-    let synced = alice
-        .run(
-            &[
-                "sync",
-                "--env",
-                "staging",
-                "--app",
-                "api",
-                "--force",
-                "--reason",
-                "cli restart",
-                "--wait",
-                "--timeout",
-                "60s",
-            ],
-            "",
-        )
-        .await;
+    let force_and_wait = [
+        "sync",
+        "--env",
+        "staging",
+        "--app",
+        "api",
+        "--force",
+        "--reason",
+        "cli restart",
+        "--wait",
+        "--timeout",
+        "60s",
+    ];
+    let synced = alice.run(&force_and_wait, "").await;
     assert_eq!(synced.code, 0, "{}{}", synced.stdout, synced.stderr);
     assert_eq!(synced.stdout, "enqueued 1 job(s) for staging: api\n");
     let api = s.emulator.service("staging", "api").await.unwrap();
     assert_eq!(audit(&api.tags)[3], "cli restart");
+    // Forced again, with the same trigger and reason: `--wait` follows the new deployment to its
+    // end, not the one before it, which looks the same in every tag.
+    let again = alice.run(&force_and_wait, "").await;
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    let (id, state) = s
+        .emulator
+        .service("staging", "api")
+        .await
+        .unwrap()
+        .primary
+        .unwrap();
+    assert_ne!(Some(&id), api.primary.as_ref().map(|(id, _)| id));
+    assert_eq!(state, "COMPLETED");
 
     let rolled = alice
         .run(
