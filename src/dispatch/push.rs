@@ -318,7 +318,7 @@ impl Dispatcher {
         }
         let enqueued = self.queue.send(&jobs).await?;
         self.queue.send_prune(&prunes).await?;
-        info!(message = "Jobs enqueued.", event = "enqueued", repo = %repo.config.name, %branch, %commit, %delivery, trigger = trigger.kind.as_str(), actor = %trigger.actor, jobs = enqueued.len(), unchanged, prune = prunes.len(), invalid_environments = problems.len());
+        info!(message = "Push enqueued.", event = "push_enqueued", repo = %repo.config.name, %branch, %commit, %delivery, trigger = trigger.kind.as_str(), actor = %trigger.actor, jobs = enqueued.len(), unchanged, prune = prunes.len(), invalid_environments = problems.len());
         let branch = branch.to_owned();
         let outcome = if problems.is_empty() {
             Outcome::Enqueued {

@@ -118,11 +118,16 @@ impl Queue {
         Ok(jobs
             .iter()
             .zip(ids)
-            .map(|(job, id)| Enqueued {
-                id,
-                environment: job.app.environment.clone(),
-                app: job.app.name.clone(),
-                spec_hash: job.app.spec_hash.clone(),
+            .map(|(job, id)| {
+                // The first of a job's state changes, with the fields of the worker's lines.
+                let trigger = &job.trigger;
+                tracing::info!(message = "Job enqueued.", event = "enqueued", message_id = %id, environment = %job.app.environment, app = %job.app.name, commit = %job.app.commit, delivery = %job.delivery, trigger = trigger.kind.as_str(), actor = %trigger.actor, reason = %trigger.reason);
+                Enqueued {
+                    id,
+                    environment: job.app.environment.clone(),
+                    app: job.app.name.clone(),
+                    spec_hash: job.app.spec_hash.clone(),
+                }
             })
             .collect())
     }

@@ -298,23 +298,47 @@ async fn json_logs_follow_each_job_through_its_states_with_who_started_it() {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
     };
-    let enqueued: Vec<_> = lines(&serve_log)
-        .into_iter()
+    let serve_lines = lines(&serve_log);
+    let pushes: Vec<_> = serve_lines
+        .iter()
+        .filter(|l| l["event"] == "push_enqueued")
+        .collect();
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(pushes[0]["jobs"], APPS.len(), "{pushes:?}");
+    // One line per job, with the fields the worker's lines carry: a log query joins them on
+    // `message_id`.
+    let enqueued: Vec<_> = serve_lines
+        .iter()
         .filter(|l| l["event"] == "enqueued")
         .collect();
-    assert_eq!(enqueued.len(), 1, "{enqueued:?}");
-    assert_eq!(
-        (
-            &enqueued[0]["commit"],
-            &enqueued[0]["delivery"],
-            &enqueued[0]["actor"]
-        ),
-        (
-            &serde_json::json!(head.to_string()),
-            &serde_json::json!("json-logs"),
-            &serde_json::json!("binkkatal")
-        )
-    );
+    let mut apps: Vec<&str> = enqueued
+        .iter()
+        .map(|l| l["app"].as_str().unwrap())
+        .collect();
+    apps.sort();
+    let mut expected = APPS.to_vec();
+    expected.sort();
+    assert_eq!(apps, expected, "{enqueued:?}");
+    for line in &enqueued {
+        assert_eq!(
+            (
+                &line["commit"],
+                &line["delivery"],
+                &line["actor"],
+                &line["trigger"],
+                &line["environment"]
+            ),
+            (
+                &serde_json::json!(head.to_string()),
+                &serde_json::json!("json-logs"),
+                &serde_json::json!("binkkatal"),
+                &serde_json::json!("push"),
+                &serde_json::json!("staging")
+            ),
+            "{line}"
+        );
+    }
+    let api_enqueued = enqueued.iter().find(|l| l["app"] == "api").unwrap();
     let api: Vec<serde_json::Value> = lines(&worker_log)
         .into_iter()
         .filter(|l| l["span"]["app"] == "api" && l["event"].is_string())
@@ -341,13 +365,15 @@ async fn json_logs_follow_each_job_through_its_states_with_who_started_it() {
                 &span["trigger"],
                 &span["actor"],
                 &span["commit"],
-                &span["environment"]
+                &span["environment"],
+                &span["message_id"]
             ),
             (
                 &serde_json::json!("push"),
                 &serde_json::json!("binkkatal"),
                 &serde_json::json!(head.to_string()),
-                &serde_json::json!("staging")
+                &serde_json::json!("staging"),
+                &api_enqueued["message_id"]
             ),
             "{line}"
         );
