@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-venv.sh
+# GitHub's OpenAPI description, that tests/it/feedback.rs checks requests against.
+.venv/bin/python scripts/github-openapi.py
 .venv/bin/cfn-lint deploy/cloudformation.yaml
 # Tests run against the release profile the image is built with, and build the release binary
 # (target/release/fleetsync, which the integration tests run): the AWS SDK, most of a cold build,

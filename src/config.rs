@@ -55,6 +55,9 @@ pub struct Config {
     /// `api.listen`: the API and `/metrics` on an address of their own, so that only the
     /// webhook routes (and health checks) face the Git hosts. `None`: all on `listen`.
     pub api_listen: Option<SocketAddr>,
+    /// `api.publicUrl`: where people reach the API, for the links fleetsync posts (a commit
+    /// status's `target_url`).
+    pub public_url: Option<String>,
 }
 
 /// An API token, known by its digest: its name is the actor in logs.
@@ -146,6 +149,28 @@ pub struct RepoConfig {
     /// The branch whose root binds environments to branches and clusters.
     pub default_branch: String,
     pub secret: SecretRef,
+    /// `gitHost`: where commit statuses are posted; `None`: nothing is posted.
+    pub git_host: Option<GitHost>,
+}
+
+/// A Git host's API, and the token fleetsync posts commit statuses with.
+#[derive(Debug, Clone)]
+pub struct GitHost {
+    /// The API's base URL: `https://api.github.com`, `https://gitlab.example.com/api/v4`, …
+    pub api: String,
+    pub provider: HostKind,
+    pub token: SecretRef,
+    /// `owner/name` on the host (GitLab: the project's full path), from the repo's `url`.
+    pub project: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostKind {
+    Github,
+    Gitlab,
+    Gitea,
+    Bitbucket,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +214,7 @@ struct RawApi {
     #[serde(default)]
     tokens: Vec<RawToken>,
     listen: Option<SocketAddr>,
+    public_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -231,6 +257,16 @@ struct RawRepo {
     default_branch: Option<String>,
     #[serde(deserialize_with = "secret_text")]
     secret: String,
+    git_host: Option<RawGitHost>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGitHost {
+    api: String,
+    provider: Option<HostKind>,
+    #[serde(deserialize_with = "secret_text")]
+    token: String,
 }
 
 /// The `secret` field as text. A value of another type is refused without quoting it: it may
@@ -347,7 +383,12 @@ impl Config {
                 owner: format!("secret of repo `{}`", r.name),
                 message,
             })?;
+            let git_host = r
+                .git_host
+                .map(|host| git_host((&r.name, &identity), host, invalid))
+                .transpose()?;
             repos.push(RepoConfig {
+                git_host,
                 fetch_url: r.fetch_url.unwrap_or_else(|| r.url.clone()),
                 root: r
                     .root
@@ -439,6 +480,10 @@ impl Config {
                 .transpose()?,
             api_tokens: api_tokens(&raw.api.tokens).map_err(invalid)?,
             api_listen: raw.api.listen,
+            public_url: raw
+                .api
+                .public_url
+                .map(|url| url.trim_end_matches('/').to_owned()),
             reconcile_interval: match raw.reconcile_interval {
                 None => Some(Duration::from_secs(180)),
                 Some(d) if d.is_zero() => None,
@@ -473,6 +518,43 @@ impl Config {
             },
         })
     }
+}
+
+/// `repos[].gitHost`: the provider named, or known from the repo's host.
+fn git_host(
+    (repo, identity): (&str, &str),
+    raw: RawGitHost,
+    invalid: impl Fn(String) -> Error,
+) -> Result<GitHost> {
+    let (host, project) = identity.split_once('/').unwrap_or((identity, ""));
+    let provider = match (raw.provider, host) {
+        (Some(kind), _) => kind,
+        (None, "github.com") => HostKind::Github,
+        (None, "gitlab.com") => HostKind::Gitlab,
+        (None, "bitbucket.org") => HostKind::Bitbucket,
+        (None, "codeberg.org") => HostKind::Gitea,
+        (None, other) => {
+            return Err(invalid(format!(
+                "repo `{repo}`: cannot tell which Git host {other} is; set `gitHost.provider` (github, gitlab, gitea or bitbucket)"
+            )));
+        }
+    };
+    let api = raw.api.trim_end_matches('/').to_owned();
+    if !(api.starts_with("https://") || api.starts_with("http://")) {
+        return Err(invalid(format!(
+            "repo `{repo}`: `gitHost.api` must be an http(s) URL, not `{api}`"
+        )));
+    }
+    let token = SecretRef::parse(&raw.token).map_err(|message| Error::Secret {
+        owner: format!("gitHost token of repo `{repo}`"),
+        message,
+    })?;
+    Ok(GitHost {
+        api,
+        provider,
+        token,
+        project: project.to_owned(),
+    })
 }
 
 /// Where a secret is kept. Inline secrets are refused: config files end up in Git and tickets.
@@ -639,6 +721,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("needs `worker.maxWorkers`"), "{err}");
+    }
+
+    #[test]
+    fn a_git_host_is_known_by_its_url_or_named_and_its_token_is_never_inline() {
+        let with = |url: &str, host: &str| {
+            let text = format!(
+                "mirrorDir: /m\nqueueUrl: q\nrepos:\n  - name: platform\n    url: {url}\n    secret: env:S\n    gitHost: {host}\n"
+            );
+            Config::parse(Path::new("c.yaml"), &text)
+        };
+        let github = with(
+            "https://github.com/Acme/platform-config.git",
+            "{ api: https://api.github.com/, token: env:T }",
+        )
+        .unwrap();
+        let host = github.repos[0].git_host.as_ref().unwrap();
+        assert_eq!(
+            (host.provider, host.api.as_str(), host.project.as_str()),
+            (
+                HostKind::Github,
+                "https://api.github.com",
+                "acme/platform-config"
+            )
+        );
+        let unknown = with(
+            "https://git.acme.internal/team/config",
+            "{ api: https://git.acme.internal/api/v1, token: env:T }",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(unknown.contains("set `gitHost.provider`"), "{unknown}");
+        let gitea = with(
+            "https://git.acme.internal/team/config",
+            "{ api: https://git.acme.internal/api/v1, provider: gitea, token: env:T }",
+        )
+        .unwrap();
+        assert_eq!(
+            gitea.repos[0].git_host.as_ref().unwrap().provider,
+            HostKind::Gitea
+        );
+        let inline = with(
+            "https://github.com/acme/config",
+            "{ api: https://api.github.com, token: ghp_pasted }",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            !inline.contains("ghp_pasted") && inline.contains("gitHost token"),
+            "{inline}"
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - [`preflight`]: what an app references exists and is usable, checked before it deploys.
 //! - [`ecs`]: the thin ECS client layer.
 //! - [`api`]: `POST /api/v1/sync`, a sync asked for by a person, behind hashed bearer tokens.
+//! - [`feedback`]: commit statuses on the Git host, queued by receivers and workers, posted by
+//!   workers.
 //! - [`metrics`]: `GET /metrics` of `serve` and `worker`; each part owns what it counts.
 //! - [`config`], [`cli`], [`shutdown`]: the edges.
 
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod ecs;
+pub mod feedback;
 pub mod metrics;
 pub mod preflight;
 pub mod queue;

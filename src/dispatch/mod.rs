@@ -41,7 +41,7 @@ use tracing::{info, warn};
 use crate::config::{Config, RepoConfig, Secret};
 use crate::ecs::{Ecs, LiveService, task_definition_id};
 use crate::queue::job::{RECONCILE_DELIVERY, dependency_index};
-use crate::queue::{self, Enqueued, PruneJob, Queue, SyncJob};
+use crate::queue::{self, Enqueued, PruneJob, Queue, StatusState, SyncJob};
 pub use crate::queue::{Trigger, TriggerKind};
 
 /// Where a request to deploy came from: its delivery id (a Git host's, or one made for an API
@@ -69,6 +69,8 @@ pub struct Dispatcher {
     /// One lock per (repo, branch), held from fetch to enqueue. One entry per branch ever
     /// pushed: small, and bounded by the repo's branches.
     branches: std::sync::Mutex<HashMap<String, Arc<BranchState>>>,
+    /// Commit statuses for what pushes enqueue or cannot resolve.
+    teller: crate::feedback::Teller,
     /// The last count of the queue's jobs and when it was read.
     queue_depth: tokio::sync::Mutex<Option<(Instant, QueueDepth)>>,
     /// Every repo's mirror by name: where apps kept in another repo (`source:`) are read.
@@ -295,6 +297,7 @@ impl Dispatcher {
         Ok(Dispatcher {
             repos,
             queue: Queue::new(aws, &config.queue_url),
+            teller: crate::feedback::Teller::new(config, Queue::new(aws, &config.queue_url)),
             ecs: Ecs::new(aws),
             tasks: tokio_util::task::TaskTracker::new(),
             branches: Default::default(),

@@ -318,6 +318,8 @@ impl Dispatcher {
         }
         let enqueued = self.queue.send(&jobs).await?;
         self.queue.send_prune(&prunes).await?;
+        self.tell_pushed(&repo.config.name, &commit, &jobs, &problems)
+            .await;
         info!(message = "Push enqueued.", event = "push_enqueued", repo = %repo.config.name, %branch, %commit, %delivery, trigger = trigger.kind.as_str(), actor = %trigger.actor, jobs = enqueued.len(), unchanged, prune = prunes.len(), invalid_environments = problems.len());
         let branch = branch.to_owned();
         let outcome = if problems.is_empty() {
@@ -336,6 +338,33 @@ impl Dispatcher {
             }
         };
         Ok((outcome, resolved, specs))
+    }
+    /// What the push means on its commits: each job queued, and each environment that does
+    /// not resolve failed with its first problem, so the author sees it without asking.
+    async fn tell_pushed(
+        &self,
+        repo: &str,
+        commit: &str,
+        jobs: &[SyncJob],
+        problems: &[EnvironmentProblems],
+    ) {
+        let queued = jobs.iter().map(|job| {
+            let app = &job.app;
+            let at = (job.repo.as_str(), app.commit.as_str());
+            let about = (app.environment.as_str(), Some(app.name.as_str()));
+            self.teller.status(at, about, StatusState::Queued, "queued")
+        });
+        let failed = problems.iter().filter_map(|p| {
+            let first = p.problems.first()?;
+            let environment = p.environment.as_deref().unwrap_or("root");
+            Some(self.teller.status(
+                (repo, commit),
+                (environment, None),
+                StatusState::Failure,
+                &format!("does not resolve: {first}"),
+            ))
+        });
+        self.teller.tell(queued.chain(failed).collect()).await;
     }
 }
 

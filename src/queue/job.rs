@@ -14,6 +14,7 @@ pub enum Job {
     Prune(Box<PruneJob>),
     Teardown(Box<TeardownJob>),
     Rollback(Box<RollbackJob>),
+    Status(Box<StatusJob>),
 }
 
 impl Job {
@@ -36,6 +37,10 @@ impl Job {
             Some(kind) if kind.as_str() == Some(RollbackJob::KIND) => {
                 let job: RollbackJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
                 (job.version, Job::Rollback(Box::new(job)))
+            }
+            Some(kind) if kind.as_str() == Some(StatusJob::KIND) => {
+                let job: StatusJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                (job.version, Job::Status(Box::new(job)))
             }
             Some(kind) => {
                 return Err(format!(
@@ -176,6 +181,90 @@ impl RollbackJob {
             hasher.update([0]);
         }
         hasher.update(b"rollback");
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// A commit status to post on the repo's Git host: one transition of one (commit, context).
+/// Statuses travel through the queue so that none is lost to a host outage or a restart, and
+/// so that one context's transitions are posted in the order they happened (one FIFO group per
+/// commit and context).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusJob {
+    pub version: u32,
+    /// Always [`StatusJob::KIND`].
+    pub kind: String,
+    pub repo: String,
+    pub commit: String,
+    /// `fleetsync/<environment>/<app>`, or `fleetsync/<environment>` for the environment.
+    pub context: String,
+    pub state: StatusState,
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+    /// Bumped when a status outlives its message's receives (a long host outage) and is queued
+    /// again, so that FIFO deduplication takes the copy for a new message.
+    #[serde(default)]
+    pub generation: u32,
+}
+
+/// Where a status stands. Only forward: queued, then rolling out, then an end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StatusState {
+    /// Accepted by SQS.
+    Queued,
+    /// The service was updated; ECS rolls it out.
+    RollingOut,
+    Success,
+    /// Failed, rolled back, or refused (preflight, a config that does not resolve).
+    Failure,
+    /// A newer commit took over.
+    Superseded,
+}
+
+impl StatusState {
+    pub fn is_final(self) -> bool {
+        self > StatusState::RollingOut
+    }
+}
+
+impl StatusJob {
+    pub const KIND: &str = "status";
+
+    pub fn new(repo: &str, commit: &str, context: String, state: StatusState) -> Self {
+        StatusJob {
+            version: SyncJob::VERSION,
+            kind: Self::KIND.to_owned(),
+            repo: repo.to_owned(),
+            commit: commit.to_owned(),
+            context,
+            state,
+            description: String::new(),
+            target_url: None,
+            generation: 0,
+        }
+    }
+
+    pub fn group_id(&self) -> String {
+        let mut hasher = Sha256::new();
+        for part in [&self.repo, &self.commit, &self.context] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        format!("status/{}", hex::encode(&hasher.finalize()[..16]))
+    }
+
+    /// The same transition told twice (a redelivered push, a retried job) is one message.
+    pub fn deduplication_id(&self) -> String {
+        let mut hasher = Sha256::new();
+        for part in [&self.repo, &self.commit, &self.context, &self.description] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hasher.update([self.state as u8]);
+        hasher.update(self.generation.to_be_bytes());
         hex::encode(hasher.finalize())
     }
 }

@@ -13,7 +13,9 @@ use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
-pub use job::{Job, PruneJob, RollbackJob, SyncJob, TeardownJob, Trigger, TriggerKind};
+pub use job::{
+    Job, PruneJob, RollbackJob, StatusJob, StatusState, SyncJob, TeardownJob, Trigger, TriggerKind,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -130,6 +132,15 @@ impl Queue {
                 }
             })
             .collect())
+    }
+
+    /// Sends commit statuses, all or none, like [`Queue::send`].
+    pub async fn send_statuses(&self, jobs: &[StatusJob]) -> Result<()> {
+        self.send_all(jobs, |j| {
+            (serde_json::to_string(j), j.group_id(), j.deduplication_id())
+        })
+        .await?;
+        Ok(())
     }
 
     /// Sends prune jobs, all or none, like [`Queue::send`].

@@ -12,11 +12,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Error, status};
+use super::{Error, status, told};
 use crate::ecs::{self, Ecs, LiveService, task_definition_id};
+use crate::feedback::Teller;
 use crate::preflight::Preflight;
 use crate::queue::job::RECONCILE_DELIVERY;
-use crate::queue::{SyncJob, TriggerKind};
+use crate::queue::{StatusState, SyncJob, TriggerKind};
 use crate::resolve::{DesiredApp, tag};
 
 /// What a job did.
@@ -214,16 +215,25 @@ impl Attempt {
     }
 }
 
+/// How a job's rollout is watched, and who is told it rolls out.
+#[derive(Clone, Copy)]
+pub struct Watch<'a> {
+    pub poll: Duration,
+    /// Asks the job to end at its next step (see [`super::Worker`]'s heartbeat).
+    pub stop: &'a CancellationToken,
+    /// Where the commit status "rolling out" goes; `None`: nowhere.
+    pub teller: Option<&'a Teller>,
+}
+
 pub async fn apply(
     ecs: &Ecs,
     preflight: &Preflight,
     history: &impl History,
     job: &SyncJob,
     attempt: Attempt,
-    poll: Duration,
-    stop: &CancellationToken,
+    watch: Watch<'_>,
 ) -> Result<Outcome, Error> {
-    let result = apply_once(ecs, preflight, history, job, attempt, poll, stop).await;
+    let result = apply_once(ecs, preflight, history, job, attempt, watch).await;
     if let Err(e) = &result
         && (!e.is_retryable()
             || (attempt.last_receive && !matches!(e, Error::Waiting { .. } | Error::Interrupted)))
@@ -275,9 +285,9 @@ async fn apply_once(
     history: &impl History,
     job: &SyncJob,
     attempt: Attempt,
-    poll: Duration,
-    stop: &CancellationToken,
+    watch: Watch<'_>,
 ) -> Result<Outcome, Error> {
+    let (poll, stop) = (watch.poll, watch.stop);
     let app = &job.app;
     let live = ecs
         .describe_service(&app.cluster, app.service_name())
@@ -578,6 +588,17 @@ async fn apply_once(
 
     info!(message = "Rolling out.", event = "rolling_out", task_definition = %task_definition_id(&task_definition), deployment = deployment.as_deref().unwrap_or_default());
     if app.rollout.wait {
+        if let Some(teller) = watch.teller {
+            let description = format!("rolling out {}", task_definition_id(&task_definition));
+            teller
+                .tell(vec![told::app_status(
+                    teller,
+                    job,
+                    StatusState::RollingOut,
+                    &description,
+                )])
+                .await;
+        }
         let ours = Ours {
             task_definition: &task_definition,
             deployment: deployment.as_deref(),

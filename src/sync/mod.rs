@@ -11,6 +11,7 @@ mod prune;
 mod rollback;
 pub mod status;
 mod teardown;
+mod told;
 
 use crate::resolve::SourceUse;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-pub use apply::{Attempt, History, MAX_DEPENDENCY_WAITS, Outcome, apply, result};
+pub use apply::{Attempt, History, MAX_DEPENDENCY_WAITS, Outcome, Watch, apply, result};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,8 +29,9 @@ use tracing::{Instrument, error, info, warn};
 use crate::config::{Config, WorkerConfig};
 use crate::ecs::budget::{Budget, Rate};
 use crate::ecs::{self, Ecs};
+use crate::feedback::{Hosts, Posted, Teller};
 use crate::preflight::{self, Finding, Preflight};
-use crate::queue::{Job, Queue, Received, SyncJob};
+use crate::queue::{Job, Queue, Received, StatusJob, SyncJob};
 use crate::repo::{self, Mirror, MirrorSources};
 
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +274,15 @@ impl Done for teardown::TornDown {
     }
 }
 
+/// Why a worker cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Mirror(#[from] repo::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+}
+
 pub struct Worker {
     pub queue: Queue,
     pub ecs: Ecs,
@@ -285,6 +296,9 @@ pub struct Worker {
     /// The redrive policy's maxReceiveCount; 0 when the queue has none.
     max_receives: AtomicU32,
     metrics: metrics::JobMetrics,
+    /// Commit statuses: put on the queue as jobs end ([`Teller`]), posted from it ([`Hosts`]).
+    teller: Teller,
+    hosts: Hosts,
 }
 
 /// Bare mirrors of the server config's repos.
@@ -336,7 +350,7 @@ impl Worker {
         );
     }
 
-    pub fn from_config(config: &Config, aws: &aws_config::SdkConfig) -> Result<Self, repo::Error> {
+    pub fn from_config(config: &Config, aws: &aws_config::SdkConfig) -> Result<Self, StartError> {
         // Apart from the receivers' mirrors: two processes fetching into one repository would
         // fight over its ref locks.
         let dir = config.mirror_dir.join("worker");
@@ -381,6 +395,8 @@ impl Worker {
             last_wait: AtomicU32::new(MAX_DEPENDENCY_WAITS),
             max_receives: AtomicU32::new(0),
             metrics: Default::default(),
+            teller: Teller::new(config, Queue::new(aws, &config.queue_url)),
+            hosts: Hosts::from_config(config)?,
         })
     }
 
@@ -576,6 +592,13 @@ impl Worker {
                 .instrument(span)
                 .await;
             }
+            Ok(Job::Status(job)) => {
+                drop(permit);
+                let span = tracing::info_span!("status", %message_id, repo = %job.repo, commit = %job.commit, context = %job.context);
+                self.post_status(&job, &receipt, receive_count)
+                    .instrument(span)
+                    .await;
+            }
             Ok(Job::Rollback(job)) => {
                 let span = tracing::info_span!("rollback", %message_id, environment = %job.environment, app = %job.app, to = %job.to, from = %job.from, actor = %job.trigger.actor, reason = %job.trigger.reason);
                 let stop = ctx.abort.child_token();
@@ -620,17 +643,26 @@ impl Worker {
                 out_of_patience: since.elapsed() >= DEPENDENCY_PATIENCE,
                 last_receive: self.is_last_receive(receive_count),
             };
+            let watch = Watch {
+                poll,
+                stop,
+                teller: Some(&self.teller),
+            };
             let result = apply(
                 &self.ecs,
                 &self.preflight,
                 &self.mirrors,
                 job,
                 attempt,
-                poll,
-                stop,
+                watch,
             )
             .await;
             let Err(Error::Waiting { on }) = &result else {
+                if let Some((state, description)) = told::ended(job, &result, attempt.last_receive)
+                {
+                    let status = told::app_status(&self.teller, job, state, &description);
+                    self.teller.tell(vec![status]).await;
+                }
                 return Some(result);
             };
             // Bounded: past it, waits go back to the queue as they used to.
@@ -718,6 +750,51 @@ impl Worker {
             }
         };
         self.metrics.ended(kind, outcome, started.elapsed());
+    }
+
+    /// Posts one commit status on its Git host. A host that may take it later gets it again
+    /// after its `Retry-After` (or a back-off); one that refuses it as asked (a token without
+    /// the permission) never will, and the status is dropped with the reason.
+    async fn post_status(&self, job: &StatusJob, receipt: &str, receive_count: u32) {
+        let started = Instant::now();
+        let outcome = match self.hosts.post(job).await {
+            Ok(posted) => {
+                info!(message = "Commit status posted.", event = "status", state = ?job.state, description = %job.description, ?posted);
+                self.delete(receipt).await;
+                match posted {
+                    Posted::Posted => "posted",
+                    Posted::Unchanged => "unchanged",
+                    Posted::Behind => "behind",
+                }
+            }
+            Err(e) => match e.retry_after() {
+                // Its receives would run out before the host is back: a fresh copy goes on.
+                Some(_) if self.is_last_receive(receive_count) => {
+                    let mut copy = job.clone();
+                    copy.generation += 1;
+                    match self.queue.send_statuses(&[copy]).await {
+                        Ok(()) => self.delete(receipt).await,
+                        Err(e) => {
+                            warn!(message = "Cannot queue the commit status again.", error = %e)
+                        }
+                    }
+                    "retrying"
+                }
+                Some(after) => {
+                    let backoff = Duration::from_secs(2u64.pow(receive_count.min(9)));
+                    let delay = after.unwrap_or(backoff).min(Duration::from_secs(900));
+                    warn!(message = "Git host did not take the commit status; posting it again later.", error = %e, retry_in = ?delay);
+                    self.set_visibility(receipt, delay).await;
+                    "retrying"
+                }
+                None => {
+                    error!(message = "Git host refused the commit status.", error = %e);
+                    self.delete(receipt).await;
+                    "refused"
+                }
+            },
+        };
+        self.metrics.ended("status", outcome, started.elapsed());
     }
 
     /// Extends the message's visibility until dropped; returns once the message may no longer

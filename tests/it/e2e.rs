@@ -1330,8 +1330,11 @@ async fn the_worker_refuses_an_app_whose_secret_is_missing_and_writes_nothing_fo
         &worker.mirrors,
         &job,
         fleetsync::sync::Attempt::first(),
-        Duration::from_millis(100),
-        &Default::default(),
+        fleetsync::sync::Watch {
+            poll: Duration::from_millis(100),
+            stop: &Default::default(),
+            teller: None,
+        },
     )
     .await
     .unwrap_err();
@@ -1965,8 +1968,11 @@ async fn a_redelivered_rolled_back_job_never_deploys_the_failed_spec_again() {
             &worker.mirrors,
             &job,
             fleetsync::sync::Attempt::first(),
-            Duration::from_millis(50),
-            &never_stopped,
+            fleetsync::sync::Watch {
+                poll: Duration::from_millis(50),
+                stop: &never_stopped,
+                teller: None,
+            },
         )
     };
     let writes = |calls: Vec<String>| {

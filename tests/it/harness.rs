@@ -475,13 +475,40 @@ pub fn config_with_repos(
     queue_url: &str,
     extra: &str,
 ) -> Config {
+    let repos: Vec<_> = repos.iter().map(|&(n, u, f)| (n, u, f, "")).collect();
+    config_of(dir, &repos, queue_url, extra)
+}
+
+/// [`config`] with `repo_extra` (YAML lines indented for the repo's entry, `gitHost:` say)
+/// under the repo.
+pub fn config_with_repo_extra(
+    dir: &Path,
+    fetch_url: &str,
+    queue_url: &str,
+    repo_extra: &str,
+    extra: &str,
+) -> Config {
+    config_of(
+        dir,
+        &[("platform", REPO_URL, fetch_url, repo_extra)],
+        queue_url,
+        extra,
+    )
+}
+
+fn config_of(
+    dir: &Path,
+    repos: &[(&str, &str, &str, &str)],
+    queue_url: &str,
+    extra: &str,
+) -> Config {
     let secret_file = dir.join("webhook-secret");
     std::fs::write(&secret_file, SECRET).unwrap();
     let repos: String = repos
         .iter()
-        .map(|(name, url, fetch_url)| {
+        .map(|(name, url, fetch_url, repo_extra)| {
             format!(
-                "  - name: {name}\n    url: {url}\n    fetchUrl: {fetch_url}\n    secret: file:{}\n",
+                "  - name: {name}\n    url: {url}\n    fetchUrl: {fetch_url}\n    secret: file:{}\n{repo_extra}",
                 secret_file.display()
             )
         })

@@ -5,6 +5,7 @@ mod binary;
 mod cli;
 mod deploy;
 mod e2e;
+mod feedback;
 mod harness;
 mod operations;
 mod preflight;

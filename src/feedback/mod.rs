@@ -1,0 +1,205 @@
+//! Telling people where they look: a status on the commit, in the repo's Git host, for every
+//! (commit, environment, app) fleetsync applies.
+//!
+//! Receivers and workers never call a host on a deploy's path: [`Teller::tell`] puts each
+//! transition on the queue as a [`StatusJob`] (one FIFO group per commit and context, so they
+//! are posted in order, and none is lost to a host outage or a restart), and a worker posts it
+//! with [`Hosts::post`]. The host itself is the memory of what was posted: a status is posted
+//! only if it moves its context forward (queued → rolling out → an end), never after an end,
+//! and never twice the same.
+
+mod hosts;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::config::{Config, GitHost, Secret};
+use crate::queue::{Queue, StatusJob, StatusState};
+
+pub use hosts::Error;
+
+/// GitHub's limit, the tightest of the hosts'.
+pub const MAX_DESCRIPTION: usize = 140;
+
+/// The context of one app's status.
+pub fn app_context(environment: &str, app: &str) -> String {
+    format!("fleetsync/{environment}/{app}")
+}
+
+/// The context of an environment's status: what a commit whose environment does not resolve
+/// gets, with the first problem.
+pub fn environment_context(environment: &str) -> String {
+    format!("fleetsync/{environment}")
+}
+
+/// Puts statuses on the queue for the repos that have a `gitHost`.
+pub struct Teller {
+    queue: Queue,
+    repos: HashSet<String>,
+    public_url: Option<String>,
+}
+
+impl Teller {
+    pub fn new(config: &Config, queue: Queue) -> Self {
+        Teller {
+            queue,
+            repos: config
+                .repos
+                .iter()
+                .filter(|r| r.git_host.is_some())
+                .map(|r| r.name.clone())
+                .collect(),
+            public_url: config.public_url.clone(),
+        }
+    }
+
+    /// A status of one app (`app: Some`) or of an environment, described in `description`.
+    pub fn status(
+        &self,
+        (repo, commit): (&str, &str),
+        (environment, app): (&str, Option<&str>),
+        state: StatusState,
+        description: &str,
+    ) -> StatusJob {
+        let context = match app {
+            Some(app) => app_context(environment, app),
+            None => environment_context(environment),
+        };
+        let mut job = StatusJob::new(repo, commit, context, state);
+        job.description = bounded(description);
+        job.target_url = self.public_url.as_ref().map(|base| {
+            let path = match app {
+                Some(app) => format!(
+                    "environments/{}/apps/{}",
+                    segment(environment),
+                    segment(app)
+                ),
+                None => format!("environments/{}/apps", segment(environment)),
+            };
+            format!("{base}/api/v1/{path}?repo={}", segment(repo))
+        });
+        job
+    }
+
+    /// Queues `statuses` of repos with a Git host. Never fails what it reports on: a status
+    /// that cannot be queued is logged and dropped.
+    pub async fn tell(&self, statuses: Vec<StatusJob>) {
+        let statuses: Vec<StatusJob> = statuses
+            .into_iter()
+            .filter(|s| self.repos.contains(&s.repo))
+            .collect();
+        if statuses.is_empty() {
+            return;
+        }
+        if let Err(e) = self.queue.send_statuses(&statuses).await {
+            tracing::warn!(message = "Cannot queue commit statuses; they are not posted.", count = statuses.len(), error = %e);
+        }
+    }
+}
+
+/// The Git hosts of the repos that have one, with their tokens: what a worker posts with.
+pub struct Hosts {
+    by_repo: HashMap<String, (GitHost, Secret, String)>,
+    client: reqwest::Client,
+}
+
+/// What [`Hosts::post`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Posted {
+    Posted,
+    /// The host shows this state already.
+    Unchanged,
+    /// The host shows a later state (or an end): this one is not posted over it.
+    Behind,
+}
+
+impl Hosts {
+    pub fn from_config(config: &Config) -> Result<Self, crate::config::Error> {
+        let mut by_repo = HashMap::new();
+        for repo in &config.repos {
+            if let Some(host) = &repo.git_host {
+                let token = host
+                    .token
+                    .load(&format!("gitHost token of repo `{}`", repo.name))?;
+                by_repo.insert(repo.name.clone(), (host.clone(), token, repo.url.clone()));
+            }
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("fleetsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a client with a timeout and a user agent builds");
+        Ok(Hosts { by_repo, client })
+    }
+
+    /// Posts `job` on its repo's host unless the host already shows it or a later state.
+    pub async fn post(&self, job: &StatusJob) -> Result<Posted, Error> {
+        let Some((host, token, web)) = self.by_repo.get(&job.repo) else {
+            return Err(Error::NoHost(job.repo.clone()));
+        };
+        let host = hosts::Host {
+            client: &self.client,
+            config: host,
+            token,
+            web,
+            repo: &job.repo,
+        };
+        match host.current(job).await? {
+            Some((state, _)) if state.is_final() || state > job.state => Ok(Posted::Behind),
+            Some((state, description)) if state == job.state && description == job.description => {
+                Ok(Posted::Unchanged)
+            }
+            _ => {
+                host.create(job).await?;
+                Ok(Posted::Posted)
+            }
+        }
+    }
+}
+
+/// `text` on one line within [`MAX_DESCRIPTION`] characters: it may come from a commit.
+fn bounded(text: &str) -> String {
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.chars().count() <= MAX_DESCRIPTION {
+        return line;
+    }
+    let mut cut: String = line.chars().take(MAX_DESCRIPTION - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// `text` as one URL path segment or query value: all but RFC 3986's unreserved characters
+/// encoded (a GitLab project's `/` among them).
+fn segment(text: &str) -> String {
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, RESERVED).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_are_one_line_within_the_hosts_limit() {
+        assert_eq!(bounded("a\nb"), "a b");
+        let long = "é".repeat(200);
+        let cut = bounded(&long);
+        assert_eq!(cut.chars().count(), MAX_DESCRIPTION);
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn states_only_move_forward() {
+        use StatusState::*;
+        assert!(Queued < RollingOut && RollingOut < Success);
+        assert!(!RollingOut.is_final());
+        assert!(Success.is_final() && Failure.is_final() && Superseded.is_final());
+    }
+}

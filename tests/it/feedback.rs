@@ -1,0 +1,402 @@
+//! Commit statuses on the Git host: what the author sees on the commit, per environment and
+//! app. A local HTTP server stands in for each host's API (it keeps what is posted and answers
+//! reads as the host does); what fleetsync sends GitHub is checked against GitHub's published
+//! OpenAPI description (scripts/github-openapi.py fetches it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fleetsync::config::HostKind;
+use fleetsync::feedback::{Hosts, Posted};
+use fleetsync::queue::{StatusJob, StatusState};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const GITHUB_TOKEN: &str = "ghp_standin0123456789";
+
+/// A Git host's API on loopback: records every request, keeps posted statuses, and answers
+/// `outage` requests with 503 and `Retry-After: 1` first (a host having a bad minute).
+#[derive(Clone)]
+struct StandIn {
+    kind: HostKind,
+    requests: Arc<Mutex<Vec<Value>>>,
+    /// (commit, status with an id), oldest first.
+    posted: Arc<Mutex<Vec<(String, Value)>>>,
+    outage: Arc<AtomicUsize>,
+}
+
+impl StandIn {
+    async fn start(kind: HostKind) -> (StandIn, String) {
+        let host = StandIn {
+            kind,
+            requests: Default::default(),
+            posted: Default::default(),
+            outage: Default::default(),
+        };
+        let router = axum::Router::new()
+            .fallback(answer)
+            .with_state(host.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (host, url)
+    }
+
+    /// Each context's posted statuses, as (state, description), oldest first.
+    fn by_context(&self) -> HashMap<String, Vec<(String, String)>> {
+        let mut by: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for (_, s) in self.posted.lock().unwrap().iter() {
+            let context = s["context"].as_str().unwrap().to_owned();
+            let state = s["state"].as_str().unwrap().to_owned();
+            let description = s["description"].as_str().unwrap_or_default().to_owned();
+            by.entry(context).or_default().push((state, description));
+        }
+        by
+    }
+}
+
+async fn answer(State(host): State<StandIn>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+    let query: HashMap<String, String> = parts
+        .uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    host.requests.lock().unwrap().push(json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": query,
+        "body": body,
+        "authorization": header("authorization").or_else(|| header("private-token")),
+    }));
+    if host
+        .outage
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], "").into_response();
+    }
+    let path: Vec<&str> = parts.uri.path().split('/').collect();
+    match (host.kind, parts.method.as_str(), path.as_slice()) {
+        // GitHub: GET /repos/{owner}/{repo}/commits/{ref}/status, the combined status.
+        (HostKind::Github, "GET", ["", "repos", _, _, "commits", sha, "status"]) => {
+            let posted = host.posted.lock().unwrap();
+            let mut latest: Vec<Value> = Vec::new();
+            for (commit, status) in posted.iter().rev() {
+                if commit == sha && !latest.iter().any(|l| l["context"] == status["context"]) {
+                    latest.push(status.clone());
+                }
+            }
+            axum::Json(json!({"state": "pending", "statuses": latest})).into_response()
+        }
+        // GitHub: POST /repos/{owner}/{repo}/statuses/{sha}.
+        (HostKind::Github, "POST", ["", "repos", _, _, "statuses", sha]) => {
+            let mut posted = host.posted.lock().unwrap();
+            let mut status = body.unwrap_or_default();
+            status["id"] = json!(posted.len() + 1);
+            posted.push(((*sha).to_owned(), status.clone()));
+            (StatusCode::CREATED, axum::Json(status)).into_response()
+        }
+        // The other hosts, for one post each: nothing posted yet, and the post taken.
+        (HostKind::Bitbucket, "GET", _) => StatusCode::NOT_FOUND.into_response(),
+        (HostKind::Gitea, "GET", _) => axum::Json(json!({"statuses": []})).into_response(),
+        (_, "GET", _) => axum::Json(json!([])).into_response(),
+        (_, "POST", _) => (StatusCode::CREATED, axum::Json(json!({}))).into_response(),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+struct Fleet {
+    emulator: Emulator,
+    repo: ConfigRepo,
+    queue_url: String,
+    receiver: Receiver,
+    _worker: tokio_util::sync::CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn fleet(host_url: &str) -> Fleet {
+    let emulator = Emulator::start().await;
+    emulator.create_clusters(&["staging", "production"]).await;
+    let queue_url = emulator.create_queue("fleetsync.fifo").await;
+    let repo = ConfigRepo::example(&emulator);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("github-token");
+    std::fs::write(&token, GITHUB_TOKEN).unwrap();
+    let git_host = format!(
+        "    gitHost: {{ api: {host_url}, provider: github, token: file:{} }}\n",
+        token.display()
+    );
+    let extra = "api:\n  publicUrl: https://fleetsync.example.com/\n";
+    let config = config_with_repo_extra(dir.path(), &repo.file_url(), &queue_url, &git_host, extra);
+    let receiver = Receiver::start(&config, &emulator.aws).await;
+    let worker = start_worker(&config, &emulator.aws);
+    Fleet {
+        emulator,
+        repo,
+        queue_url,
+        receiver,
+        _worker: worker,
+        _dir: dir,
+    }
+}
+
+/// Every context of `commit` has reached an end on the host.
+async fn all_ended(host: &StandIn, contexts: &[String]) -> HashMap<String, Vec<(String, String)>> {
+    eventually(Duration::from_secs(90), "every status to end", || async {
+        let by = host.by_context();
+        contexts
+            .iter()
+            .all(|c| {
+                by.get(c)
+                    .and_then(|s| s.last())
+                    .is_some_and(|(state, _)| state != "pending")
+            })
+            .then_some(by)
+    })
+    .await
+}
+
+/// What fleetsync sent GitHub, checked against GitHub's OpenAPI description.
+fn assert_github_contract(host: &StandIn) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let requests: String = host
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{r}\n"))
+        .collect();
+    let mut check = std::process::Command::new(format!("{root}/.venv/bin/python"))
+        .arg(format!("{root}/scripts/github-contract.py"))
+        .arg(format!("{root}/.venv/github-openapi-23.0.2.json"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("scripts/test.sh installs the checker and GitHub's description");
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), requests.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_shows_on_its_commit_queued_rolling_out_then_deployed_through_an_outage() {
+    let (host, url) = StandIn::start(HostKind::Github).await;
+    let f = fleet(&url).await;
+    // The host's bad minute starts with the push: statuses wait it out, none is lost.
+    host.outage.store(4, Ordering::SeqCst);
+    let head = f.repo.head("staging");
+    let (status, body) = f.receiver.push("staging", head, "statuses").await;
+    assert_eq!(status, 202, "{body}");
+    let contexts: Vec<String> = APPS
+        .iter()
+        .map(|a| format!("fleetsync/staging/{a}"))
+        .collect();
+    let by = all_ended(&host, &contexts).await;
+
+    let api = &by["fleetsync/staging/api"];
+    assert_eq!(
+        api,
+        &[
+            ("pending".to_owned(), "queued".to_owned()),
+            ("pending".to_owned(), "rolling out staging-api:1".to_owned()),
+            ("success".to_owned(), "deployed staging-api:1".to_owned()),
+        ]
+    );
+    for context in &contexts {
+        let states = &by[context];
+        assert_eq!(states[0], ("pending".into(), "queued".into()), "{context}");
+        assert_eq!(states.last().unwrap().0, "success", "{context}: {states:?}");
+        // Posted once each: a state the host shows is not posted again.
+        assert!(
+            states.windows(2).all(|w| w[0] != w[1]),
+            "{context}: {states:?}"
+        );
+    }
+    let posted = host.posted.lock().unwrap().clone();
+    assert!(posted.iter().all(|(commit, _)| *commit == head.to_string()));
+    let api_status = posted
+        .iter()
+        .find(|(_, s)| s["context"] == "fleetsync/staging/api")
+        .unwrap();
+    assert_eq!(
+        api_status.1["target_url"],
+        "https://fleetsync.example.com/api/v1/environments/staging/apps/api?repo=platform"
+    );
+    let requests = host.requests.lock().unwrap().clone();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r["authorization"] == format!("Bearer {GITHUB_TOKEN}")),
+        "{requests:?}"
+    );
+    assert_github_contract(&host);
+    // Deploys were not held up by the host: the queue holds nothing more.
+    assert_eq!(f.emulator.queue_depth(&f.queue_url).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_rollout_fails_its_commit_and_a_broken_config_fails_its_environment() {
+    let (host, url) = StandIn::start(HostKind::Github).await;
+    let f = fleet(&url).await;
+    let head = f.repo.head("staging");
+    assert_eq!(f.receiver.push("staging", head, "first").await.0, 202);
+    let contexts: Vec<String> = APPS
+        .iter()
+        .map(|a| format!("fleetsync/staging/{a}"))
+        .collect();
+    all_ended(&host, &contexts).await;
+
+    // An image that never starts, without ECS's own rollback: fleetsync rolls back.
+    f.repo.commit("staging", "apps/api/app.yaml", |t| {
+        Some(t.unwrap().replace("rollback: true", "rollback: false"))
+    });
+    let broken = f.repo.commit("staging", "apps/api/taskdef.json", |t| {
+        let t = t.unwrap();
+        let image = "public.ecr.aws/acme/api:";
+        let at = t.find(image).expect("the api image") + image.len();
+        let end = at + t[at..].find('"').unwrap();
+        Some(format!("{}broken{}", &t[..at], &t[end..]))
+    });
+    assert_eq!(f.receiver.push("staging", broken, "broken").await.0, 202);
+    let on_broken = |host: &StandIn| -> Vec<(String, String)> {
+        host.posted
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, s)| *c == broken.to_string() && s["context"] == "fleetsync/staging/api")
+            .map(|(_, s)| {
+                let text = |k: &str| s[k].as_str().unwrap_or_default().to_owned();
+                (text("state"), text("description"))
+            })
+            .collect()
+    };
+    let states = eventually(Duration::from_secs(90), "api's failure", || async {
+        let states = on_broken(&host);
+        states
+            .last()
+            .filter(|(s, _)| s == "failure")
+            .map(|_| states.clone())
+    })
+    .await;
+    assert_eq!(states[0], ("pending".into(), "queued".into()));
+    assert_eq!(states[1].1, "rolling out staging-api:2");
+    assert!(states[2].1.starts_with("rolled back: "), "{states:?}");
+    assert!(states[2].1.chars().count() <= 140, "{states:?}");
+    assert!(!states.iter().any(|(s, _)| s == "success"), "{states:?}");
+
+    // A root that does not parse: the commit fails on its environment's context, with where.
+    let bad = f.repo.commit("staging", "fleetsync.yaml", |t| {
+        Some(format!("{}\n  - [unclosed\n", t.unwrap()))
+    });
+    // Answered 200 `invalid`: a redelivery would not make it resolve.
+    assert_eq!(f.receiver.push("staging", bad, "bad").await.0, 200);
+    let failure = eventually(
+        Duration::from_secs(60),
+        "the environment's failure",
+        || async {
+            host.posted
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(c, s)| *c == bad.to_string() && s["context"] == "fleetsync/staging")
+                .map(|(_, s)| s.clone())
+        },
+    )
+    .await;
+    assert_eq!(failure["state"], "failure");
+    let description = failure["description"].as_str().unwrap();
+    assert!(
+        description.starts_with("does not resolve: fleetsync.yaml:"),
+        "{description}"
+    );
+    assert_github_contract(&host);
+}
+
+/// GitLab, Gitea/Forgejo and Bitbucket Cloud each get the status in their own words: their
+/// paths, state names, authentication, and Bitbucket's 40-character key and required link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_host_gets_the_status_in_its_own_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken").unwrap();
+    for (kind, provider) in [
+        (HostKind::Gitlab, "gitlab"),
+        (HostKind::Gitea, "gitea"),
+        (HostKind::Bitbucket, "bitbucket"),
+    ] {
+        let (host, url) = StandIn::start(kind).await;
+        let git_host = format!(
+            "    gitHost: {{ api: {url}, provider: {provider}, token: file:{} }}\n",
+            token.display()
+        );
+        let config = config_with_repo_extra(
+            dir.path(),
+            "file:///nowhere",
+            "https://sqs.invalid/q",
+            &git_host,
+            "",
+        );
+        let hosts = Hosts::from_config(&config).unwrap();
+        let context = "fleetsync/production-eu-west-1/payments-reconciliation".to_owned();
+        let mut job = StatusJob::new(
+            "platform",
+            "0123abc",
+            context.clone(),
+            StatusState::RollingOut,
+        );
+        job.description = "rolling out production-payments:7".into();
+        assert_eq!(hosts.post(&job).await.unwrap(), Posted::Posted);
+        let requests = host.requests.lock().unwrap().clone();
+        let post = requests.iter().find(|r| r["method"] == "POST").unwrap();
+        let (path, body, auth) = (&post["path"], &post["body"], &post["authorization"]);
+        match kind {
+            HostKind::Gitlab => {
+                assert_eq!(path, "/projects/acme%2Fplatform-config/statuses/0123abc");
+                assert_eq!(
+                    (&body["state"], &body["name"]),
+                    (&json!("running"), &json!(context))
+                );
+                assert_eq!(auth, "t0ken");
+            }
+            HostKind::Gitea => {
+                assert_eq!(path, "/repos/acme/platform-config/statuses/0123abc");
+                assert_eq!(
+                    (&body["state"], &body["context"]),
+                    (&json!("pending"), &json!(context))
+                );
+                assert_eq!(auth, "token t0ken");
+            }
+            HostKind::Bitbucket => {
+                assert_eq!(
+                    path,
+                    "/repositories/acme/platform-config/commit/0123abc/statuses/build"
+                );
+                assert_eq!(body["state"], "INPROGRESS");
+                assert!(body["key"].as_str().unwrap().len() <= 40, "{body}");
+                assert_eq!(body["name"], json!(context));
+                assert_eq!(body["url"], REPO_URL);
+                assert_eq!(auth, "Bearer t0ken");
+            }
+            HostKind::Github => unreachable!(),
+        }
+    }
+}
