@@ -58,6 +58,7 @@ pub struct Config {
     /// `api.publicUrl`: where people reach the API, for the links fleetsync posts (a commit
     /// status's `target_url`).
     pub public_url: Option<String>,
+    pub notifications: Vec<Notification>,
 }
 
 /// An API token, known by its digest: its name is the actor in logs.
@@ -205,6 +206,130 @@ struct RawConfig {
     reconcile_interval: Option<Duration>,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    notifications: Vec<RawNotification>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawNotification {
+    slack: Option<RawSlack>,
+    webhook: Option<RawWebhookSink>,
+    sns: Option<RawSns>,
+    on: Vec<Event>,
+    #[serde(default)]
+    environments: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSlack {
+    #[serde(deserialize_with = "secret_text")]
+    webhook_url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhookSink {
+    url: String,
+    #[serde(deserialize_with = "secret_text")]
+    secret: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSns {
+    topic_arn: String,
+}
+
+/// `notifications[]`: where messages about deploys go, for which events and environments.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    pub sink: Sink,
+    /// Empty: every event.
+    pub on: Vec<Event>,
+    /// Empty: every environment.
+    pub environments: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// A Slack incoming webhook, whose URL is the secret.
+    Slack {
+        webhook_url: SecretRef,
+    },
+    /// A JSON POST signed `X-Fleetsync-Signature: sha256=<hex HMAC of the body>`.
+    Webhook {
+        url: String,
+        secret: SecretRef,
+    },
+    Sns {
+        topic_arn: String,
+    },
+}
+
+/// What a notification is about: a transition of (environment, app, commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Event {
+    Deployed,
+    Failed,
+    RolledBack,
+    /// Preflight, policy or a config that does not resolve stopped it before ECS.
+    Refused,
+    Superseded,
+    Any,
+}
+
+impl Notification {
+    pub fn wants(&self, event: Event, environment: &str) -> bool {
+        (self.on.contains(&Event::Any) || self.on.contains(&event))
+            && (self.environments.is_empty() || self.environments.iter().any(|e| e == environment))
+    }
+}
+
+fn notifications(raw: Vec<RawNotification>) -> std::result::Result<Vec<Notification>, String> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let secret = |text: &str, field: &str| {
+                SecretRef::parse(text).map_err(|m| format!("notifications[{i}].{field}: {m}"))
+            };
+            let sink = match (n.slack, n.webhook, n.sns) {
+                (Some(slack), None, None) => Sink::Slack {
+                    webhook_url: secret(&slack.webhook_url, "slack.webhookUrl")?,
+                },
+                (None, Some(hook), None) => Sink::Webhook {
+                    url: hook.url,
+                    secret: secret(&hook.secret, "webhook.secret")?,
+                },
+                (None, None, Some(sns)) if sns.topic_arn.starts_with("arn:") => Sink::Sns {
+                    topic_arn: sns.topic_arn,
+                },
+                (None, None, Some(sns)) => {
+                    return Err(format!(
+                        "notifications[{i}].sns.topicArn: `{}` is not an ARN",
+                        sns.topic_arn
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "notifications[{i}]: give exactly one of `slack`, `webhook` or `sns`"
+                    ));
+                }
+            };
+            if n.on.is_empty() {
+                return Err(format!(
+                    "notifications[{i}].on: name the events (deployed, failed, rolledBack, refused, superseded, or any)"
+                ));
+            }
+            Ok(Notification {
+                sink,
+                on: n.on,
+                environments: n.environments,
+            })
+        })
+        .collect()
 }
 
 #[derive(Deserialize, Default)]
@@ -480,6 +605,7 @@ impl Config {
                 .transpose()?,
             api_tokens: api_tokens(&raw.api.tokens).map_err(invalid)?,
             api_listen: raw.api.listen,
+            notifications: notifications(raw.notifications).map_err(invalid)?,
             public_url: raw
                 .api
                 .public_url

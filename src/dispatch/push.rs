@@ -3,6 +3,8 @@
 //! branch are serialised and coalesced.
 
 use super::*;
+use crate::config::Event;
+use crate::feedback::About;
 
 /// How long a push waits before fetching again, each time the fetch did not bring the commit
 /// it names: a lagging mirror usually catches up within seconds.
@@ -318,7 +320,7 @@ impl Dispatcher {
         }
         let enqueued = self.queue.send(&jobs).await?;
         self.queue.send_prune(&prunes).await?;
-        self.tell_pushed(&repo.config.name, &commit, &jobs, &problems)
+        self.tell_pushed((&repo.config.name, &commit, delivery), &jobs, &problems)
             .await;
         info!(message = "Push enqueued.", event = "push_enqueued", repo = %repo.config.name, %branch, %commit, %delivery, trigger = trigger.kind.as_str(), actor = %trigger.actor, jobs = enqueued.len(), unchanged, prune = prunes.len(), invalid_environments = problems.len());
         let branch = branch.to_owned();
@@ -343,8 +345,7 @@ impl Dispatcher {
     /// not resolve failed with its first problem, so the author sees it without asking.
     async fn tell_pushed(
         &self,
-        repo: &str,
-        commit: &str,
+        (repo, commit, delivery): (&str, &str, &str),
         jobs: &[SyncJob],
         problems: &[EnvironmentProblems],
     ) {
@@ -354,17 +355,34 @@ impl Dispatcher {
             let about = (app.environment.as_str(), Some(app.name.as_str()));
             self.teller.status(at, about, StatusState::Queued, "queued")
         });
-        let failed = problems.iter().filter_map(|p| {
-            let first = p.problems.first()?;
-            let environment = p.environment.as_deref().unwrap_or("root");
-            Some(self.teller.status(
-                (repo, commit),
-                (environment, None),
-                StatusState::Failure,
-                &format!("does not resolve: {first}"),
-            ))
-        });
+        let mut news = Vec::new();
+        let failed: Vec<_> = problems
+            .iter()
+            .filter_map(|p| {
+                let first = p.problems.first()?;
+                let environment = p.environment.as_deref().unwrap_or("root");
+                let description = format!("does not resolve: {first}");
+                let about = About {
+                    repo,
+                    commit,
+                    environment,
+                    app: None,
+                };
+                news.extend(self.teller.notifications(
+                    (about, delivery),
+                    (Event::Refused, "DoesNotResolve"),
+                    &description,
+                ));
+                Some(self.teller.status(
+                    (repo, commit),
+                    (environment, None),
+                    StatusState::Failure,
+                    &description,
+                ))
+            })
+            .collect();
         self.teller.tell(queued.chain(failed).collect()).await;
+        self.teller.notify(news).await;
     }
 }
 

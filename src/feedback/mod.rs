@@ -9,14 +9,16 @@
 //! and never twice the same.
 
 mod hosts;
+mod sinks;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::config::{Config, GitHost, Secret};
-use crate::queue::{Queue, StatusJob, StatusState};
+use crate::config::{Config, Event, GitHost, Notification, Secret};
+use crate::queue::{NotifyJob, Queue, StatusJob, StatusState};
 
 pub use hosts::Error;
+pub use sinks::{SendError, Sinks};
 
 /// GitHub's limit, the tightest of the hosts'.
 pub const MAX_DESCRIPTION: usize = 140;
@@ -32,11 +34,23 @@ pub fn environment_context(environment: &str) -> String {
     format!("fleetsync/{environment}")
 }
 
-/// Puts statuses on the queue for the repos that have a `gitHost`.
+/// Puts statuses on the queue for the repos that have a `gitHost`, and notifications for the
+/// sinks that want them.
 pub struct Teller {
     queue: Queue,
     repos: HashSet<String>,
     public_url: Option<String>,
+    notifications: Vec<Notification>,
+}
+
+/// What a status or a notification is about.
+#[derive(Clone, Copy)]
+pub struct About<'a> {
+    pub repo: &'a str,
+    pub commit: &'a str,
+    pub environment: &'a str,
+    /// `None`: the environment as a whole.
+    pub app: Option<&'a str>,
 }
 
 impl Teller {
@@ -50,7 +64,61 @@ impl Teller {
                 .map(|r| r.name.clone())
                 .collect(),
             public_url: config.public_url.clone(),
+            notifications: config.notifications.clone(),
         }
+    }
+
+    /// Whether any sink is configured: without one, nothing is worth reading ECS for.
+    pub fn notifies(&self) -> bool {
+        !self.notifications.is_empty()
+    }
+
+    /// One message per sink that wants `event` in this environment.
+    pub fn notifications(
+        &self,
+        (about, delivery): (About<'_>, &str),
+        (event, code): (Event, &str),
+        summary: &str,
+    ) -> Vec<NotifyJob> {
+        self.notifications
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.wants(event, about.environment))
+            .map(|(sink, _)| NotifyJob {
+                version: crate::queue::SyncJob::VERSION,
+                kind: NotifyJob::KIND.to_owned(),
+                sink,
+                event,
+                repo: about.repo.to_owned(),
+                environment: about.environment.to_owned(),
+                app: about.app.map(str::to_owned),
+                commit: about.commit.to_owned(),
+                code: code.to_owned(),
+                summary: bounded(summary),
+                target_url: self.link(about),
+                delivery: delivery.to_owned(),
+            })
+            .collect()
+    }
+
+    /// Queues `jobs`; like [`Teller::tell`], never fails what it reports on.
+    pub async fn notify(&self, jobs: Vec<NotifyJob>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.queue.send_notifications(&jobs).await {
+            tracing::warn!(message = "Cannot queue notifications; they are not sent.", count = jobs.len(), error = %e);
+        }
+    }
+
+    fn link(&self, about: About<'_>) -> Option<String> {
+        let base = self.public_url.as_ref()?;
+        let environment = segment(about.environment);
+        let path = match about.app {
+            Some(app) => format!("environments/{environment}/apps/{}", segment(app)),
+            None => format!("environments/{environment}/apps"),
+        };
+        Some(format!("{base}/api/v1/{path}?repo={}", segment(about.repo)))
     }
 
     /// A status of one app (`app: Some`) or of an environment, described in `description`.

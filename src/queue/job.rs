@@ -15,6 +15,7 @@ pub enum Job {
     Teardown(Box<TeardownJob>),
     Rollback(Box<RollbackJob>),
     Status(Box<StatusJob>),
+    Notify(Box<NotifyJob>),
 }
 
 impl Job {
@@ -37,6 +38,10 @@ impl Job {
             Some(kind) if kind.as_str() == Some(RollbackJob::KIND) => {
                 let job: RollbackJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
                 (job.version, Job::Rollback(Box::new(job)))
+            }
+            Some(kind) if kind.as_str() == Some(NotifyJob::KIND) => {
+                let job: NotifyJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                (job.version, Job::Notify(Box::new(job)))
             }
             Some(kind) if kind.as_str() == Some(StatusJob::KIND) => {
                 let job: StatusJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
@@ -266,6 +271,67 @@ impl StatusJob {
         hasher.update([self.state as u8]);
         hasher.update(self.generation.to_be_bytes());
         hex::encode(hasher.finalize())
+    }
+}
+
+/// One message to one sink (`notifications[sink]` of the server config) about a transition of
+/// (environment, app, commit): one job per sink, so a sink that is down delays only itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotifyJob {
+    pub version: u32,
+    /// Always [`NotifyJob::KIND`].
+    pub kind: String,
+    pub sink: usize,
+    pub event: crate::config::Event,
+    pub repo: String,
+    pub environment: String,
+    /// `None`: about the environment (a config that does not resolve).
+    #[serde(default)]
+    pub app: Option<String>,
+    pub commit: String,
+    /// A stable word for why (`RolloutFailed`, `PreflightRefused`, an AWS error code): what
+    /// repeats are told apart by, never the free text.
+    pub code: String,
+    pub summary: String,
+    #[serde(default)]
+    pub target_url: Option<String>,
+    /// The delivery (push, API call, reconcile pass) whose job ended so: retries of that job
+    /// are one message; the same news from another delivery is a repeat, which the worker
+    /// tells apart by the failure marked on the service.
+    #[serde(default)]
+    pub delivery: String,
+}
+
+impl NotifyJob {
+    pub const KIND: &str = "notify";
+
+    /// What makes two messages the same news.
+    pub fn key(&self) -> String {
+        let mut hasher = Sha256::new();
+        let app = self.app.as_deref().unwrap_or_default();
+        let event = serde_json::to_string(&self.event).unwrap_or_default();
+        for part in [
+            &self.repo,
+            &self.environment,
+            app,
+            &self.commit,
+            &self.code,
+            &event,
+        ] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hex::encode(&hasher.finalize()[..12])
+    }
+
+    pub fn group_id(&self) -> String {
+        format!("notify/{}/{}", self.sink, &self.key()[..8])
+    }
+
+    pub fn deduplication_id(&self) -> String {
+        let delivery = hex::encode(&Sha256::digest(self.delivery.as_bytes())[..8]);
+        format!("{}-{}-{delivery}", self.key(), self.sink)
     }
 }
 

@@ -14,7 +14,8 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 pub use job::{
-    Job, PruneJob, RollbackJob, StatusJob, StatusState, SyncJob, TeardownJob, Trigger, TriggerKind,
+    Job, NotifyJob, PruneJob, RollbackJob, StatusJob, StatusState, SyncJob, TeardownJob, Trigger,
+    TriggerKind,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +137,15 @@ impl Queue {
 
     /// Sends commit statuses, all or none, like [`Queue::send`].
     pub async fn send_statuses(&self, jobs: &[StatusJob]) -> Result<()> {
+        self.send_all(jobs, |j| {
+            (serde_json::to_string(j), j.group_id(), j.deduplication_id())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sends notifications, all or none, like [`Queue::send`].
+    pub async fn send_notifications(&self, jobs: &[NotifyJob]) -> Result<()> {
         self.send_all(jobs, |j| {
             (serde_json::to_string(j), j.group_id(), j.deduplication_id())
         })

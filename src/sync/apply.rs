@@ -243,29 +243,44 @@ pub async fn apply(
             Error::OwnedElsewhere { .. } | Error::NotThePreviews { .. }
         )
     {
-        record_failure(ecs, job, e).await;
+        // Announced where it is marked, once per mark: reconcile meeting the same refusal on
+        // every pass stays quiet.
+        let fresh = record_failure(ecs, job, e).await;
+        if fresh && let Some(teller) = watch.teller {
+            teller
+                .notify(told::notifications(teller, job, &told::failure(e)))
+                .await;
+        }
     }
     result
 }
 
-/// Marks a spec that failed for good on its service, when there is one, for the status API and
+/// Marks a spec that failed for good on its service (true: a mark it did not have yet), when there is one, for the status API and
 /// reconcile's quarantine (`status::quarantined`). A rollback marks its own, with the tags it
 /// restores.
-async fn record_failure(ecs: &Ecs, job: &SyncJob, failure: &Error) {
+async fn record_failure(ecs: &Ecs, job: &SyncJob, failure: &Error) -> bool {
     let app = &job.app;
     let marked = async {
-        if let Some(live) = ecs
+        let Some(live) = ecs
             .describe_service(&app.cluster, app.service_name())
             .await?
-        {
-            ecs.tag_resource(&live.arn, &failure_tags(job, failure))
-                .await?;
-        }
-        Ok::<_, ecs::Error>(())
+        else {
+            return Ok(true);
+        };
+        // The same failure of the same spec, marked by an earlier attempt: not news.
+        let known = live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash)
+            && live
+                .tags
+                .get(tag::FAILURE)
+                .is_some_and(|m| m.starts_with(&format!("{} {} ", failure.code(), app.commit)));
+        ecs.tag_resource(&live.arn, &failure_tags(job, failure))
+            .await?;
+        Ok::<_, ecs::Error>(!known)
     };
-    if let Err(e) = marked.await {
+    marked.await.unwrap_or_else(|e| {
         warn!(message = "Cannot mark the failed spec on its service.", error = %e);
-    }
+        true
+    })
 }
 
 fn failure_tags(job: &SyncJob, failure: &Error) -> Vec<(String, String)> {

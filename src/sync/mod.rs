@@ -29,9 +29,9 @@ use tracing::{Instrument, error, info, warn};
 use crate::config::{Config, WorkerConfig};
 use crate::ecs::budget::{Budget, Rate};
 use crate::ecs::{self, Ecs};
-use crate::feedback::{Hosts, Posted, Teller};
+use crate::feedback::{Hosts, Posted, Sinks, Teller};
 use crate::preflight::{self, Finding, Preflight};
-use crate::queue::{Job, Queue, Received, StatusJob, SyncJob};
+use crate::queue::{Job, NotifyJob, Queue, Received, StatusJob, SyncJob};
 use crate::repo::{self, Mirror, MirrorSources};
 
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +299,7 @@ pub struct Worker {
     /// Commit statuses: put on the queue as jobs end ([`Teller`]), posted from it ([`Hosts`]).
     teller: Teller,
     hosts: Hosts,
+    sinks: Sinks,
 }
 
 /// Bare mirrors of the server config's repos.
@@ -397,6 +398,7 @@ impl Worker {
             metrics: Default::default(),
             teller: Teller::new(config, Queue::new(aws, &config.queue_url)),
             hosts: Hosts::from_config(config)?,
+            sinks: Sinks::from_config(config, aws)?,
         })
     }
 
@@ -592,6 +594,13 @@ impl Worker {
                 .instrument(span)
                 .await;
             }
+            Ok(Job::Notify(job)) => {
+                drop(permit);
+                let span = tracing::info_span!("notify", %message_id, repo = %job.repo, environment = %job.environment, commit = %job.commit);
+                self.send_notification(&job, &receipt, receive_count)
+                    .instrument(span)
+                    .await;
+            }
             Ok(Job::Status(job)) => {
                 drop(permit);
                 let span = tracing::info_span!("status", %message_id, repo = %job.repo, commit = %job.commit, context = %job.context);
@@ -658,10 +667,13 @@ impl Worker {
             )
             .await;
             let Err(Error::Waiting { on }) = &result else {
-                if let Some((state, description)) = told::ended(job, &result, attempt.last_receive)
-                {
-                    let status = told::app_status(&self.teller, job, state, &description);
+                if let Some(told) = told::ended(job, &result, attempt.last_receive) {
+                    let status = told::app_status(&self.teller, job, told.state, &told.description);
                     self.teller.tell(vec![status]).await;
+                    if !told::announced_by_apply(&result) {
+                        let news = told::notifications(&self.teller, job, &told);
+                        self.teller.notify(news).await;
+                    }
                 }
                 return Some(result);
             };
@@ -752,49 +764,90 @@ impl Worker {
         self.metrics.ended(kind, outcome, started.elapsed());
     }
 
-    /// Posts one commit status on its Git host. A host that may take it later gets it again
-    /// after its `Retry-After` (or a back-off); one that refuses it as asked (a token without
-    /// the permission) never will, and the status is dropped with the reason.
+    /// Posts one commit status on its Git host.
     async fn post_status(&self, job: &StatusJob, receipt: &str, receive_count: u32) {
-        let started = Instant::now();
-        let outcome = match self.hosts.post(job).await {
-            Ok(posted) => {
-                info!(message = "Commit status posted.", event = "status", state = ?job.state, description = %job.description, ?posted);
-                self.delete(receipt).await;
-                match posted {
-                    Posted::Posted => "posted",
-                    Posted::Unchanged => "unchanged",
-                    Posted::Behind => "behind",
-                }
+        let posted = self.hosts.post(job).await.map(|posted| {
+            info!(message = "Commit status posted.", event = "status", state = ?job.state, description = %job.description, ?posted);
+            match posted {
+                Posted::Posted => "posted",
+                Posted::Unchanged => "unchanged",
+                Posted::Behind => "behind",
             }
-            Err(e) => match e.retry_after() {
-                // Its receives would run out before the host is back: a fresh copy goes on.
-                Some(_) if self.is_last_receive(receive_count) => {
-                    let mut copy = job.clone();
-                    copy.generation += 1;
-                    match self.queue.send_statuses(&[copy]).await {
-                        Ok(()) => self.delete(receipt).await,
-                        Err(e) => {
-                            warn!(message = "Cannot queue the commit status again.", error = %e)
-                        }
-                    }
-                    "retrying"
-                }
-                Some(after) => {
-                    let backoff = Duration::from_secs(2u64.pow(receive_count.min(9)));
-                    let delay = after.unwrap_or(backoff).min(Duration::from_secs(900));
-                    warn!(message = "Git host did not take the commit status; posting it again later.", error = %e, retry_in = ?delay);
-                    self.set_visibility(receipt, delay).await;
-                    "retrying"
-                }
-                None => {
-                    error!(message = "Git host refused the commit status.", error = %e);
-                    self.delete(receipt).await;
-                    "refused"
-                }
-            },
+        });
+        let failed = posted.map_err(|e| {
+            let retry = e.retry_after();
+            (e.to_string(), retry)
+        });
+        let again = || async {
+            let mut copy = job.clone();
+            copy.generation += 1;
+            self.queue.send_statuses(&[copy]).await
         };
-        self.metrics.ended("status", outcome, started.elapsed());
+        self.settle("status", failed, again, (receipt, receive_count))
+            .await;
+    }
+
+    /// Sends one notification to its sink.
+    async fn send_notification(&self, job: &NotifyJob, receipt: &str, receive_count: u32) {
+        let sent = self.sinks.send(job).await.map(|()| {
+            info!(message = "Notification sent.", event = "notified", sink = job.sink, about = ?job.event, code = %job.code);
+            "sent"
+        });
+        let failed = sent.map_err(|e| {
+            let retry = e.retry_after();
+            (e.to_string(), retry)
+        });
+        // Past its receives a notification is dropped: news hours late is noise.
+        let again = || async { Ok(()) };
+        let kind = match self.sinks.kind(job.sink) {
+            "slack" => "notify_slack",
+            "webhook" => "notify_webhook",
+            "sns" => "notify_sns",
+            _ => "notify",
+        };
+        self.settle(kind, failed, again, (receipt, receive_count))
+            .await;
+    }
+
+    /// Ends a message that delivers something outside fleetsync (a status, a notification):
+    /// deleted once delivered or refused for good (a token without the permission never gets
+    /// one), hidden for the target's `Retry-After` (or a back-off) when it may take it later,
+    /// and handed to `again` when its receives would run out first.
+    async fn settle<F: Future<Output = Result<(), crate::queue::Error>>>(
+        &self,
+        kind: &'static str,
+        delivered: Result<&'static str, (String, Option<Option<Duration>>)>,
+        again: impl FnOnce() -> F,
+        (receipt, receive_count): (&str, u32),
+    ) {
+        let started = Instant::now();
+        let outcome = match delivered {
+            Ok(outcome) => {
+                self.delete(receipt).await;
+                outcome
+            }
+            Err((error, Some(_))) if self.is_last_receive(receive_count) => {
+                warn!(message = "Delivery failed on its last receive.", %error);
+                match again().await {
+                    Ok(()) => self.delete(receipt).await,
+                    Err(e) => warn!(message = "Cannot queue the delivery again.", error = %e),
+                }
+                "retrying"
+            }
+            Err((error, Some(after))) => {
+                let backoff = Duration::from_secs(2u64.pow(receive_count.min(9)));
+                let delay = after.unwrap_or(backoff).min(Duration::from_secs(900));
+                warn!(message = "Delivery failed; trying again later.", %error, retry_in = ?delay);
+                self.set_visibility(receipt, delay).await;
+                "retrying"
+            }
+            Err((error, None)) => {
+                error!(message = "Delivery refused.", %error);
+                self.delete(receipt).await;
+                "refused"
+            }
+        };
+        self.metrics.ended(kind, outcome, started.elapsed());
     }
 
     /// Extends the message's visibility until dropped; returns once the message may no longer

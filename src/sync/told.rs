@@ -1,9 +1,10 @@
 //! The commit status a sync job's end means: what the author sees on the commit.
 
 use super::{Error, Outcome};
+use crate::config::Event;
 use crate::ecs::task_definition_id;
-use crate::feedback::Teller;
-use crate::queue::{StatusJob, StatusState, SyncJob};
+use crate::feedback::{About, Teller};
+use crate::queue::{NotifyJob, StatusJob, StatusState, SyncJob};
 
 pub(super) fn app_status(
     teller: &Teller,
@@ -20,41 +21,106 @@ pub(super) fn app_status(
     )
 }
 
-/// The status of a job that ended, `None` for ends that say nothing about the commit (held
-/// back by a rollback's quarantine, a retry to come).
+/// The notifications `told` makes, one per sink that wants it.
+pub(super) fn notifications(teller: &Teller, job: &SyncJob, told: &Told) -> Vec<NotifyJob> {
+    let app = &job.app;
+    let about = About {
+        repo: &job.repo,
+        commit: &app.commit,
+        environment: &app.environment,
+        app: Some(&app.name),
+    };
+    teller.notifications(
+        (about, &job.delivery),
+        (told.event, &told.code),
+        &told.description,
+    )
+}
+
+/// What a job's end tells: the commit status, and the notification's event and stable code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Told {
+    pub state: StatusState,
+    pub description: String,
+    pub event: Event,
+    pub code: String,
+}
+
+/// What a job that ended tells, `None` for ends that say nothing about the commit (held back
+/// by a rollback's quarantine, a retry to come).
 pub(super) fn ended(
     job: &SyncJob,
     result: &Result<Outcome, Error>,
     last_receive: bool,
-) -> Option<(StatusState, String)> {
+) -> Option<Told> {
+    let told = |state, description: String, event, code: &str| Told {
+        state,
+        description,
+        event,
+        code: code.to_owned(),
+    };
     Some(match result {
         Ok(Outcome::Created { task_definition } | Outcome::Updated { task_definition }) => {
             let revision = task_definition_id(task_definition);
-            if job.app.rollout.wait {
-                (StatusState::Success, format!("deployed {revision}"))
+            let description = if job.app.rollout.wait {
+                format!("deployed {revision}")
             } else {
                 // It asked not to be watched: ECS accepted the update.
-                (
-                    StatusState::Success,
-                    format!("{revision} accepted by ECS, not watched"),
-                )
-            }
+                format!("{revision} accepted by ECS, not watched")
+            };
+            told(
+                StatusState::Success,
+                description,
+                Event::Deployed,
+                "Deployed",
+            )
         }
-        Ok(Outcome::Unchanged) => (StatusState::Success, "running this commit's spec".into()),
-        Ok(Outcome::Superseded { by }) => (
+        Ok(Outcome::Unchanged) => told(
+            StatusState::Success,
+            "running this commit's spec".into(),
+            Event::Deployed,
+            "Unchanged",
+        ),
+        Ok(Outcome::Superseded { by }) => told(
             StatusState::Superseded,
             format!("superseded by {}", short(by)),
+            Event::Superseded,
+            "Superseded",
         ),
-        Ok(Outcome::NotListed { head }) => (
+        Ok(Outcome::NotListed { head }) => told(
             StatusState::Superseded,
             format!("not listed at the branch head {}", short(head)),
+            Event::Superseded,
+            "NotListed",
         ),
         Ok(Outcome::Quarantined | Outcome::RolledBack { .. }) => return None,
         Err(Error::Waiting { .. } | Error::Interrupted) => return None,
         Err(e) if e.is_retryable() && !last_receive => return None,
-        Err(e) if e.rolled_back() => (StatusState::Failure, format!("rolled back: {e}")),
-        Err(e) => (StatusState::Failure, format!("{}: {e}", e.code())),
+        Err(e) => failure(e),
     })
+}
+
+/// What a failure for good tells.
+pub(super) fn failure(e: &Error) -> Told {
+    let (description, event) = if e.rolled_back() {
+        (format!("rolled back: {e}"), Event::RolledBack)
+    } else if matches!(e, Error::Preflight(_)) {
+        (format!("{}: {e}", e.code()), Event::Refused)
+    } else {
+        (format!("{}: {e}", e.code()), Event::Failed)
+    };
+    Told {
+        state: StatusState::Failure,
+        description,
+        event,
+        code: e.code().to_owned(),
+    }
+}
+
+/// Whether `apply` announces this end itself: a failure it marks on the service is announced
+/// only when the mark is new, so reconcile meeting the same refusal every pass stays quiet.
+pub(super) fn announced_by_apply(result: &Result<Outcome, Error>) -> bool {
+    matches!(result, Err(e) if !e.rolled_back())
 }
 
 fn short(commit: &str) -> &str {
@@ -78,16 +144,22 @@ mod tests {
         let superseded = Ok(Outcome::Superseded {
             by: "0123456789abcdef".into(),
         });
+        let told = ended(superseded, false).unwrap();
         assert_eq!(
-            ended(superseded, false),
-            Some((StatusState::Superseded, "superseded by 0123456".into()))
+            (told.state, told.description.as_str(), told.event),
+            (
+                StatusState::Superseded,
+                "superseded by 0123456",
+                Event::Superseded
+            )
         );
         let updated = Ok(Outcome::Updated {
             task_definition: "arn:aws:ecs:eu-west-1:1:task-definition/api:7".into(),
         });
+        let told = ended(updated, false).unwrap();
         assert_eq!(
-            ended(updated, false),
-            Some((StatusState::Success, "deployed api:7".into()))
+            (told.state, told.description.as_str()),
+            (StatusState::Success, "deployed api:7")
         );
         assert_eq!(ended(Ok(Outcome::Quarantined), false), None);
         // A retry to come says nothing yet; the last receive's failure is the end.
@@ -95,11 +167,15 @@ mod tests {
             service: "api".into(),
         };
         assert_eq!(ended(Err(draining()), false), None);
-        let (state, description) = ended(Err(draining()), true).unwrap();
-        assert_eq!(state, StatusState::Failure);
+        let told = ended(Err(draining()), true).unwrap();
+        assert_eq!(
+            (told.state, told.event),
+            (StatusState::Failure, Event::Failed)
+        );
+        assert_eq!(told.code, "ServiceDraining");
         assert!(
-            description.starts_with("ServiceDraining: "),
-            "{description}"
+            told.description.starts_with("ServiceDraining: "),
+            "{told:?}"
         );
     }
 }

@@ -82,6 +82,8 @@ async fn answer(State(host): State<StandIn>, request: Request) -> Response {
         "query": query,
         "body": body,
         "authorization": header("authorization").or_else(|| header("private-token")),
+        "signature": header("x-fleetsync-signature"),
+        "raw": String::from_utf8_lossy(&bytes),
     }));
     if host
         .outage
@@ -399,4 +401,150 @@ async fn each_host_gets_the_status_in_its_own_words() {
             HostKind::Github => unreachable!(),
         }
     }
+}
+
+/// A Slack incoming webhook, a generic webhook and an SNS topic (read back from an SQS queue
+/// subscribed to it on the emulator, as AWS delivers it): each told once per transition, by
+/// the events and environments it asked for, the generic one's body signed with its secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_tell_each_sink_once_per_transition_and_repeats_stay_quiet() {
+    let (slack, slack_url) = StandIn::start(HostKind::Gitea).await;
+    let (hook, hook_url) = StandIn::start(HostKind::Gitea).await;
+    let emulator = Emulator::start().await;
+    emulator.create_clusters(&["staging", "production"]).await;
+    let queue_url = emulator.create_queue("fleetsync.fifo").await;
+    let sns = aws_sdk_sns::Client::new(&emulator.aws);
+    let topic = sns.create_topic().name("fleetsync").send().await.unwrap();
+    let topic_arn = topic.topic_arn().unwrap().to_owned();
+    let inbox = emulator
+        .sqs()
+        .create_queue()
+        .queue_name("inbox")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    sns.subscribe()
+        .topic_arn(&topic_arn)
+        .protocol("sqs")
+        .endpoint("arn:aws:sqs:us-east-1:123456789012:inbox")
+        .attributes("RawMessageDelivery", "true")
+        .send()
+        .await
+        .unwrap();
+
+    let repo = ConfigRepo::example(&emulator);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let slack_secret = write("slack-url", &format!("{slack_url}/services/T0/B0/x"));
+    let hook_secret = write("hook-secret", "shh-notify");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest("notify-token"));
+    let extra = format!(
+        "api:\n  tokens:\n    - {{ name: ops, sha256: {digest}, scopes: [admin] }}\nnotifications:\n  - slack: {{ webhookUrl: file:{slack_secret} }}\n    on: [failed, rolledBack, refused]\n    environments: [staging]\n  - webhook: {{ url: {hook_url}/hook, secret: file:{hook_secret} }}\n    on: [any]\n  - sns: {{ topicArn: {topic_arn} }}\n    on: [refused, rolledBack]\n"
+    );
+    let config = config(dir.path(), &repo.file_url(), &queue_url, &extra);
+    let receiver = Receiver::start(&config, &emulator.aws).await;
+    let _worker = start_worker(&config, &emulator.aws);
+
+    let posts = |host: &StandIn| -> Vec<Value> {
+        let requests = host.requests.lock().unwrap();
+        requests
+            .iter()
+            .filter(|r| r["method"] == "POST")
+            .cloned()
+            .collect()
+    };
+    let head = repo.head("staging");
+    assert_eq!(receiver.push("staging", head, "first").await.0, 202);
+    eventually(Duration::from_secs(60), "four deploys told", || async {
+        (posts(&hook).len() == APPS.len()).then_some(())
+    })
+    .await;
+    let deployed = posts(&hook);
+    assert!(
+        deployed.iter().all(|p| p["body"]["event"] == "deployed"),
+        "{deployed:?}"
+    );
+    assert!(posts(&slack).is_empty(), "Slack asked only for failures");
+
+    // An app whose secret is gone: refused before ECS, and again when synced through the API.
+    emulator.delete_secret("staging/api/stripe-api-key").await;
+    let refused = repo.commit("staging", "apps/api/taskdef.json", |t| {
+        let t = t.unwrap();
+        let image = "public.ecr.aws/acme/api:";
+        let at = t.find(image).expect("the api image") + image.len();
+        let end = at + t[at..].find('"').unwrap();
+        Some(format!("{}1.6.0{}", &t[..at], &t[end..]))
+    });
+    assert_eq!(receiver.push("staging", refused, "refused").await.0, 202);
+    let slack_refused = eventually(Duration::from_secs(60), "Slack told", || async {
+        posts(&slack).first().cloned()
+    })
+    .await;
+    let text = slack_refused["body"]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "staging/api refused at {}: PreflightRefused",
+            &refused.to_string()[..7]
+        )),
+        "{text}"
+    );
+    let again = reqwest::Client::new()
+        .post(format!("{}/api/v1/sync", receiver.url))
+        .bearer_auth("notify-token")
+        .body(r#"{"repo": "platform", "environment": "staging", "app": "api", "reason": "again"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    // The second refusal ends (its failure marked again) without a second message.
+    eventually(Duration::from_secs(60), "the second refusal", || async {
+        (emulator.queue_depth(&queue_url).await == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(posts(&slack).len(), 1, "{:?}", posts(&slack));
+    let refusals: Vec<Value> = posts(&hook)
+        .into_iter()
+        .filter(|p| p["body"]["event"] == "refused")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+
+    // The generic webhook's body is signed with its secret, as its receiver checks it.
+    let signed = hook.requests.lock().unwrap().clone();
+    let last = signed.iter().rev().find(|r| r["method"] == "POST").unwrap();
+    assert_eq!(last["body"]["code"], "PreflightRefused");
+    let expected = sign(b"shh-notify", last["raw"].as_str().unwrap().as_bytes());
+    assert_eq!(last["signature"], expected);
+
+    // SNS: only what it asked for, once.
+    let messages = emulator
+        .sqs()
+        .receive_message()
+        .queue_url(&inbox)
+        .max_number_of_messages(10)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap();
+    let bodies: Vec<Value> = messages
+        .messages()
+        .iter()
+        .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(
+        (&bodies[0]["event"], &bodies[0]["app"], &bodies[0]["commit"]),
+        (
+            &json!("refused"),
+            &json!("api"),
+            &json!(refused.to_string())
+        )
+    );
 }

@@ -45,6 +45,7 @@ fn aws_and_http_stay_in_their_modules() {
         for (needle, home) in [
             ("aws_sdk_ecs", "ecs/"),
             ("aws_sdk_sqs", "queue/"),
+            ("aws_sdk_sns", "feedback/sinks.rs"),
             ("aws_sdk_iam", "preflight/aws.rs"),
             ("aws_sdk_secretsmanager", "preflight/aws.rs"),
             ("aws_sdk_ssm", "preflight/aws.rs"),
