@@ -208,13 +208,16 @@ async fn every_deployment_says_on_ecs_who_asked_why_and_who_wrote_the_commit() {
         .map(|e| e.app.as_str())
         .collect();
     assert_eq!(staging, ["api"]);
-    let healed = eventually(LIMIT, "api back on its revision", || async {
+    // The worker updates the service, then tags it: wait for the tags of a new deployment, not
+    // for the task definition alone.
+    let healed = eventually(LIMIT, "api redeployed by reconcile", || async {
         s.emulator
             .service("staging", "api")
             .await
-            .filter(|a| a.task_definition == "staging-api:2")
+            .filter(|a| a.tags["fleetsync:deployment"] != forced.tags["fleetsync:deployment"])
     })
     .await;
+    assert_eq!(healed.task_definition, "staging-api:2");
     assert_eq!(
         audit(&healed.tags),
         [
