@@ -5,6 +5,7 @@
 use super::*;
 use crate::config::Event;
 use crate::feedback::About;
+use crate::queue::StatusJob;
 
 /// How long a push waits before fetching again, each time the fetch did not bring the commit
 /// it names: a lagging mirror usually catches up within seconds.
@@ -318,6 +319,7 @@ impl Dispatcher {
                 }),
             }
         }
+        count_fan_out(&mut jobs);
         let enqueued = self.queue.send(&jobs).await?;
         self.queue.send_prune(&prunes).await?;
         self.tell_pushed((&repo.config.name, &commit, delivery), &jobs, &problems)
@@ -355,6 +357,19 @@ impl Dispatcher {
             let about = (app.environment.as_str(), Some(app.name.as_str()));
             self.teller.status(at, about, StatusState::Queued, "queued")
         });
+        // One roll-up per environment the push fanned out to; its jobs carry the count.
+        let mut rolled = std::collections::BTreeSet::new();
+        let rollups = jobs.iter().filter(|job| job.fan_out > 1).filter_map(|job| {
+            let app = &job.app;
+            rolled.insert((&app.environment, &app.commit)).then(|| {
+                let at = (job.repo.as_str(), app.commit.as_str());
+                let description = format!("queued {} apps", job.fan_out);
+                let about = (app.environment.as_str(), None);
+                self.teller
+                    .status(at, about, StatusState::Queued, &description)
+            })
+        });
+        let queued: Vec<StatusJob> = queued.chain(rollups).collect();
         let mut news = Vec::new();
         let failed: Vec<_> = problems
             .iter()
@@ -381,8 +396,22 @@ impl Dispatcher {
                 ))
             })
             .collect();
-        self.teller.tell(queued.chain(failed).collect()).await;
+        self.teller
+            .tell(queued.into_iter().chain(failed).collect())
+            .await;
         self.teller.notify(news).await;
+    }
+}
+
+/// Tells each job how many apps of its environment (at its commit) the push enqueued.
+fn count_fan_out(jobs: &mut [SyncJob]) {
+    let mut counts: HashMap<(String, String), u32> = HashMap::new();
+    for job in jobs.iter() {
+        let key = (job.app.environment.clone(), job.app.commit.clone());
+        *counts.entry(key).or_default() += 1;
+    }
+    for job in jobs {
+        job.fan_out = counts[&(job.app.environment.clone(), job.app.commit.clone())];
     }
 }
 

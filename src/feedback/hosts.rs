@@ -80,10 +80,7 @@ impl Host<'_> {
                         .iter()
                         .find(|s| s["context"] == job.context.as_str())
                     {
-                        found = s["state"]
-                            .as_str()
-                            .and_then(|state| word(state, desc(s)))
-                            .map(|state| (state, desc(s)));
+                        found = state_of(s).map(|state| (state, desc(s)));
                         break;
                     }
                     if statuses.len() < 100 {
@@ -102,24 +99,89 @@ impl Host<'_> {
                     .query(&[("name", job.context.as_str()), ("all", "true")]);
                 let list = self.send(request).await?;
                 latest(&list, |s| s["name"] == job.context.as_str())
-                    .and_then(|s| Some((word(s["status"].as_str()?, desc(s))?, desc(s))))
+                    .and_then(|s| Some((state_of(s)?, desc(s))))
             }
             HostKind::Bitbucket => {
                 let url = format!(
                     "{api}/repositories/{project}/commit/{sha}/statuses/build/{}",
-                    bitbucket_key(&job.context)
+                    super::segment(&bitbucket_key(&job.context))
                 );
                 match self.send(self.request(Method::GET, &url)).await {
-                    Ok(s) => s["state"]
-                        .as_str()
-                        .and_then(|state| word(state, desc(&s)))
-                        .map(|state| (state, desc(&s))),
+                    Ok(s) => state_of(&s).map(|state| (state, desc(&s))),
                     Err(Error::Refused { status: 404, .. }) => None,
                     Err(e) => return Err(e),
                 }
             }
         };
         Ok(found)
+    }
+
+    /// The latest status of every context on `commit`, as (context, state): what a roll-up
+    /// is made of.
+    pub async fn list(&self, commit: &str) -> Result<Vec<(String, StatusState)>, Error> {
+        let (api, project) = (&self.config.api, &self.config.project);
+        let (url, size, shown_as) = match self.config.provider {
+            HostKind::Github => (
+                format!("{api}/repos/{project}/commits/{commit}/status"),
+                "per_page",
+                "context",
+            ),
+            HostKind::Gitea => (
+                format!("{api}/repos/{project}/commits/{commit}/status"),
+                "limit",
+                "context",
+            ),
+            HostKind::Gitlab => (
+                format!(
+                    "{api}/projects/{}/repository/commits/{commit}/statuses",
+                    super::segment(project)
+                ),
+                "per_page",
+                "name",
+            ),
+            HostKind::Bitbucket => (
+                format!("{api}/repositories/{project}/commit/{commit}/statuses"),
+                "pagelen",
+                "name",
+            ),
+        };
+        // Newest first by id, so the first seen of a context is its latest.
+        let mut all: Vec<Value> = Vec::new();
+        for page in 1..=MAX_PAGES {
+            let page = page.to_string();
+            let mut query = vec![(size, PAGE), ("page", page.as_str())];
+            if self.config.provider == HostKind::Gitlab {
+                query.push(("all", "true"));
+            }
+            let answer = self
+                .send(self.request(Method::GET, &url).query(&query))
+                .await?;
+            let entries = match self.config.provider {
+                HostKind::Github | HostKind::Gitea => answer["statuses"].clone(),
+                HostKind::Gitlab => answer,
+                HostKind::Bitbucket => answer["values"].clone(),
+            };
+            let entries = entries.as_array().cloned().unwrap_or_default();
+            let last = entries.len() < 100;
+            all.extend(entries);
+            if last {
+                break;
+            }
+        }
+        all.sort_by_key(|s| std::cmp::Reverse(s["id"].as_u64().unwrap_or(0)));
+        let mut latest: Vec<(String, StatusState)> = Vec::new();
+        for entry in &all {
+            let Some(context) = entry[shown_as].as_str() else {
+                continue;
+            };
+            if latest.iter().any(|(c, _)| c == context) {
+                continue;
+            }
+            if let Some(state) = state_of(entry) {
+                latest.push((context.to_owned(), state));
+            }
+        }
+        Ok(latest)
     }
 
     pub async fn create(&self, job: &StatusJob) -> Result<(), Error> {
@@ -278,6 +340,13 @@ fn desc(status: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// A status's state in fleetsync's terms, under the key its host uses: `state` (GitHub,
+/// Bitbucket) or `status` (GitLab, Gitea).
+fn state_of(status: &Value) -> Option<StatusState> {
+    let state = status["state"].as_str().or(status["status"].as_str())?;
+    word(state, desc(status))
 }
 
 /// A host's state word in fleetsync's terms. A pending status is queued until fleetsync said

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::config::{Config, Event, GitHost, Notification, Secret};
-use crate::queue::{NotifyJob, Queue, StatusJob, StatusState};
+use crate::queue::{NotifyJob, Queue, Rollup, StatusJob, StatusState};
 
 pub use hosts::Error;
 pub use sinks::{SendError, Sinks};
@@ -212,17 +212,72 @@ impl Hosts {
             web,
             repo: &job.repo,
         };
-        match host.current(job).await? {
-            Some((state, _)) if state.is_final() || state > job.state => Ok(Posted::Behind),
+        let posted = match host.current(job).await? {
+            Some((state, _)) if state.is_final() || state > job.state => Posted::Behind,
             Some((state, description)) if state == job.state && description == job.description => {
-                Ok(Posted::Unchanged)
+                Posted::Unchanged
             }
             _ => {
                 host.create(job).await?;
-                Ok(Posted::Posted)
+                Posted::Posted
             }
+        };
+        // After the app's own end, so that of two apps ending at once, the one that reads
+        // last sees both ended. Also when it was posted before: a retry may come from a
+        // roll-up that failed.
+        if let Some(rollup) = &job.rollup
+            && job.state.is_final()
+        {
+            roll_up(&host, job, rollup).await?;
         }
+        Ok(posted)
     }
+}
+
+/// Ends the environment's roll-up once every app of the push has ended on the commit:
+/// failure naming the apps that failed, else superseded, else success.
+async fn roll_up(host: &hosts::Host<'_>, job: &StatusJob, rollup: &Rollup) -> Result<(), Error> {
+    let prefix = format!("{}/", rollup.context);
+    let ended: Vec<(String, StatusState)> = host
+        .list(&job.commit)
+        .await?
+        .into_iter()
+        .filter_map(|(context, state)| {
+            let app = context.strip_prefix(&prefix)?;
+            state.is_final().then(|| (app.to_owned(), state))
+        })
+        .collect();
+    if ended.len() < rollup.apps as usize {
+        return Ok(());
+    }
+    let total = ended.len();
+    let failed: Vec<&str> = ended
+        .iter()
+        .filter(|(_, s)| *s == StatusState::Failure)
+        .map(|(app, _)| app.as_str())
+        .collect();
+    let superseded = ended
+        .iter()
+        .filter(|(_, s)| *s == StatusState::Superseded)
+        .count();
+    let (state, description) = if !failed.is_empty() {
+        let failing = failed.join(", ");
+        let description = format!("{} of {total} apps failed: {failing}", failed.len());
+        (StatusState::Failure, description)
+    } else if superseded > 0 {
+        let description = format!("{superseded} of {total} apps superseded");
+        (StatusState::Superseded, description)
+    } else {
+        (StatusState::Success, format!("{total} apps deployed"))
+    };
+    let mut status = StatusJob::new(&job.repo, &job.commit, rollup.context.clone(), state);
+    status.description = bounded(&description);
+    status.target_url = rollup.target_url.clone();
+    if !matches!(host.current(&status).await?, Some((s, _)) if s.is_final()) {
+        host.create(&status).await?;
+        tracing::info!(message = "Roll-up status posted.", event = "status", context = %status.context, state = ?state, description = %status.description);
+    }
+    Ok(())
 }
 
 /// `text` on one line within [`MAX_DESCRIPTION`] characters: it may come from a commit.

@@ -212,6 +212,21 @@ pub struct StatusJob {
     /// again, so that FIFO deduplication takes the copy for a new message.
     #[serde(default)]
     pub generation: u32,
+    /// On an app's end: the environment's roll-up it counts towards, posted once every app of
+    /// the push has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollup: Option<Rollup>,
+}
+
+/// The roll-up status of a push that fanned out: its context, `fleetsync/<environment>`,
+/// ends once `apps` app contexts under it have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollup {
+    pub context: String,
+    pub apps: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
 }
 
 /// Where a status stands. Only forward: queued, then rolling out, then an end.
@@ -249,6 +264,7 @@ impl StatusJob {
             description: String::new(),
             target_url: None,
             generation: 0,
+            rollup: None,
         }
     }
 
@@ -388,6 +404,15 @@ pub struct SyncJob {
     /// new tasks pull the image tag again and read secrets again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// How many apps of its environment the push enqueued with this one (itself included):
+    /// more than one, and the commit gets a roll-up status `fleetsync/<environment>` besides
+    /// each app's.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fan_out: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Why a job exists: recorded on the service and on the task definition revision it
@@ -525,6 +550,7 @@ impl SyncJob {
             dependencies: BTreeMap::new(),
             trigger: Trigger::default(),
             force: false,
+            fan_out: 0,
         }
     }
 

@@ -14,8 +14,8 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 pub use job::{
-    Job, NotifyJob, PruneJob, RollbackJob, StatusJob, StatusState, SyncJob, TeardownJob, Trigger,
-    TriggerKind,
+    Job, NotifyJob, PruneJob, RollbackJob, Rollup, StatusJob, StatusState, SyncJob, TeardownJob,
+    Trigger, TriggerKind,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@ use super::{Error, Outcome};
 use crate::config::Event;
 use crate::ecs::task_definition_id;
 use crate::feedback::{About, Teller};
-use crate::queue::{NotifyJob, StatusJob, StatusState, SyncJob};
+use crate::queue::{NotifyJob, Rollup, StatusJob, StatusState, SyncJob};
 
 pub(super) fn app_status(
     teller: &Teller,
@@ -13,12 +13,26 @@ pub(super) fn app_status(
     description: &str,
 ) -> StatusJob {
     let app = &job.app;
-    teller.status(
+    let mut status = teller.status(
         (&job.repo, &app.commit),
         (&app.environment, Some(&app.name)),
         state,
         description,
-    )
+    );
+    if state.is_final() && job.fan_out > 1 {
+        let environment = teller.status(
+            (&job.repo, &app.commit),
+            (&app.environment, None),
+            state,
+            "",
+        );
+        status.rollup = Some(Rollup {
+            context: environment.context,
+            apps: job.fan_out,
+            target_url: environment.target_url,
+        });
+    }
+    status
 }
 
 /// The notifications `told` makes, one per sink that wants it.

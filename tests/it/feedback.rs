@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fleetsync::config::HostKind;
 use fleetsync::feedback::{Hosts, Posted};
-use fleetsync::queue::{StatusJob, StatusState};
+use fleetsync::queue::{Rollup, StatusJob, StatusState};
 use serde_json::{Value, json};
 
 use crate::harness::*;
@@ -48,16 +48,38 @@ impl StandIn {
         (host, url)
     }
 
+    /// The latest status of each context (each key, on Bitbucket) on `sha`, newest first.
+    fn latest(&self, sha: &str) -> Vec<Value> {
+        let posted = self.posted.lock().unwrap();
+        let mut latest: Vec<Value> = Vec::new();
+        for (commit, status) in posted.iter().rev() {
+            let key = |s: &Value| s.get("key").unwrap_or(&s[context_key(s)]).clone();
+            if commit == sha && !latest.iter().any(|l| key(l) == key(status)) {
+                latest.push(status.clone());
+            }
+        }
+        latest
+    }
+
     /// Each context's posted statuses, as (state, description), oldest first.
     fn by_context(&self) -> HashMap<String, Vec<(String, String)>> {
         let mut by: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for (_, s) in self.posted.lock().unwrap().iter() {
-            let context = s["context"].as_str().unwrap().to_owned();
+            let context = s[context_key(s)].as_str().unwrap().to_owned();
             let state = s["state"].as_str().unwrap().to_owned();
             let description = s["description"].as_str().unwrap_or_default().to_owned();
             by.entry(context).or_default().push((state, description));
         }
         by
+    }
+}
+
+/// GitHub and Gitea name a status's context `context`; GitLab and Bitbucket `name`.
+fn context_key(status: &Value) -> &'static str {
+    if status.get("context").is_some() {
+        "context"
+    } else {
+        "name"
     }
 }
 
@@ -96,28 +118,57 @@ async fn answer(State(host): State<StandIn>, request: Request) -> Response {
     match (host.kind, parts.method.as_str(), path.as_slice()) {
         // GitHub: GET /repos/{owner}/{repo}/commits/{ref}/status, the combined status.
         (HostKind::Github, "GET", ["", "repos", _, _, "commits", sha, "status"]) => {
-            let posted = host.posted.lock().unwrap();
-            let mut latest: Vec<Value> = Vec::new();
-            for (commit, status) in posted.iter().rev() {
-                if commit == sha && !latest.iter().any(|l| l["context"] == status["context"]) {
-                    latest.push(status.clone());
-                }
-            }
-            axum::Json(json!({"state": "pending", "statuses": latest})).into_response()
+            axum::Json(json!({"state": "pending", "statuses": host.latest(sha)})).into_response()
         }
-        // GitHub: POST /repos/{owner}/{repo}/statuses/{sha}.
-        (HostKind::Github, "POST", ["", "repos", _, _, "statuses", sha]) => {
+        // Gitea: the combined status as GitHub's, the state under `status`.
+        (HostKind::Gitea, "GET", ["", "repos", _, _, "commits", sha, "status"]) => {
+            let statuses: Vec<Value> = host
+                .latest(sha)
+                .into_iter()
+                .map(|mut s| {
+                    s["status"] = s["state"].take();
+                    s
+                })
+                .collect();
+            axum::Json(json!({"state": "pending", "statuses": statuses})).into_response()
+        }
+        // GitHub and Gitea: POST /repos/{owner}/{repo}/statuses/{sha}.
+        (HostKind::Github | HostKind::Gitea, "POST", ["", "repos", _, _, "statuses", sha])
+        // GitLab: POST /projects/:id/statuses/:sha.
+        | (HostKind::Gitlab, "POST", ["", "projects", _, "statuses", sha])
+        // Bitbucket: POST /repositories/{workspace}/{slug}/commit/{commit}/statuses/build.
+        | (HostKind::Bitbucket, "POST", ["", "repositories", _, _, "commit", sha, "statuses", "build"]) => {
             let mut posted = host.posted.lock().unwrap();
             let mut status = body.unwrap_or_default();
             status["id"] = json!(posted.len() + 1);
             posted.push(((*sha).to_owned(), status.clone()));
             (StatusCode::CREATED, axum::Json(status)).into_response()
         }
-        // The other hosts, for one post each: nothing posted yet, and the post taken.
-        (HostKind::Bitbucket, "GET", _) => StatusCode::NOT_FOUND.into_response(),
-        (HostKind::Gitea, "GET", _) => axum::Json(json!({"statuses": []})).into_response(),
-        (_, "GET", _) => axum::Json(json!([])).into_response(),
-        (_, "POST", _) => (StatusCode::CREATED, axum::Json(json!({}))).into_response(),
+        // GitLab: every status, oldest first, its state under `status`; `name` filters.
+        (HostKind::Gitlab, "GET", ["", "projects", _, "repository", "commits", sha, "statuses"]) => {
+            let posted = host.posted.lock().unwrap();
+            let list: Vec<Value> = posted
+                .iter()
+                .filter(|(c, s)| c == sha && query.get("name").is_none_or(|n| s["name"] == n.as_str()))
+                .map(|(_, s)| {
+                    let mut s = s.clone();
+                    s["status"] = s["state"].take();
+                    s
+                })
+                .collect();
+            axum::Json(list).into_response()
+        }
+        // Bitbucket keeps one status per key.
+        (HostKind::Bitbucket, "GET", ["", "repositories", _, _, "commit", sha, "statuses", "build", key]) => {
+            let key = percent_encoding::percent_decode_str(key).decode_utf8().unwrap();
+            match host.latest(sha).into_iter().find(|s| s["key"] == *key) {
+                Some(s) => axum::Json(s).into_response(),
+                None => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+        (HostKind::Bitbucket, "GET", ["", "repositories", _, _, "commit", sha, "statuses"]) => {
+            axum::Json(json!({"pagelen": 100, "values": host.latest(sha)})).into_response()
+        }
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -233,6 +284,19 @@ async fn a_push_shows_on_its_commit_queued_rolling_out_then_deployed_through_an_
             "{context}: {states:?}"
         );
     }
+    // The push fanned out to four apps: the environment's roll-up ends once all four have.
+    let rollup = eventually(Duration::from_secs(30), "the roll-up's end", || async {
+        let states = host.by_context().remove("fleetsync/staging")?;
+        (states.last()?.0 != "pending").then_some(states)
+    })
+    .await;
+    assert_eq!(
+        rollup,
+        [
+            ("pending".to_owned(), "queued 4 apps".to_owned()),
+            ("success".to_owned(), "4 apps deployed".to_owned()),
+        ]
+    );
     let posted = host.posted.lock().unwrap().clone();
     assert!(posted.iter().all(|(commit, _)| *commit == head.to_string()));
     let api_status = posted
@@ -267,7 +331,11 @@ async fn a_rolled_back_rollout_fails_its_commit_and_a_broken_config_fails_its_en
         .collect();
     all_ended(&host, &contexts).await;
 
-    // An image that never starts, without ECS's own rollback: fleetsync rolls back.
+    // An image that never starts, without ECS's own rollback: fleetsync rolls back. The
+    // push deploys accounts too, which succeeds: the roll-up fails, naming api.
+    f.repo.commit("staging", "apps/accounts/app.yaml", |t| {
+        Some(t.unwrap().replace("accounts:2.3.0", "accounts:2.3.1"))
+    });
     f.repo.commit("staging", "apps/api/app.yaml", |t| {
         Some(t.unwrap().replace("rollback: true", "rollback: false"))
     });
@@ -278,7 +346,11 @@ async fn a_rolled_back_rollout_fails_its_commit_and_a_broken_config_fails_its_en
         let end = at + t[at..].find('"').unwrap();
         Some(format!("{}broken{}", &t[..at], &t[end..]))
     });
-    assert_eq!(f.receiver.push("staging", broken, "broken").await.0, 202);
+    // As a host reports it: the push moved the branch from `head`.
+    let pushed = f
+        .receiver
+        .push_from("staging", Some(head), broken, "broken");
+    assert_eq!(pushed.await.0, 202);
     let on_broken = |host: &StandIn| -> Vec<(String, String)> {
         host.posted
             .lock()
@@ -304,6 +376,26 @@ async fn a_rolled_back_rollout_fails_its_commit_and_a_broken_config_fails_its_en
     assert!(states[2].1.starts_with("rolled back: "), "{states:?}");
     assert!(states[2].1.chars().count() <= 140, "{states:?}");
     assert!(!states.iter().any(|(s, _)| s == "success"), "{states:?}");
+    let rollup = eventually(Duration::from_secs(60), "the roll-up's failure", || async {
+        let posted = host.posted.lock().unwrap();
+        posted
+            .iter()
+            .find(|(c, s)| {
+                *c == broken.to_string()
+                    && s["context"] == "fleetsync/staging"
+                    && s["state"] != "pending"
+            })
+            .map(|(_, s)| s.clone())
+    })
+    .await;
+    assert_eq!(
+        (&rollup["state"], &rollup["description"]),
+        (&json!("failure"), &json!("1 of 2 apps failed: api"))
+    );
+    assert_eq!(
+        rollup["target_url"],
+        "https://fleetsync.example.com/api/v1/environments/staging/apps?repo=platform"
+    );
 
     // A root that does not parse: the commit fails on its environment's context, with where.
     let bad = f.repo.commit("staging", "fleetsync.yaml", |t| {
@@ -400,6 +492,40 @@ async fn each_host_gets_the_status_in_its_own_words() {
             }
             HostKind::Github => unreachable!(),
         }
+
+        // Two apps of one push end: the second's end also ends the environment's roll-up,
+        // each read back from the host in its own words.
+        let rollup = Rollup {
+            context: "fleetsync/production-eu-west-1".into(),
+            apps: 2,
+            target_url: None,
+        };
+        let end = |context: &str, state| {
+            let mut job = StatusJob::new("platform", "0123abc", context.to_owned(), state);
+            job.description = format!("{state:?}");
+            job.rollup = Some(rollup.clone());
+            job
+        };
+        let paid = end(&context, StatusState::Success);
+        assert_eq!(hosts.post(&paid).await.unwrap(), Posted::Posted);
+        assert_eq!(host.by_context().get(&rollup.context), None);
+        let ledger = end(
+            "fleetsync/production-eu-west-1/ledger",
+            StatusState::Failure,
+        );
+        assert_eq!(hosts.post(&ledger).await.unwrap(), Posted::Posted);
+        // An end the host shows already is not posted again.
+        assert_eq!(hosts.post(&ledger).await.unwrap(), Posted::Behind);
+        let failed = match kind {
+            HostKind::Gitlab => "failed",
+            HostKind::Gitea => "failure",
+            _ => "FAILED",
+        };
+        assert_eq!(
+            host.by_context()[&rollup.context],
+            [(failed.to_owned(), "1 of 2 apps failed: ledger".to_owned())],
+            "{kind:?}"
+        );
     }
 }
 
