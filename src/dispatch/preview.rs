@@ -8,7 +8,7 @@
 
 use super::registry::{self, Admission, Registry, State};
 use super::*;
-use crate::queue::TeardownJob;
+use crate::queue::{PreviewChange, TeardownJob};
 use crate::resolve::manifest::Root;
 use crate::resolve::preview::{self, Previews};
 
@@ -121,8 +121,64 @@ pub struct Swept {
 }
 
 impl Dispatcher {
-    /// Turns a pull request event into a preview's jobs, a teardown, or a reason to do neither.
+    /// Turns a pull request event into a preview's jobs, a teardown, or a reason to do neither,
+    /// and tells the pull request's comment.
     pub async fn pull_request(
+        &self,
+        repo: &WatchedRepo,
+        pr: &PullRequest,
+        delivery: &str,
+    ) -> Result<PreviewOutcome, Error> {
+        let outcome = self.preview_for(repo, pr, delivery).await?;
+        self.tell_preview(&repo.config.name, (pr.number, &pr.head_sha), &outcome)
+            .await;
+        Ok(outcome)
+    }
+
+    /// What a preview's outcome means for its pull request's comment.
+    async fn tell_preview(
+        &self,
+        repo: &str,
+        (number, head): (u64, &str),
+        outcome: &PreviewOutcome,
+    ) {
+        let (commit, change) = match outcome {
+            PreviewOutcome::Ignored { .. } => return,
+            PreviewOutcome::Skipped { reason, .. } => (
+                head,
+                PreviewChange::Held {
+                    reason: reason.clone(),
+                },
+            ),
+            PreviewOutcome::Invalid {
+                commit, problems, ..
+            } => {
+                let first = problems.first().map(String::as_str).unwrap_or_default();
+                let reason = format!("its head does not resolve: {first}");
+                (commit.as_str(), PreviewChange::Held { reason })
+            }
+            PreviewOutcome::Waiting { commit, ahead, .. } => {
+                let reason = format!(
+                    "`previews.maxActive` previews run already; it deploys once one is torn down ({ahead} waiting ahead of it)"
+                );
+                (commit.as_str(), PreviewChange::Held { reason })
+            }
+            PreviewOutcome::Enqueued {
+                commit,
+                jobs,
+                removed,
+                ..
+            } => {
+                let apps = jobs.iter().map(|j| j.app.clone()).collect();
+                let removed = removed.clone();
+                (commit.as_str(), PreviewChange::Enqueued { apps, removed })
+            }
+            PreviewOutcome::TornDown { .. } => (head, PreviewChange::TornDown),
+        };
+        self.teller.comment(repo, (number, commit), change).await;
+    }
+
+    async fn preview_for(
         &self,
         repo: &WatchedRepo,
         pr: &PullRequest,
@@ -645,7 +701,11 @@ impl Dispatcher {
                 )
                 .await
             {
-                Ok(_) => deployed.push(preview::name(entry.number)),
+                Ok(outcome) => {
+                    self.tell_preview(&repo.config.name, (entry.number, &head), &outcome)
+                        .await;
+                    deployed.push(preview::name(entry.number));
+                }
                 Err(e) => {
                     warn!(message = "Cannot deploy a preview that got its place; the sweeper tries again.", repo = %repo.config.name, preview = %preview::name(entry.number), error = %e);
                 }

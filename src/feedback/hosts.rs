@@ -15,16 +15,18 @@ pub enum Error {
     #[error("repo `{0}` has no `gitHost` in this worker's config")]
     NoHost(String),
     /// A host that may take it later: a 429, a 5xx, a rate limit, no answer.
-    #[error("{api} did not take the status for repo `{repo}` ({reason}); it is posted again later")]
+    #[error("{api} did not take the {what} for repo `{repo}` ({reason}); it is posted again later")]
     Unavailable {
+        what: &'static str,
         api: String,
         repo: String,
         reason: String,
         retry_after: Option<Duration>,
     },
     /// A host that never will, as asked: a token without the permission, an unknown commit.
-    #[error("{api} refused the status for repo `{repo}` with {status}: {fix}")]
+    #[error("{api} refused the {what} for repo `{repo}` with {status}: {fix}")]
     Refused {
+        what: &'static str,
         api: String,
         repo: String,
         status: u16,
@@ -53,6 +55,15 @@ pub(super) struct Host<'a> {
     /// `api.publicUrl` is not set.
     pub web: &'a str,
     pub repo: &'a str,
+    pub purpose: Purpose,
+}
+
+/// What a [`Host`] is asked for: it names the permission a refusal lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    Status,
+    /// A preview's pull request comment, and on GitHub its Deployment.
+    Comment,
 }
 
 impl Host<'_> {
@@ -242,7 +253,7 @@ impl Host<'_> {
         self.send(request).await.map(drop)
     }
 
-    fn request(&self, method: Method, url: &str) -> RequestBuilder {
+    pub(super) fn request(&self, method: Method, url: &str) -> RequestBuilder {
         let token = String::from_utf8_lossy(self.token.expose());
         let request = self.client.request(method, url);
         match self.config.provider {
@@ -256,8 +267,10 @@ impl Host<'_> {
         }
     }
 
-    async fn send(&self, request: RequestBuilder) -> Result<Value, Error> {
+    pub(super) async fn send(&self, request: RequestBuilder) -> Result<Value, Error> {
+        let what = self.what();
         let unavailable = |reason: String, retry_after| Error::Unavailable {
+            what,
             api: self.config.api.clone(),
             repo: self.repo.to_owned(),
             reason,
@@ -286,6 +299,7 @@ impl Host<'_> {
         }
         if !status.is_success() {
             return Err(Error::Refused {
+                what,
                 api: self.config.api.clone(),
                 repo: self.repo.to_owned(),
                 status: status.as_u16(),
@@ -303,14 +317,26 @@ impl Host<'_> {
         Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
+    fn what(&self) -> &'static str {
+        match self.purpose {
+            Purpose::Status => "status",
+            Purpose::Comment => "preview comment",
+        }
+    }
+
     fn fix(&self, status: StatusCode) -> String {
-        let permission = match self.config.provider {
-            HostKind::Github => {
+        let permission = match (self.config.provider, self.purpose) {
+            (HostKind::Github, Purpose::Status) => {
                 "\"Commit statuses: write\" (fine-grained) or `repo:status` (classic)"
             }
-            HostKind::Gitlab => "the `api` scope, as a Developer of the project",
-            HostKind::Gitea => "`write:repository`",
-            HostKind::Bitbucket => "`repository:write`",
+            (HostKind::Github, Purpose::Comment) => {
+                "\"Pull requests: write\" and \"Deployments: write\" (fine-grained) or `repo` (classic)"
+            }
+            (HostKind::Gitlab, _) => "the `api` scope, as a Developer of the project",
+            (HostKind::Gitea, Purpose::Status) => "`write:repository`",
+            (HostKind::Gitea, Purpose::Comment) => "`write:issue`",
+            (HostKind::Bitbucket, Purpose::Status) => "`repository:write`",
+            (HostKind::Bitbucket, Purpose::Comment) => "`pullrequest:write`",
         };
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => format!(
@@ -318,10 +344,10 @@ impl Host<'_> {
                 self.repo, self.config.project
             ),
             StatusCode::NOT_FOUND => format!(
-                "the host has no project {} or no such commit there; check `repos[{}].url` and the token's access",
+                "the host has no project {} or no such commit or pull request there; check `repos[{}].url` and the token's access",
                 self.config.project, self.repo
             ),
-            _ => "the host did not accept the status as sent".into(),
+            _ => format!("the host did not accept the {} as sent", self.what()),
         }
     }
 }

@@ -9,13 +9,14 @@
 //! and never twice the same.
 
 mod hosts;
+mod pr;
 mod sinks;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::config::{Config, Event, GitHost, Notification, Secret};
-use crate::queue::{NotifyJob, Queue, Rollup, StatusJob, StatusState};
+use crate::queue::{CommentJob, NotifyJob, PreviewChange, Queue, Rollup, StatusJob, StatusState};
 
 pub use hosts::Error;
 pub use sinks::{SendError, Sinks};
@@ -162,6 +163,45 @@ impl Teller {
         if let Err(e) = self.queue.send_statuses(&statuses).await {
             tracing::warn!(message = "Cannot queue commit statuses; they are not posted.", count = statuses.len(), error = %e);
         }
+        // A preview app's status is also news for its pull request's comment.
+        let comments: Vec<CommentJob> = statuses
+            .iter()
+            .filter_map(|s| {
+                let (number, app) = s.preview.as_ref()?;
+                let change = PreviewChange::App {
+                    app: app.clone(),
+                    state: s.state,
+                    description: s.description.clone(),
+                };
+                Some(CommentJob::new(&s.repo, *number, &s.commit, change))
+            })
+            .collect();
+        self.send_comments(comments).await;
+    }
+
+    /// Where the API shows previews, when `api.publicUrl` is set.
+    pub fn previews_link(&self) -> Option<String> {
+        let base = self.public_url.as_ref()?;
+        Some(format!("{base}/api/v1/previews"))
+    }
+
+    /// Queues a change to pull request `number`'s preview comment, for a repo with a Git
+    /// host; like [`Teller::tell`], never fails what it reports on.
+    pub async fn comment(&self, repo: &str, (number, commit): (u64, &str), change: PreviewChange) {
+        if self.repos.contains(repo) {
+            let mut job = CommentJob::new(repo, number, commit, change);
+            job.target_url = self.previews_link();
+            self.send_comments(vec![job]).await;
+        }
+    }
+
+    async fn send_comments(&self, comments: Vec<CommentJob>) {
+        if comments.is_empty() {
+            return;
+        }
+        if let Err(e) = self.queue.send_comments(&comments).await {
+            tracing::warn!(message = "Cannot queue preview comments; they are not posted.", count = comments.len(), error = %e);
+        }
     }
 }
 
@@ -200,18 +240,34 @@ impl Hosts {
         Ok(Hosts { by_repo, client })
     }
 
-    /// Posts `job` on its repo's host unless the host already shows it or a later state.
-    pub async fn post(&self, job: &StatusJob) -> Result<Posted, Error> {
-        let Some((host, token, web)) = self.by_repo.get(&job.repo) else {
-            return Err(Error::NoHost(job.repo.clone()));
+    fn host<'a>(
+        &'a self,
+        repo: &'a str,
+        purpose: hosts::Purpose,
+    ) -> Result<hosts::Host<'a>, Error> {
+        let Some((host, token, web)) = self.by_repo.get(repo) else {
+            return Err(Error::NoHost(repo.to_owned()));
         };
-        let host = hosts::Host {
+        Ok(hosts::Host {
             client: &self.client,
             config: host,
             token,
             web,
-            repo: &job.repo,
-        };
+            repo,
+            purpose,
+        })
+    }
+
+    /// Changes a preview's pull request comment (and its Deployment, on GitHub).
+    pub async fn comment(&self, job: &CommentJob) -> Result<(), Error> {
+        self.host(&job.repo, hosts::Purpose::Comment)?
+            .comment(job)
+            .await
+    }
+
+    /// Posts `job` on its repo's host unless the host already shows it or a later state.
+    pub async fn post(&self, job: &StatusJob) -> Result<Posted, Error> {
+        let host = self.host(&job.repo, hosts::Purpose::Status)?;
         let posted = match host.current(job).await? {
             Some((state, _)) if state.is_final() || state > job.state => Posted::Behind,
             Some((state, description)) if state == job.state && description == job.description => {

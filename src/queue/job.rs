@@ -16,6 +16,7 @@ pub enum Job {
     Rollback(Box<RollbackJob>),
     Status(Box<StatusJob>),
     Notify(Box<NotifyJob>),
+    Comment(Box<CommentJob>),
 }
 
 impl Job {
@@ -42,6 +43,10 @@ impl Job {
             Some(kind) if kind.as_str() == Some(NotifyJob::KIND) => {
                 let job: NotifyJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
                 (job.version, Job::Notify(Box::new(job)))
+            }
+            Some(kind) if kind.as_str() == Some(CommentJob::KIND) => {
+                let job: CommentJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
+                (job.version, Job::Comment(Box::new(job)))
             }
             Some(kind) if kind.as_str() == Some(StatusJob::KIND) => {
                 let job: StatusJob = serde_json::from_value(value).map_err(|e| e.to_string())?;
@@ -216,6 +221,9 @@ pub struct StatusJob {
     /// the push has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollup: Option<Rollup>,
+    /// A preview app's status: (pull request number, app), for its comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<(u64, String)>,
 }
 
 /// The roll-up status of a push that fanned out: its context, `fleetsync/<environment>`,
@@ -265,6 +273,7 @@ impl StatusJob {
             target_url: None,
             generation: 0,
             rollup: None,
+            preview: None,
         }
     }
 
@@ -287,6 +296,81 @@ impl StatusJob {
         hasher.update([self.state as u8]);
         hasher.update(self.generation.to_be_bytes());
         hex::encode(hasher.finalize())
+    }
+}
+
+/// One change to a preview's pull request comment (and, on GitHub, its Deployment). One FIFO
+/// group per pull request: the comment is read, changed and written back by one worker at a
+/// time, in the order the changes happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommentJob {
+    pub version: u32,
+    /// Always [`CommentJob::KIND`].
+    pub kind: String,
+    pub repo: String,
+    pub number: u64,
+    /// The head commit the change is about: a change about an older head is not shown.
+    pub commit: String,
+    pub change: PreviewChange,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+    /// As [`StatusJob::generation`].
+    #[serde(default)]
+    pub generation: u32,
+}
+
+/// What happened to a preview.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum PreviewChange {
+    /// The head's apps that changed were queued; those it no longer lists are torn down.
+    Enqueued {
+        apps: Vec<String>,
+        #[serde(default)]
+        removed: Vec<String>,
+    },
+    /// One app moved on (its commit status, in the preview's words).
+    App {
+        app: String,
+        state: StatusState,
+        description: String,
+    },
+    /// Nothing deploys, and why: a draft, a fork, a label, the budget, a head that does not
+    /// resolve.
+    Held {
+        reason: String,
+    },
+    TornDown,
+}
+
+impl CommentJob {
+    pub const KIND: &str = "comment";
+
+    pub fn new(repo: &str, number: u64, commit: &str, change: PreviewChange) -> Self {
+        CommentJob {
+            version: SyncJob::VERSION,
+            kind: Self::KIND.to_owned(),
+            repo: repo.to_owned(),
+            number,
+            commit: commit.to_owned(),
+            change,
+            target_url: None,
+            generation: 0,
+        }
+    }
+
+    pub fn group_id(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.repo.as_bytes());
+        hasher.update([0]);
+        hasher.update(self.number.to_be_bytes());
+        format!("comment/{}", hex::encode(&hasher.finalize()[..16]))
+    }
+
+    pub fn deduplication_id(&self) -> String {
+        let body = serde_json::to_string(self).unwrap_or_default();
+        hex::encode(Sha256::digest(body.as_bytes()))
     }
 }
 

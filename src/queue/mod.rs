@@ -14,8 +14,8 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 pub use job::{
-    Job, NotifyJob, PruneJob, RollbackJob, Rollup, StatusJob, StatusState, SyncJob, TeardownJob,
-    Trigger, TriggerKind,
+    CommentJob, Job, NotifyJob, PreviewChange, PruneJob, RollbackJob, Rollup, StatusJob,
+    StatusState, SyncJob, TeardownJob, Trigger, TriggerKind,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +137,15 @@ impl Queue {
 
     /// Sends commit statuses, all or none, like [`Queue::send`].
     pub async fn send_statuses(&self, jobs: &[StatusJob]) -> Result<()> {
+        self.send_all(jobs, |j| {
+            (serde_json::to_string(j), j.group_id(), j.deduplication_id())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sends preview comment changes, all or none, like [`Queue::send`].
+    pub async fn send_comments(&self, jobs: &[CommentJob]) -> Result<()> {
         self.send_all(jobs, |j| {
             (serde_json::to_string(j), j.group_id(), j.deduplication_id())
         })

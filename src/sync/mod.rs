@@ -31,7 +31,7 @@ use crate::ecs::budget::{Budget, Rate};
 use crate::ecs::{self, Ecs};
 use crate::feedback::{Hosts, Posted, Sinks, Teller};
 use crate::preflight::{self, Finding, Preflight};
-use crate::queue::{Job, NotifyJob, Queue, Received, StatusJob, SyncJob};
+use crate::queue::{CommentJob, Job, NotifyJob, Queue, Received, StatusJob, SyncJob};
 use crate::repo::{self, Mirror, MirrorSources};
 
 #[derive(Debug, thiserror::Error)]
@@ -608,6 +608,13 @@ impl Worker {
                     .instrument(span)
                     .await;
             }
+            Ok(Job::Comment(job)) => {
+                drop(permit);
+                let span = tracing::info_span!("comment", %message_id, repo = %job.repo, pull_request = job.number, commit = %job.commit);
+                self.post_comment(&job, &receipt, receive_count)
+                    .instrument(span)
+                    .await;
+            }
             Ok(Job::Rollback(job)) => {
                 let span = tracing::info_span!("rollback", %message_id, environment = %job.environment, app = %job.app, to = %job.to, from = %job.from, actor = %job.trigger.actor, reason = %job.trigger.reason);
                 let stop = ctx.abort.child_token();
@@ -784,6 +791,25 @@ impl Worker {
             self.queue.send_statuses(&[copy]).await
         };
         self.settle("status", failed, again, (receipt, receive_count))
+            .await;
+    }
+
+    /// Applies one change to a preview's pull request comment.
+    async fn post_comment(&self, job: &CommentJob, receipt: &str, receive_count: u32) {
+        let posted = self.hosts.comment(job).await.map(|()| {
+            info!(message = "Preview comment written.", event = "comment", change = ?job.change);
+            "posted"
+        });
+        let failed = posted.map_err(|e| {
+            let retry = e.retry_after();
+            (e.to_string(), retry)
+        });
+        let again = || async {
+            let mut copy = job.clone();
+            copy.generation += 1;
+            self.queue.send_comments(&[copy]).await
+        };
+        self.settle("comment", failed, again, (receipt, receive_count))
             .await;
     }
 

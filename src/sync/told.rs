@@ -13,12 +13,21 @@ pub(super) fn app_status(
     description: &str,
 ) -> StatusJob {
     let app = &job.app;
+    // A preview's statuses are its own, not its environment's: `fleetsync/pr-7/api`.
+    let environment = match app.preview {
+        Some(number) => crate::resolve::preview::name(number),
+        None => app.environment.clone(),
+    };
     let mut status = teller.status(
         (&job.repo, &app.commit),
-        (&app.environment, Some(&app.name)),
+        (&environment, Some(&app.name)),
         state,
         description,
     );
+    if let Some(number) = app.preview {
+        status.preview = Some((number, app.name.clone()));
+        status.target_url = teller.previews_link();
+    }
     if state.is_final() && job.fan_out > 1 {
         let environment = teller.status(
             (&job.repo, &app.commit),

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fleetsync::config::HostKind;
 use fleetsync::feedback::{Hosts, Posted};
-use fleetsync::queue::{Rollup, StatusJob, StatusState};
+use fleetsync::queue::{CommentJob, PreviewChange, Rollup, StatusJob, StatusState};
 use serde_json::{Value, json};
 
 use crate::harness::*;
@@ -23,20 +23,28 @@ const GITHUB_TOKEN: &str = "ghp_standin0123456789";
 /// A Git host's API on loopback: records every request, keeps posted statuses, and answers
 /// `outage` requests with 503 and `Retry-After: 1` first (a host having a bad minute).
 #[derive(Clone)]
-struct StandIn {
+pub(crate) struct StandIn {
     kind: HostKind,
-    requests: Arc<Mutex<Vec<Value>>>,
+    pub requests: Arc<Mutex<Vec<Value>>>,
     /// (commit, status with an id), oldest first.
     posted: Arc<Mutex<Vec<(String, Value)>>>,
+    /// Pull request comments: {id, number, body}.
+    pub comments: Arc<Mutex<Vec<Value>>>,
+    /// GitHub Deployments as created, with an id; and their statuses, with `deployment_id`.
+    pub deployments: Arc<Mutex<Vec<Value>>>,
+    pub deployment_statuses: Arc<Mutex<Vec<Value>>>,
     outage: Arc<AtomicUsize>,
 }
 
 impl StandIn {
-    async fn start(kind: HostKind) -> (StandIn, String) {
+    pub(crate) async fn start(kind: HostKind) -> (StandIn, String) {
         let host = StandIn {
             kind,
             requests: Default::default(),
             posted: Default::default(),
+            comments: Default::default(),
+            deployments: Default::default(),
+            deployment_statuses: Default::default(),
             outage: Default::default(),
         };
         let router = axum::Router::new()
@@ -169,8 +177,79 @@ async fn answer(State(host): State<StandIn>, request: Request) -> Response {
         (HostKind::Bitbucket, "GET", ["", "repositories", _, _, "commit", sha, "statuses"]) => {
             axum::Json(json!({"pagelen": 100, "values": host.latest(sha)})).into_response()
         }
+        // Pull request comments: GitHub's and Gitea's issue comments, GitLab's notes,
+        // Bitbucket's comments (its text under `content.raw`).
+        (HostKind::Github | HostKind::Gitea, "GET", ["", "repos", _, _, "issues", n, "comments"])
+        | (HostKind::Gitlab, "GET", ["", "projects", _, "merge_requests", n, "notes"])
+        | (HostKind::Bitbucket, "GET", ["", "repositories", _, _, "pullrequests", n, "comments"]) => {
+            let comments = host.comments.lock().unwrap();
+            let list: Vec<Value> = comments
+                .iter()
+                .filter(|c| n.parse().ok() == c["number"].as_u64())
+                .map(|c| match host.kind {
+                    HostKind::Bitbucket => json!({"id": c["id"], "content": {"raw": c["body"]}}),
+                    _ => json!({"id": c["id"], "body": c["body"]}),
+                })
+                .collect();
+            match host.kind {
+                HostKind::Bitbucket => axum::Json(json!({"values": list})).into_response(),
+                _ => axum::Json(list).into_response(),
+            }
+        }
+        (HostKind::Github | HostKind::Gitea, "POST", ["", "repos", _, _, "issues", n, "comments"])
+        | (HostKind::Gitlab, "POST", ["", "projects", _, "merge_requests", n, "notes"])
+        | (HostKind::Bitbucket, "POST", ["", "repositories", _, _, "pullrequests", n, "comments"]) => {
+            let mut comments = host.comments.lock().unwrap();
+            let id = comments.len() as u64 + 101;
+            let text = comment_text(host.kind, body.as_ref());
+            comments.push(json!({"id": id, "number": n.parse::<u64>().unwrap(), "body": text}));
+            (StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response()
+        }
+        (HostKind::Github | HostKind::Gitea, "PATCH", ["", "repos", _, _, "issues", "comments", id])
+        | (HostKind::Gitlab, "PUT", ["", "projects", _, "merge_requests", _, "notes", id])
+        | (HostKind::Bitbucket, "PUT", ["", "repositories", _, _, "pullrequests", _, "comments", id]) => {
+            let mut comments = host.comments.lock().unwrap();
+            let Some(comment) = comments.iter_mut().find(|c| id.parse().ok() == c["id"].as_u64()) else {
+                return StatusCode::NOT_FOUND.into_response();
+            };
+            comment["body"] = json!(comment_text(host.kind, body.as_ref()));
+            axum::Json(comment.clone()).into_response()
+        }
+        // GitHub Deployments.
+        (HostKind::Github, "GET", ["", "repos", _, _, "deployments"]) => {
+            let deployments = host.deployments.lock().unwrap();
+            let list: Vec<Value> = deployments
+                .iter()
+                .filter(|d| query.get("environment").is_none_or(|e| d["environment"] == e.as_str()))
+                .filter(|d| query.get("sha").is_none_or(|sha| d["ref"] == sha.as_str()))
+                .cloned()
+                .collect();
+            axum::Json(list).into_response()
+        }
+        (HostKind::Github, "POST", ["", "repos", _, _, "deployments"]) => {
+            let mut deployments = host.deployments.lock().unwrap();
+            let mut deployment = body.unwrap_or_default();
+            deployment["id"] = json!(deployments.len() + 501);
+            deployments.push(deployment.clone());
+            (StatusCode::CREATED, axum::Json(deployment)).into_response()
+        }
+        (HostKind::Github, "POST", ["", "repos", _, _, "deployments", id, "statuses"]) => {
+            let mut status = body.unwrap_or_default();
+            status["deployment_id"] = json!(id.parse::<u64>().unwrap());
+            host.deployment_statuses.lock().unwrap().push(status.clone());
+            (StatusCode::CREATED, axum::Json(status)).into_response()
+        }
         _ => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+fn comment_text(kind: HostKind, body: Option<&Value>) -> String {
+    let body = body.cloned().unwrap_or_default();
+    let text = match kind {
+        HostKind::Bitbucket => &body["content"]["raw"],
+        _ => &body["body"],
+    };
+    text.as_str().unwrap_or_default().to_owned()
 }
 
 struct Fleet {
@@ -225,7 +304,7 @@ async fn all_ended(host: &StandIn, contexts: &[String]) -> HashMap<String, Vec<(
 }
 
 /// What fleetsync sent GitHub, checked against GitHub's OpenAPI description.
-fn assert_github_contract(host: &StandIn) {
+pub(crate) fn assert_github_contract(host: &StandIn) {
     let root = env!("CARGO_MANIFEST_DIR");
     let requests: String = host
         .requests
@@ -524,6 +603,77 @@ async fn each_host_gets_the_status_in_its_own_words() {
         assert_eq!(
             host.by_context()[&rollup.context],
             [(failed.to_owned(), "1 of 2 apps failed: ledger".to_owned())],
+            "{kind:?}"
+        );
+
+        // A preview's comment: written once, then edited in place.
+        let change = PreviewChange::Enqueued {
+            apps: vec!["payments".into()],
+            removed: Vec::new(),
+        };
+        hosts
+            .comment(&CommentJob::new("platform", 12, "0123abc", change))
+            .await
+            .unwrap();
+        let change = PreviewChange::App {
+            app: "payments".into(),
+            state: StatusState::Success,
+            description: "deployed production-payments-pr-12:1".into(),
+        };
+        hosts
+            .comment(&CommentJob::new("platform", 12, "0123abc", change))
+            .await
+            .unwrap();
+        let comments = host.comments.lock().unwrap().clone();
+        assert_eq!(comments.len(), 1, "{kind:?}: {comments:?}");
+        let body = comments[0]["body"].as_str().unwrap();
+        assert!(
+            body.contains("| `payments` | ✅ deployed: deployed production-payments-pr-12:1 |"),
+            "{kind:?}: {body}"
+        );
+        let writes: Vec<(String, String)> = host
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r["method"] != "GET")
+            .filter(|r| {
+                let path = r["path"].as_str().unwrap();
+                path.contains("/comments") || path.contains("/notes")
+            })
+            .map(|r| {
+                (
+                    r["method"].as_str().unwrap().to_owned(),
+                    r["path"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let (create, edit) = match kind {
+            HostKind::Gitlab => (
+                "/projects/acme%2Fplatform-config/merge_requests/12/notes",
+                (
+                    "PUT",
+                    "/projects/acme%2Fplatform-config/merge_requests/12/notes/101",
+                ),
+            ),
+            HostKind::Gitea => (
+                "/repos/acme/platform-config/issues/12/comments",
+                ("PATCH", "/repos/acme/platform-config/issues/comments/101"),
+            ),
+            _ => (
+                "/repositories/acme/platform-config/pullrequests/12/comments",
+                (
+                    "PUT",
+                    "/repositories/acme/platform-config/pullrequests/12/comments/101",
+                ),
+            ),
+        };
+        assert_eq!(
+            writes,
+            [
+                ("POST".to_owned(), create.to_owned()),
+                (edit.0.to_owned(), edit.1.to_owned())
+            ],
             "{kind:?}"
         );
     }

@@ -25,6 +25,11 @@ struct Setup {
 
 /// example-repo with `previews:` (plus `extra` keys) on main, and a receiver watching it.
 async fn setup(extra: &str) -> Setup {
+    setup_with(extra, "").await
+}
+
+/// [`setup`] with `repo_extra` keys on the watched repo (a `gitHost`).
+async fn setup_with(extra: &str, repo_extra: &str) -> Setup {
     let emulator = Emulator::start().await;
     let queue_url = emulator.create_queue("fleetsync.fifo").await;
     emulator.create_clusters(CLUSTERS).await;
@@ -37,8 +42,13 @@ async fn setup(extra: &str) -> Setup {
     let digests = dir.path().join("api-token-hashes");
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(TOKEN));
     std::fs::write(&digests, digest).unwrap();
-    let api = format!("api:\n  tokenHashes: file:{}\n", digests.display());
-    let config = config(dir.path(), &repo.file_url(), &queue_url, &api);
+    let api = format!(
+        "api:\n  tokenHashes: file:{}\n  publicUrl: https://fleetsync.example.com\n",
+        digests.display()
+    );
+    let repo_extra = repo_extra.replace("DIR", &dir.path().display().to_string());
+    let config =
+        config_with_repo_extra(dir.path(), &repo.file_url(), &queue_url, &repo_extra, &api);
     let receiver = Receiver::start(&config, &emulator.aws).await;
     Setup {
         emulator,
@@ -737,4 +747,130 @@ async fn gitlab_gitea_and_bitbucket_pull_requests_open_previews() {
             "{reply}"
         );
     }
+}
+
+/// The pull request hears of its preview in one comment, edited in place on every change, and
+/// on GitHub in a Deployment per head (`preview/pr-7`, transient), marked inactive once the
+/// preview is torn down. A local server stands in for GitHub's API; what fleetsync sent it is
+/// checked against GitHub's OpenAPI description.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_request_hears_of_its_preview_in_one_comment_and_a_deployment() {
+    let (host, url) = crate::feedback::StandIn::start(fleetsync::config::HostKind::Github).await;
+    let git_host =
+        format!("    gitHost: {{ api: {url}, provider: github, token: file:DIR/token }}\n");
+    let s = setup_with("", &git_host).await;
+    std::fs::write(s._dir.path().join("token"), "ghp_previews").unwrap();
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    let comment = || -> String {
+        let comments = host.comments.lock().unwrap();
+        assert!(
+            comments.len() <= 1,
+            "one comment per pull request: {comments:?}"
+        );
+        comments
+            .first()
+            .map(|c| c["body"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let deployed = |body: &str, commit: git2::Oid| {
+        let at = format!("at `{}`", &commit.to_string()[..7]);
+        (body.contains(&at) && body.matches("✅ deployed").count() == APPS.len()).then_some(())
+    };
+
+    let head = s.open_branch(7, "1.5.0");
+    assert_eq!(s.github("opened", 7, head).await.0, 202);
+    eventually(LIMIT, "the comment to show every app deployed", || async {
+        deployed(&comment(), head)
+    })
+    .await;
+    let body = comment();
+    assert!(body.contains("### Preview `pr-7`"), "{body}");
+    assert!(
+        body.contains("| `api` | ✅ deployed: deployed staging-api-pr-7:1 |"),
+        "{body}"
+    );
+
+    // A push: the same comment follows the new head; web, unchanged, stays listed.
+    let next = s.push_to_branch(7, "1.6.0");
+    assert_eq!(s.github("synchronize", 7, next).await.0, 202);
+    eventually(LIMIT, "the comment to follow the push", || async {
+        deployed(&comment(), next)
+    })
+    .await;
+    assert!(
+        comment().contains("deployed staging-api-pr-7:2"),
+        "{}",
+        comment()
+    );
+
+    // One Deployment per head, as GitHub wants a preview's.
+    let deployments = host.deployments.lock().unwrap().clone();
+    let refs: Vec<&str> = deployments
+        .iter()
+        .map(|d| d["ref"].as_str().unwrap())
+        .collect();
+    assert_eq!(refs, [head.to_string(), next.to_string()]);
+    for d in &deployments {
+        assert_eq!(d["environment"], "preview/pr-7");
+        assert_eq!(
+            (&d["transient_environment"], &d["auto_merge"]),
+            (&json!(true), &json!(false))
+        );
+        assert_eq!(d["required_contexts"], json!([]));
+    }
+    let states_of = |id: &Value| -> Vec<String> {
+        host.deployment_statuses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s["deployment_id"] == *id)
+            .map(|s| s["state"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = states_of(&deployments[0]["id"]);
+    assert_eq!(
+        first.first().map(String::as_str),
+        Some("queued"),
+        "{first:?}"
+    );
+    assert_eq!(
+        first.last().map(String::as_str),
+        Some("success"),
+        "{first:?}"
+    );
+
+    // Closed: torn down, said in the same comment, and every Deployment inactive.
+    assert_eq!(s.github("closed", 7, next).await.0, 202);
+    s.preview_gone(7).await;
+    eventually(LIMIT, "the comment to say torn down", || async {
+        comment().contains("Torn down").then_some(())
+    })
+    .await;
+    s.drained().await;
+    for d in &deployments {
+        let states = states_of(&d["id"]);
+        assert_eq!(
+            states.last().map(String::as_str),
+            Some("inactive"),
+            "{states:?}"
+        );
+    }
+    let writes: Vec<String> = host
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().contains("/comments") && r["method"] != "GET")
+        .map(|r| r["method"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        writes.iter().filter(|m| *m == "POST").count(),
+        1,
+        "{writes:?}"
+    );
+    assert!(
+        writes.iter().filter(|m| *m == "PATCH").count() >= 3,
+        "{writes:?}"
+    );
+    crate::feedback::assert_github_contract(&host);
 }
