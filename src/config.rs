@@ -188,6 +188,9 @@ pub struct WorkerConfig {
     pub ecs_registers_per_second: f64,
     /// `worker.metricsListen`: where the worker serves `/metrics`; `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// `worker.remindFailuresAfter`: a failure that persists is told again after this, then
+    /// after twice as long each time (up to a day); zero: told once.
+    pub remind_failures_after: Duration,
 }
 
 #[derive(Deserialize)]
@@ -418,6 +421,8 @@ struct RawWorker {
     account_budget: Option<RawAccountBudget>,
     max_workers: Option<u32>,
     metrics_listen: Option<SocketAddr>,
+    #[serde(default, with = "humantime_serde_opt")]
+    remind_failures_after: Option<Duration>,
 }
 
 /// ECS throttles per account and Region, not per process: the rate all workers share.
@@ -582,6 +587,10 @@ impl Config {
                 .rollout_poll_interval
                 .unwrap_or(Duration::from_secs(5)),
             metrics_listen: raw.worker.metrics_listen,
+            remind_failures_after: raw
+                .worker
+                .remind_failures_after
+                .unwrap_or(Duration::from_secs(3600)),
         };
         Ok(Config {
             listen: raw

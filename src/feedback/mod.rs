@@ -42,6 +42,7 @@ pub struct Teller {
     repos: HashSet<String>,
     public_url: Option<String>,
     notifications: Vec<Notification>,
+    remind_after: Duration,
 }
 
 /// What a status or a notification is about.
@@ -66,7 +67,17 @@ impl Teller {
                 .collect(),
             public_url: config.public_url.clone(),
             notifications: config.notifications.clone(),
+            remind_after: config.worker.remind_failures_after,
         }
+    }
+
+    /// Whether a failure marked on a service is told now: a new one is; one that persists
+    /// again once `remind_after` × 2^(times told − 1) passed (at most a day), so a failure
+    /// left alone is heard of less and less, never every reconcile pass. `told` is the
+    /// service's `fleetsync:failure-told` tag; answers the tag's next value, and `Some(times
+    /// told before)` when this one is told.
+    pub fn remind(&self, known: bool, told: Option<&str>, now: u64) -> (Option<u32>, String) {
+        remind(self.remind_after.as_secs(), known, told, now)
     }
 
     /// Whether any sink is configured: without one, nothing is worth reading ECS for.
@@ -336,6 +347,29 @@ async fn roll_up(host: &hosts::Host<'_>, job: &StatusJob, rollup: &Rollup) -> Re
     Ok(())
 }
 
+/// [`Teller::remind`] with the spacing `base` in seconds.
+fn remind(base: u64, known: bool, told: Option<&str>, now: u64) -> (Option<u32>, String) {
+    let parsed = told.and_then(|t| {
+        let (at, count) = t.split_once(' ')?;
+        Some((at.parse::<u64>().ok()?, count.parse::<u32>().ok()?))
+    });
+    match (known, parsed) {
+        (false, _) => (Some(0), format!("{now} 1")),
+        // Marked before reminders existed: counts as told now.
+        (true, None) => (None, format!("{now} 1")),
+        (true, Some((at, count))) => {
+            let spacing = base
+                .saturating_mul(1 << count.saturating_sub(1).min(16))
+                .min(86_400);
+            if base > 0 && now >= at.saturating_add(spacing) {
+                (Some(count), format!("{now} {}", count + 1))
+            } else {
+                (None, format!("{at} {count}"))
+            }
+        }
+    }
+}
+
 /// `text` on one line within [`MAX_DESCRIPTION`] characters: it may come from a commit.
 fn bounded(text: &str) -> String {
     let line: String = text
@@ -372,6 +406,30 @@ mod tests {
         let cut = bounded(&long);
         assert_eq!(cut.chars().count(), MAX_DESCRIPTION);
         assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn a_failure_that_persists_is_told_less_and_less_often() {
+        let hour = 3600;
+        assert_eq!(
+            remind(hour, false, Some("5 3"), 100),
+            (Some(0), "100 1".into())
+        );
+        assert_eq!(
+            remind(hour, true, Some("100 1"), 100 + hour - 1),
+            (None, "100 1".into())
+        );
+        let (told, tag) = remind(hour, true, Some("100 1"), 100 + hour);
+        assert_eq!((told, tag.as_str()), (Some(1), "3700 2"));
+        // Twice as long before the next, then four times, capped at a day.
+        assert_eq!(remind(hour, true, Some("3700 2"), 3700 + hour).0, None);
+        assert_eq!(
+            remind(hour, true, Some("3700 2"), 3700 + 2 * hour).0,
+            Some(2)
+        );
+        assert_eq!(remind(hour, true, Some("0 30"), 86_400).0, Some(30));
+        assert_eq!(remind(0, true, Some("0 1"), 1 << 40).0, None);
+        assert_eq!(remind(hour, true, None, 7), (None, "7 1".into()));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub mod tag {
     /// `PreflightRefused`, `DependenciesNotLive` or the AWS error code), a space, and the
     /// commit. One tag for both: ECS allows 50 per resource.
     pub const FAILURE: &str = "fleetsync:failure";
+    /// When the failure marked was last told, and how many times: `<unix seconds> <count>`.
+    pub const FAILURE_TOLD: &str = "fleetsync:failure-told";
     /// On services: the id of the deployment fleetsync's last update started, so an attempt
     /// that resumes watching it follows that deployment, not whichever one runs its task
     /// definition (the circuit breaker's rollback of a change to service fields alone runs the

@@ -245,11 +245,14 @@ pub async fn apply(
     {
         // Announced where it is marked, once per mark: reconcile meeting the same refusal on
         // every pass stays quiet.
-        let fresh = record_failure(ecs, job, e).await;
-        if fresh && let Some(teller) = watch.teller {
-            teller
-                .notify(told::notifications(teller, job, &told::failure(e)))
-                .await;
+        if let Some(teller) = watch.teller
+            && let Some(times) = record_failure(ecs, job, e, teller).await
+        {
+            let mut told = told::failure(e);
+            if times > 0 {
+                told.description = format!("still failing (told {times}×): {}", told.description);
+            }
+            teller.notify(told::notifications(teller, job, &told)).await;
         }
     }
     result
@@ -258,28 +261,35 @@ pub async fn apply(
 /// Marks a spec that failed for good on its service (true: a mark it did not have yet), when there is one, for the status API and
 /// reconcile's quarantine (`status::quarantined`). A rollback marks its own, with the tags it
 /// restores.
-async fn record_failure(ecs: &Ecs, job: &SyncJob, failure: &Error) -> bool {
+async fn record_failure(ecs: &Ecs, job: &SyncJob, failure: &Error, teller: &Teller) -> Option<u32> {
     let app = &job.app;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let marked = async {
         let Some(live) = ecs
             .describe_service(&app.cluster, app.service_name())
             .await?
         else {
-            return Ok(true);
+            return Ok(Some(0));
         };
-        // The same failure of the same spec, marked by an earlier attempt: not news.
+        // The same failure of the same spec, marked by an earlier attempt: news again only
+        // as a reminder.
         let known = live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash)
             && live
                 .tags
                 .get(tag::FAILURE)
                 .is_some_and(|m| m.starts_with(&format!("{} {} ", failure.code(), app.commit)));
-        ecs.tag_resource(&live.arn, &failure_tags(job, failure))
-            .await?;
-        Ok::<_, ecs::Error>(!known)
+        let told = live.tags.get(tag::FAILURE_TOLD).map(String::as_str);
+        let (times, told) = teller.remind(known, told, now);
+        let mut tags = failure_tags(job, failure);
+        tags.push((tag::FAILURE_TOLD.to_owned(), told));
+        ecs.tag_resource(&live.arn, &tags).await?;
+        Ok::<_, ecs::Error>(times)
     };
     marked.await.unwrap_or_else(|e| {
         warn!(message = "Cannot mark the failed spec on its service.", error = %e);
-        true
+        Some(0)
     })
 }
 
@@ -577,7 +587,7 @@ async fn apply_once(
             // A spec applied again after it failed (through the API, say) is no longer failed;
             // if this rollout fails too, the rollback marks it again.
             if live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash) {
-                for key in [tag::FAILED_SPEC_HASH, tag::FAILURE] {
+                for key in [tag::FAILED_SPEC_HASH, tag::FAILURE, tag::FAILURE_TOLD] {
                     tags.push((key.into(), String::new()));
                 }
             }

@@ -721,8 +721,9 @@ async fn notifications_tell_each_sink_once_per_transition_and_repeats_stay_quiet
     let slack_secret = write("slack-url", &format!("{slack_url}/services/T0/B0/x"));
     let hook_secret = write("hook-secret", "shh-notify");
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest("notify-token"));
+    // Inside the harness's `worker:`: a failure left alone is told again after 10 s, 20 s, …
     let extra = format!(
-        "api:\n  tokens:\n    - {{ name: ops, sha256: {digest}, scopes: [admin] }}\nnotifications:\n  - slack: {{ webhookUrl: file:{slack_secret} }}\n    on: [failed, rolledBack, refused]\n    environments: [staging]\n  - webhook: {{ url: {hook_url}/hook, secret: file:{hook_secret} }}\n    on: [any]\n  - sns: {{ topicArn: {topic_arn} }}\n    on: [refused, rolledBack]\n"
+        "  remindFailuresAfter: 10s\napi:\n  tokens:\n    - {{ name: ops, sha256: {digest}, scopes: [admin] }}\nnotifications:\n  - slack: {{ webhookUrl: file:{slack_secret} }}\n    on: [failed, rolledBack, refused]\n    environments: [staging]\n  - webhook: {{ url: {hook_url}/hook, secret: file:{hook_secret} }}\n    on: [any]\n  - sns: {{ topicArn: {topic_arn} }}\n    on: [refused, rolledBack]\n"
     );
     let config = config(dir.path(), &repo.file_url(), &queue_url, &extra);
     let receiver = Receiver::start(&config, &emulator.aws).await;
@@ -763,6 +764,7 @@ async fn notifications_tell_each_sink_once_per_transition_and_repeats_stay_quiet
         posts(&slack).first().cloned()
     })
     .await;
+    let first_told = std::time::Instant::now();
     let text = slack_refused["body"]["text"].as_str().unwrap();
     assert!(
         text.starts_with(&format!(
@@ -771,14 +773,17 @@ async fn notifications_tell_each_sink_once_per_transition_and_repeats_stay_quiet
         )),
         "{text}"
     );
-    let again = reqwest::Client::new()
-        .post(format!("{}/api/v1/sync", receiver.url))
-        .bearer_auth("notify-token")
-        .body(r#"{"repo": "platform", "environment": "staging", "app": "api", "reason": "again"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 202);
+    let sync_again = || async {
+        let again = reqwest::Client::new()
+            .post(format!("{}/api/v1/sync", receiver.url))
+            .bearer_auth("notify-token")
+            .body(r#"{"repo": "platform", "environment": "staging", "app": "api", "reason": "again"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 202);
+    };
+    sync_again().await;
     // The second refusal ends (its failure marked again) without a second message.
     eventually(Duration::from_secs(60), "the second refusal", || async {
         (emulator.queue_depth(&queue_url).await == 0).then_some(())
@@ -823,4 +828,25 @@ async fn notifications_tell_each_sink_once_per_transition_and_repeats_stay_quiet
             &json!(refused.to_string())
         )
     );
+
+    // Left alone past the reminder's spacing, the refusal is told again, saying so; the next
+    // time within the doubled spacing is quiet again.
+    tokio::time::sleep(Duration::from_secs(11).saturating_sub(first_told.elapsed())).await;
+    sync_again().await;
+    let reminder = eventually(Duration::from_secs(60), "the reminder", || async {
+        posts(&slack).get(1).cloned()
+    })
+    .await;
+    let text = reminder["body"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("still failing (told 1×): PreflightRefused"),
+        "{text}"
+    );
+    sync_again().await;
+    eventually(Duration::from_secs(60), "the third refusal", || async {
+        (emulator.queue_depth(&queue_url).await == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(posts(&slack).len(), 2, "{:?}", posts(&slack));
 }
