@@ -281,6 +281,9 @@ pub enum Event {
     /// Preflight, policy or a config that does not resolve stopped it before ECS.
     Refused,
     Superseded,
+    /// Every app of a pull request's preview runs its head (told by the PR comment's worker,
+    /// so for repos with a `gitHost`).
+    PreviewReady,
     Any,
 }
 

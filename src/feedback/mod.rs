@@ -178,13 +178,14 @@ impl Teller {
         let comments: Vec<CommentJob> = statuses
             .iter()
             .filter_map(|s| {
-                let (number, app) = s.preview.as_ref()?;
+                let of = s.preview.as_ref()?;
                 let change = PreviewChange::App {
-                    app: app.clone(),
+                    app: of.app.clone(),
                     state: s.state,
                     description: s.description.clone(),
+                    environment: of.environment.clone(),
                 };
-                Some(CommentJob::new(&s.repo, *number, &s.commit, change))
+                Some(CommentJob::new(&s.repo, of.number, &s.commit, change))
             })
             .collect();
         self.send_comments(comments).await;
@@ -269,8 +270,9 @@ impl Hosts {
         })
     }
 
-    /// Changes a preview's pull request comment (and its Deployment, on GitHub).
-    pub async fn comment(&self, job: &CommentJob) -> Result<(), Error> {
+    /// Changes a preview's pull request comment (and its Deployment, on GitHub); `Some(apps)`
+    /// when this change made every app of the head run.
+    pub async fn comment(&self, job: &CommentJob) -> Result<Option<usize>, Error> {
         self.host(&job.repo, hosts::Purpose::Comment)?
             .comment(job)
             .await

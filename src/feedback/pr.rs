@@ -75,6 +75,7 @@ impl Board {
                 app,
                 state,
                 description,
+                ..
             } => {
                 if let Some(shown) = self.apps.get_mut(app).filter(|_| !newer)
                     && !shown.0.is_final()
@@ -200,7 +201,7 @@ fn short(commit: &str) -> &str {
 impl Host<'_> {
     /// Applies `job` to its pull request's comment (created on the first change), and on
     /// GitHub to the head's Deployment.
-    pub async fn comment(&self, job: &CommentJob) -> Result<(), Error> {
+    pub async fn comment(&self, job: &CommentJob) -> Result<Option<usize>, Error> {
         let found = self.find_comment(job.number).await?;
         let before = found
             .as_ref()
@@ -211,8 +212,11 @@ impl Host<'_> {
         if self.config.provider == HostKind::Github {
             self.deploy(job, &before, &board).await?;
         }
+        let ready = (board.overall() == Some(Overall::Success)
+            && (before.overall() != Some(Overall::Success) || before.commit != board.commit))
+            .then_some(board.apps.len());
         if found.is_some() && board == before {
-            return Ok(());
+            return Ok(None);
         }
         let body = board.render(job.number);
         let (api, project, n) = (&self.config.api, &self.config.project, job.number);
@@ -247,7 +251,8 @@ impl Host<'_> {
             HostKind::Bitbucket => json!({"content": {"raw": body}}),
             _ => json!({"body": body}),
         };
-        self.send_json(method, &url, &body).await.map(drop)
+        self.send_json(method, &url, &body).await?;
+        Ok(ready)
     }
 
     /// fleetsync's comment on pull request `number`: its id and body.
@@ -384,6 +389,7 @@ mod tests {
             app: app.into(),
             state,
             description: format!("{state:?}"),
+            environment: "staging".into(),
         }
     }
 

@@ -212,6 +212,7 @@ fn text(job: &NotifyJob) -> String {
         Event::RolledBack => "rolled back",
         Event::Refused => "refused",
         Event::Superseded => "superseded",
+        Event::PreviewReady => "preview ready",
         Event::Any => "",
     };
     let short = job.commit.get(..7).unwrap_or(&job.commit);
@@ -229,6 +230,7 @@ fn event_name(event: Event) -> &'static str {
         Event::RolledBack => "rolledBack",
         Event::Refused => "refused",
         Event::Superseded => "superseded",
+        Event::PreviewReady => "previewReady",
         Event::Any => "any",
     }
 }

@@ -221,9 +221,19 @@ pub struct StatusJob {
     /// the push has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollup: Option<Rollup>,
-    /// A preview app's status: (pull request number, app), for its comment.
+    /// A preview app's status, for its pull request's comment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preview: Option<(u64, String)>,
+    pub preview: Option<PreviewOf>,
+}
+
+/// The preview an app's status belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewOf {
+    pub number: u64,
+    pub app: String,
+    /// `previews.from`: what notifications are filtered by.
+    pub environment: String,
 }
 
 /// The roll-up status of a push that fanned out: its context, `fleetsync/<environment>`,
@@ -335,6 +345,9 @@ pub enum PreviewChange {
         app: String,
         state: StatusState,
         description: String,
+        /// `previews.from`.
+        #[serde(default)]
+        environment: String,
     },
     /// Nothing deploys, and why: a draft, a fork, a label, the budget, a head that does not
     /// resolve.

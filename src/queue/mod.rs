@@ -14,7 +14,7 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 pub use job::{
-    CommentJob, Job, NotifyJob, PreviewChange, PruneJob, RollbackJob, Rollup, StatusJob,
+    CommentJob, Job, NotifyJob, PreviewChange, PreviewOf, PruneJob, RollbackJob, Rollup, StatusJob,
     StatusState, SyncJob, TeardownJob, Trigger, TriggerKind,
 };
 

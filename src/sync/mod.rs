@@ -26,12 +26,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
 
-use crate::config::{Config, WorkerConfig};
+use crate::config::{Config, Event, WorkerConfig};
 use crate::ecs::budget::{Budget, Rate};
 use crate::ecs::{self, Ecs};
-use crate::feedback::{Hosts, Posted, Sinks, Teller};
+use crate::feedback::{About, Hosts, Posted, Sinks, Teller};
 use crate::preflight::{self, Finding, Preflight};
-use crate::queue::{CommentJob, Job, NotifyJob, Queue, Received, StatusJob, SyncJob};
+use crate::queue::{
+    CommentJob, Job, NotifyJob, PreviewChange, Queue, Received, StatusJob, SyncJob,
+};
 use crate::repo::{self, Mirror, MirrorSources};
 
 #[derive(Debug, thiserror::Error)]
@@ -796,7 +798,24 @@ impl Worker {
 
     /// Applies one change to a preview's pull request comment.
     async fn post_comment(&self, job: &CommentJob, receipt: &str, receive_count: u32) {
-        let posted = self.hosts.comment(job).await.map(|()| {
+        let posted = self.hosts.comment(job).await;
+        if let (Ok(Some(apps)), PreviewChange::App { environment, .. }) = (&posted, &job.change) {
+            let about = About {
+                repo: &job.repo,
+                commit: &job.commit,
+                environment,
+                app: None,
+            };
+            let preview = crate::resolve::preview::name(job.number);
+            let summary = format!("preview {preview}: {apps} apps deployed");
+            let news = self.teller.notifications(
+                (about, &preview),
+                (Event::PreviewReady, "PreviewReady"),
+                &summary,
+            );
+            self.teller.notify(news).await;
+        }
+        let posted = posted.map(|_| {
             info!(message = "Preview comment written.", event = "comment", change = ?job.change);
             "posted"
         });

@@ -4,7 +4,7 @@ use super::{Error, Outcome};
 use crate::config::Event;
 use crate::ecs::task_definition_id;
 use crate::feedback::{About, Teller};
-use crate::queue::{NotifyJob, Rollup, StatusJob, StatusState, SyncJob};
+use crate::queue::{NotifyJob, PreviewOf, Rollup, StatusJob, StatusState, SyncJob};
 
 pub(super) fn app_status(
     teller: &Teller,
@@ -25,7 +25,11 @@ pub(super) fn app_status(
         description,
     );
     if let Some(number) = app.preview {
-        status.preview = Some((number, app.name.clone()));
+        status.preview = Some(PreviewOf {
+            number,
+            app: app.name.clone(),
+            environment: app.environment.clone(),
+        });
         status.target_url = teller.previews_link();
     }
     if state.is_final() && job.fan_out > 1 {

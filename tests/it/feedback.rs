@@ -239,6 +239,8 @@ async fn answer(State(host): State<StandIn>, request: Request) -> Response {
             host.deployment_statuses.lock().unwrap().push(status.clone());
             (StatusCode::CREATED, axum::Json(status)).into_response()
         }
+        // A notification sink's URL.
+        (_, "POST", _) => (StatusCode::CREATED, axum::Json(json!({}))).into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -619,6 +621,7 @@ async fn each_host_gets_the_status_in_its_own_words() {
             app: "payments".into(),
             state: StatusState::Success,
             description: "deployed production-payments-pr-12:1".into(),
+            environment: "production".into(),
         };
         hosts
             .comment(&CommentJob::new("platform", 12, "0123abc", change))

@@ -25,11 +25,12 @@ struct Setup {
 
 /// example-repo with `previews:` (plus `extra` keys) on main, and a receiver watching it.
 async fn setup(extra: &str) -> Setup {
-    setup_with(extra, "").await
+    setup_with(extra, ("", "")).await
 }
 
-/// [`setup`] with `repo_extra` keys on the watched repo (a `gitHost`).
-async fn setup_with(extra: &str, repo_extra: &str) -> Setup {
+/// [`setup`] with `repo_extra` keys on the watched repo (a `gitHost`) and `server_extra` in
+/// the server config.
+async fn setup_with(extra: &str, (repo_extra, server_extra): (&str, &str)) -> Setup {
     let emulator = Emulator::start().await;
     let queue_url = emulator.create_queue("fleetsync.fifo").await;
     emulator.create_clusters(CLUSTERS).await;
@@ -43,12 +44,10 @@ async fn setup_with(extra: &str, repo_extra: &str) -> Setup {
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(TOKEN));
     std::fs::write(&digests, digest).unwrap();
     let api = format!(
-        "api:\n  tokenHashes: file:{}\n  publicUrl: https://fleetsync.example.com\n",
+        "api:\n  tokenHashes: file:{}\n  publicUrl: https://fleetsync.example.com\n{server_extra}",
         digests.display()
     );
-    let repo_extra = repo_extra.replace("DIR", &dir.path().display().to_string());
-    let config =
-        config_with_repo_extra(dir.path(), &repo.file_url(), &queue_url, &repo_extra, &api);
+    let config = config_with_repo_extra(dir.path(), &repo.file_url(), &queue_url, repo_extra, &api);
     let receiver = Receiver::start(&config, &emulator.aws).await;
     Setup {
         emulator,
@@ -755,11 +754,23 @@ async fn gitlab_gitea_and_bitbucket_pull_requests_open_previews() {
 /// checked against GitHub's OpenAPI description.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pull_request_hears_of_its_preview_in_one_comment_and_a_deployment() {
-    let (host, url) = crate::feedback::StandIn::start(fleetsync::config::HostKind::Github).await;
-    let git_host =
-        format!("    gitHost: {{ api: {url}, provider: github, token: file:DIR/token }}\n");
-    let s = setup_with("", &git_host).await;
-    std::fs::write(s._dir.path().join("token"), "ghp_previews").unwrap();
+    use crate::feedback::StandIn;
+    use fleetsync::config::HostKind;
+    let (host, url) = StandIn::start(HostKind::Github).await;
+    let (sink, sink_url) = StandIn::start(HostKind::Gitea).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let (token, hook_secret) = (secrets.path().join("token"), secrets.path().join("hook"));
+    std::fs::write(&token, "ghp_previews").unwrap();
+    std::fs::write(&hook_secret, "shh").unwrap();
+    let git_host = format!(
+        "    gitHost: {{ api: {url}, provider: github, token: file:{} }}\n",
+        token.display()
+    );
+    let notifications = format!(
+        "notifications:\n  - webhook: {{ url: {sink_url}/hook, secret: file:{} }}\n    on: [previewReady]\n",
+        hook_secret.display()
+    );
+    let s = setup_with("", (&git_host, &notifications)).await;
     let _worker = start_worker(&s.config, &s.emulator.aws);
     let comment = || -> String {
         let comments = host.comments.lock().unwrap();
@@ -801,6 +812,35 @@ async fn the_pull_request_hears_of_its_preview_in_one_comment_and_a_deployment()
         comment().contains("deployed staging-api-pr-7:2"),
         "{}",
         comment()
+    );
+    // Told once per head that became ready, and nothing else.
+    let ready = eventually(LIMIT, "previewReady for both heads", || async {
+        let posts: Vec<Value> = sink
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r["method"] == "POST")
+            .map(|r| r["body"].clone())
+            .collect();
+        (posts.len() >= 2).then_some(posts)
+    })
+    .await;
+    let told: Vec<(&str, &str, &str)> = ready
+        .iter()
+        .map(|b| {
+            let text = |k: &str| b[k].as_str().unwrap_or_default();
+            (text("event"), text("commit"), text("summary"))
+        })
+        .collect();
+    let summary = format!("preview pr-7: {} apps deployed", APPS.len());
+    let (head_id, next_id) = (head.to_string(), next.to_string());
+    assert_eq!(
+        told,
+        [
+            ("previewReady", head_id.as_str(), summary.as_str()),
+            ("previewReady", next_id.as_str(), summary.as_str())
+        ]
     );
 
     // One Deployment per head, as GitHub wants a preview's.
