@@ -80,6 +80,11 @@ impl Teller {
         remind(self.remind_after.as_secs(), known, told, now)
     }
 
+    /// Whether pushes of `repo` get a roll-up status, and with it a digest.
+    pub fn rolls_up(&self, repo: &str) -> bool {
+        self.repos.contains(repo)
+    }
+
     /// Whether any sink is configured: without one, nothing is worth reading ECS for.
     pub fn notifies(&self) -> bool {
         !self.notifications.is_empty()
@@ -278,8 +283,9 @@ impl Hosts {
             .await
     }
 
-    /// Posts `job` on its repo's host unless the host already shows it or a later state.
-    pub async fn post(&self, job: &StatusJob) -> Result<Posted, Error> {
+    /// Posts `job` on its repo's host unless the host already shows it or a later state; with
+    /// the roll-up it ended, if it ended one.
+    pub async fn post(&self, job: &StatusJob) -> Result<(Posted, Option<StatusJob>), Error> {
         let host = self.host(&job.repo, hosts::Purpose::Status)?;
         let posted = match host.current(job).await? {
             Some((state, _)) if state.is_final() || state > job.state => Posted::Behind,
@@ -294,18 +300,23 @@ impl Hosts {
         // After the app's own end, so that of two apps ending at once, the one that reads
         // last sees both ended. Also when it was posted before: a retry may come from a
         // roll-up that failed.
+        let mut ended = None;
         if let Some(rollup) = &job.rollup
             && job.state.is_final()
         {
-            roll_up(&host, job, rollup).await?;
+            ended = roll_up(&host, job, rollup).await?;
         }
-        Ok(posted)
+        Ok((posted, ended))
     }
 }
 
 /// Ends the environment's roll-up once every app of the push has ended on the commit:
 /// failure naming the apps that failed, else superseded, else success.
-async fn roll_up(host: &hosts::Host<'_>, job: &StatusJob, rollup: &Rollup) -> Result<(), Error> {
+async fn roll_up(
+    host: &hosts::Host<'_>,
+    job: &StatusJob,
+    rollup: &Rollup,
+) -> Result<Option<StatusJob>, Error> {
     let prefix = format!("{}/", rollup.context);
     let ended: Vec<(String, StatusState)> = host
         .list(&job.commit)
@@ -317,7 +328,7 @@ async fn roll_up(host: &hosts::Host<'_>, job: &StatusJob, rollup: &Rollup) -> Re
         })
         .collect();
     if ended.len() < rollup.apps as usize {
-        return Ok(());
+        return Ok(None);
     }
     let total = ended.len();
     let failed: Vec<&str> = ended
@@ -342,11 +353,12 @@ async fn roll_up(host: &hosts::Host<'_>, job: &StatusJob, rollup: &Rollup) -> Re
     let mut status = StatusJob::new(&job.repo, &job.commit, rollup.context.clone(), state);
     status.description = bounded(&description);
     status.target_url = rollup.target_url.clone();
-    if !matches!(host.current(&status).await?, Some((s, _)) if s.is_final()) {
-        host.create(&status).await?;
-        tracing::info!(message = "Roll-up status posted.", event = "status", context = %status.context, state = ?state, description = %status.description);
+    if matches!(host.current(&status).await?, Some((s, _)) if s.is_final()) {
+        return Ok(None);
     }
-    Ok(())
+    host.create(&status).await?;
+    tracing::info!(message = "Roll-up status posted.", event = "status", context = %status.context, state = ?state, description = %status.description);
+    Ok(Some(status))
 }
 
 /// [`Teller::remind`] with the spacing `base` in seconds.

@@ -32,7 +32,7 @@ use crate::ecs::{self, Ecs};
 use crate::feedback::{About, Hosts, Posted, Sinks, Teller};
 use crate::preflight::{self, Finding, Preflight};
 use crate::queue::{
-    CommentJob, Job, NotifyJob, PreviewChange, Queue, Received, StatusJob, SyncJob,
+    CommentJob, Job, NotifyJob, PreviewChange, Queue, Received, StatusJob, StatusState, SyncJob,
 };
 use crate::repo::{self, Mirror, MirrorSources};
 
@@ -679,7 +679,11 @@ impl Worker {
                 if let Some(told) = told::ended(job, &result, attempt.last_receive) {
                     let status = told::app_status(&self.teller, job, told.state, &told.description);
                     self.teller.tell(vec![status]).await;
-                    if !told::announced_by_apply(&result) {
+                    // A push that fanned out tells its successes once, in the roll-up's digest.
+                    let in_digest = told.event == Event::Deployed
+                        && job.fan_out > 1
+                        && self.teller.rolls_up(&job.repo);
+                    if !told::announced_by_apply(&result) && !in_digest {
                         let news = told::notifications(&self.teller, job, &told);
                         self.teller.notify(news).await;
                     }
@@ -775,7 +779,11 @@ impl Worker {
 
     /// Posts one commit status on its Git host.
     async fn post_status(&self, job: &StatusJob, receipt: &str, receive_count: u32) {
-        let posted = self.hosts.post(job).await.map(|posted| {
+        let posted = self.hosts.post(job).await;
+        if let Ok((_, Some(rollup))) = &posted {
+            self.tell_digest(job, rollup).await;
+        }
+        let posted = posted.map(|(posted, _)| {
             info!(message = "Commit status posted.", event = "status", state = ?job.state, description = %job.description, ?posted);
             match posted {
                 Posted::Posted => "posted",
@@ -794,6 +802,28 @@ impl Worker {
         };
         self.settle("status", failed, again, (receipt, receive_count))
             .await;
+    }
+
+    /// One message per push and environment that fanned out, once its roll-up ended.
+    async fn tell_digest(&self, job: &StatusJob, rollup: &StatusJob) {
+        let Some(environment) = rollup.context.strip_prefix("fleetsync/") else {
+            return;
+        };
+        let (event, code) = match rollup.state {
+            StatusState::Success => (Event::Deployed, "PushDeployed"),
+            StatusState::Superseded => (Event::Superseded, "PushSuperseded"),
+            _ => (Event::Failed, "PushFailed"),
+        };
+        let about = About {
+            repo: &job.repo,
+            commit: &job.commit,
+            environment,
+            app: None,
+        };
+        let news =
+            self.teller
+                .notifications((about, &rollup.context), (event, code), &rollup.description);
+        self.teller.notify(news).await;
     }
 
     /// Applies one change to a preview's pull request comment.

@@ -264,6 +264,11 @@ struct Fleet {
 }
 
 async fn fleet(host_url: &str) -> Fleet {
+    fleet_with(host_url, "").await
+}
+
+/// [`fleet`] with `server_extra` in the server config (its `notifications`).
+async fn fleet_with(host_url: &str, server_extra: &str) -> Fleet {
     let emulator = Emulator::start().await;
     emulator.create_clusters(&["staging", "production"]).await;
     let queue_url = emulator.create_queue("fleetsync.fifo").await;
@@ -275,8 +280,9 @@ async fn fleet(host_url: &str) -> Fleet {
         "    gitHost: {{ api: {host_url}, provider: github, token: file:{} }}\n",
         token.display()
     );
-    let extra = "api:\n  publicUrl: https://fleetsync.example.com/\n";
-    let config = config_with_repo_extra(dir.path(), &repo.file_url(), &queue_url, &git_host, extra);
+    let extra = format!("api:\n  publicUrl: https://fleetsync.example.com/\n{server_extra}");
+    let config =
+        config_with_repo_extra(dir.path(), &repo.file_url(), &queue_url, &git_host, &extra);
     let receiver = Receiver::start(&config, &emulator.aws).await;
     let worker = start_worker(&config, &emulator.aws);
     Fleet {
@@ -334,7 +340,14 @@ pub(crate) fn assert_github_contract(host: &StandIn) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_shows_on_its_commit_queued_rolling_out_then_deployed_through_an_outage() {
     let (host, url) = StandIn::start(HostKind::Github).await;
-    let f = fleet(&url).await;
+    let (sink, sink_url) = StandIn::start(HostKind::Gitea).await;
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "shh").unwrap();
+    let notifications = format!(
+        "notifications:\n  - webhook: {{ url: {sink_url}/hook, secret: file:{} }}\n    on: [deployed]\n",
+        secret.path().display()
+    );
+    let f = fleet_with(&url, &notifications).await;
     // The host's bad minute starts with the push: statuses wait it out, none is lost.
     host.outage.store(4, Ordering::SeqCst);
     let head = f.repo.head("staging");
@@ -378,6 +391,32 @@ async fn a_push_shows_on_its_commit_queued_rolling_out_then_deployed_through_an_
             ("success".to_owned(), "4 apps deployed".to_owned()),
         ]
     );
+    // Sinks hear of the push once, in a digest, not once per app.
+    let digest = eventually(Duration::from_secs(30), "the digest", || async {
+        let requests = sink.requests.lock().unwrap();
+        requests
+            .iter()
+            .find(|r| r["method"] == "POST")
+            .map(|r| r["body"].clone())
+    })
+    .await;
+    assert_eq!(
+        (&digest["event"], &digest["environment"], &digest["app"]),
+        (&json!("deployed"), &json!("staging"), &Value::Null)
+    );
+    assert_eq!(
+        (&digest["code"], &digest["summary"]),
+        (&json!("PushDeployed"), &json!("4 apps deployed"))
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let told = sink
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "POST")
+        .count();
+    assert_eq!(told, 1);
     let posted = host.posted.lock().unwrap().clone();
     assert!(posted.iter().all(|(commit, _)| *commit == head.to_string()));
     let api_status = posted
@@ -539,7 +578,7 @@ async fn each_host_gets_the_status_in_its_own_words() {
             StatusState::RollingOut,
         );
         job.description = "rolling out production-payments:7".into();
-        assert_eq!(hosts.post(&job).await.unwrap(), Posted::Posted);
+        assert_eq!(hosts.post(&job).await.unwrap().0, Posted::Posted);
         let requests = host.requests.lock().unwrap().clone();
         let post = requests.iter().find(|r| r["method"] == "POST").unwrap();
         let (path, body, auth) = (&post["path"], &post["body"], &post["authorization"]);
@@ -588,15 +627,20 @@ async fn each_host_gets_the_status_in_its_own_words() {
             job
         };
         let paid = end(&context, StatusState::Success);
-        assert_eq!(hosts.post(&paid).await.unwrap(), Posted::Posted);
+        assert_eq!(hosts.post(&paid).await.unwrap(), (Posted::Posted, None));
         assert_eq!(host.by_context().get(&rollup.context), None);
         let ledger = end(
             "fleetsync/production-eu-west-1/ledger",
             StatusState::Failure,
         );
-        assert_eq!(hosts.post(&ledger).await.unwrap(), Posted::Posted);
+        let (posted, ended) = hosts.post(&ledger).await.unwrap();
+        assert_eq!(posted, Posted::Posted);
+        assert_eq!(
+            ended.map(|r| r.description).as_deref(),
+            Some("1 of 2 apps failed: ledger")
+        );
         // An end the host shows already is not posted again.
-        assert_eq!(hosts.post(&ledger).await.unwrap(), Posted::Behind);
+        assert_eq!(hosts.post(&ledger).await.unwrap(), (Posted::Behind, None));
         let failed = match kind {
             HostKind::Gitlab => "failed",
             HostKind::Gitea => "failure",
