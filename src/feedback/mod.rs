@@ -249,12 +249,10 @@ impl Hosts {
                 by_repo.insert(repo.name.clone(), (host.clone(), token, repo.url.clone()));
             }
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("fleetsync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("a client with a timeout and a user agent builds");
-        Ok(Hosts { by_repo, client })
+        Ok(Hosts {
+            by_repo,
+            client: http_client(),
+        })
     }
 
     fn host<'a>(
@@ -382,6 +380,15 @@ fn remind(base: u64, known: bool, told: Option<&str>, now: u64) -> (Option<u32>,
             }
         }
     }
+}
+
+/// The HTTP client hosts and sinks are called with: a host that hangs holds a job 10 s at most.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .user_agent(concat!("fleetsync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("a client with a timeout and a user agent builds")
 }
 
 /// `text` on one line within [`MAX_DESCRIPTION`] characters: it may come from a commit.

@@ -84,11 +84,7 @@ impl Sinks {
                 },
             });
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("fleetsync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("a client with a timeout and a user agent builds");
+        let client = super::http_client();
         Ok(Sinks {
             sinks,
             client,

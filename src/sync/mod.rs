@@ -798,7 +798,7 @@ impl Worker {
         let again = || async {
             let mut copy = job.clone();
             copy.generation += 1;
-            self.queue.send_statuses(&[copy]).await
+            self.queue.send_statuses(&[copy]).await.map(|()| true)
         };
         self.settle("status", failed, again, (receipt, receive_count))
             .await;
@@ -856,7 +856,7 @@ impl Worker {
         let again = || async {
             let mut copy = job.clone();
             copy.generation += 1;
-            self.queue.send_comments(&[copy]).await
+            self.queue.send_comments(&[copy]).await.map(|()| true)
         };
         self.settle("comment", failed, again, (receipt, receive_count))
             .await;
@@ -873,7 +873,7 @@ impl Worker {
             (e.to_string(), retry)
         });
         // Past its receives a notification is dropped: news hours late is noise.
-        let again = || async { Ok(()) };
+        let again = || async { Ok(false) };
         let kind = match self.sinks.kind(job.sink) {
             "slack" => "notify_slack",
             "webhook" => "notify_webhook",
@@ -887,8 +887,9 @@ impl Worker {
     /// Ends a message that delivers something outside fleetsync (a status, a notification):
     /// deleted once delivered or refused for good (a token without the permission never gets
     /// one), hidden for the target's `Retry-After` (or a back-off) when it may take it later,
-    /// and handed to `again` when its receives would run out first.
-    async fn settle<F: Future<Output = Result<(), crate::queue::Error>>>(
+    /// and handed to `again` when its receives would run out first (which answers whether it
+    /// queued it again or drops it).
+    async fn settle<F: Future<Output = Result<bool, crate::queue::Error>>>(
         &self,
         kind: &'static str,
         delivered: Result<&'static str, (String, Option<Option<Duration>>)>,
@@ -904,10 +905,15 @@ impl Worker {
             Err((error, Some(_))) if self.is_last_receive(receive_count) => {
                 warn!(message = "Delivery failed on its last receive.", %error);
                 match again().await {
-                    Ok(()) => self.delete(receipt).await,
-                    Err(e) => warn!(message = "Cannot queue the delivery again.", error = %e),
+                    Ok(queued) => {
+                        self.delete(receipt).await;
+                        if queued { "retrying" } else { "dropped" }
+                    }
+                    Err(e) => {
+                        warn!(message = "Cannot queue the delivery again.", error = %e);
+                        "retrying"
+                    }
                 }
-                "retrying"
             }
             Err((error, Some(after))) => {
                 let backoff = Duration::from_secs(2u64.pow(receive_count.min(9)));
