@@ -138,13 +138,7 @@ impl Setup {
         self.repo.commit("staging", "apps/api/app.yaml", |t| {
             Some(t.unwrap().replace("rollback: true", "rollback: false"))
         });
-        self.repo.commit("staging", "apps/api/taskdef.json", |t| {
-            let t = t.unwrap();
-            let image = "public.ecr.aws/acme/api:";
-            let at = t.find(image).expect("the api image") + image.len();
-            let end = at + t[at..].find('"').unwrap();
-            Some(format!("{}broken{}", &t[..at], &t[end..]))
-        })
+        self.repo.commit_api_image("staging", "broken")
     }
 }
 

@@ -459,13 +459,7 @@ async fn a_rolled_back_rollout_fails_its_commit_and_a_broken_config_fails_its_en
     f.repo.commit("staging", "apps/api/app.yaml", |t| {
         Some(t.unwrap().replace("rollback: true", "rollback: false"))
     });
-    let broken = f.repo.commit("staging", "apps/api/taskdef.json", |t| {
-        let t = t.unwrap();
-        let image = "public.ecr.aws/acme/api:";
-        let at = t.find(image).expect("the api image") + image.len();
-        let end = at + t[at..].find('"').unwrap();
-        Some(format!("{}broken{}", &t[..at], &t[end..]))
-    });
+    let broken = f.repo.commit_api_image("staging", "broken");
     // As a host reports it: the push moved the branch from `head`.
     let pushed = f
         .receiver
@@ -799,13 +793,7 @@ async fn notifications_tell_each_sink_once_per_transition_and_repeats_stay_quiet
 
     // An app whose secret is gone: refused before ECS, and again when synced through the API.
     emulator.delete_secret("staging/api/stripe-api-key").await;
-    let refused = repo.commit("staging", "apps/api/taskdef.json", |t| {
-        let t = t.unwrap();
-        let image = "public.ecr.aws/acme/api:";
-        let at = t.find(image).expect("the api image") + image.len();
-        let end = at + t[at..].find('"').unwrap();
-        Some(format!("{}1.6.0{}", &t[..at], &t[end..]))
-    });
+    let refused = repo.commit_api_image("staging", "1.6.0");
     assert_eq!(receiver.push("staging", refused, "refused").await.0, 202);
     let slack_refused = eventually(Duration::from_secs(60), "Slack told", || async {
         posts(&slack).first().cloned()

@@ -371,6 +371,18 @@ impl ConfigRepo {
             .unwrap()
     }
 
+    /// Commits api's image at tag `tag` on `branch` (the emulator's ECS never starts tag
+    /// `broken`).
+    pub fn commit_api_image(&self, branch: &str, tag: &str) -> Oid {
+        self.commit(branch, "apps/api/taskdef.json", |t| {
+            let t = t.expect("example-repo's apps/api/taskdef.json");
+            let image = "public.ecr.aws/acme/api:";
+            let at = t.find(image).expect("the api image") + image.len();
+            let end = at + t[at..].find('"').expect("the image's closing quote");
+            Some(format!("{}{tag}{}", &t[..at], &t[end..]))
+        })
+    }
+
     /// Commits an edit of one file (`None` deletes it) on `branch`, without a work tree.
     pub fn commit(
         &self,

@@ -78,13 +78,7 @@ impl Setup {
 
     /// Commits an api image tag to staging.
     fn commit_api_image(&self, version: &str) -> git2::Oid {
-        self.repo.commit("staging", "apps/api/taskdef.json", |t| {
-            let t = t.unwrap();
-            let image = "public.ecr.aws/acme/api:";
-            let at = t.find(image).expect("the api image") + image.len();
-            let end = at + t[at..].find('"').unwrap();
-            Some(format!("{}{version}{}", &t[..at], &t[end..]))
-        })
+        self.repo.commit_api_image("staging", version)
     }
 
     /// The tags of one task definition revision, as ECS keeps them.
