@@ -350,6 +350,7 @@ def campaign(rng, fleet, aws):
     figures["converge_s"] = "-" if settled is None else f"{settled - quiet:.1f}"
     if settled is None:
         problems.append(f"not every head is live {limit} s after the faults ended: " + "; ".join(missing))
+        problems += post_mortem(aws, fleet)
     duplicates, regressions = registrations(aws)
     figures["duplicate_registrations"] = len(duplicates)
     problems += duplicates + regressions
@@ -364,6 +365,26 @@ def campaign(rng, fleet, aws):
     figures["sqs_connections"] = fleet.gate.accepted
     figures["lost"] = len(missing)
     return figures, problems
+
+
+def post_mortem(aws, fleet):
+    """What a failed run needs to be understood where its logs are gone (CI): who is still
+    running, what the queue holds, and what the processes said that was worse than a retry."""
+    lines = []
+    for name, process, _, _ in fleet.receivers + fleet.workers:
+        code = process.poll()
+        lines.append(f"{name}: {'running' if code is None else f'exited with {code}'}")
+    attributes = aws.sqs.get_queue_attributes(QueueUrl=fleet.queue, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    lines.append(f"queue: {attributes['ApproximateNumberOfMessages']} visible, "
+                 f"{attributes['ApproximateNumberOfMessagesNotVisible']} in flight")
+    for log in sorted(fleet.work.glob("*.log")):
+        if log.name == "calls.log":
+            continue
+        said = [line for line in log.read_text(errors="replace").splitlines()
+                if "panicked" in line or " ERROR " in line or " WARN " in line]
+        lines += [f"{log.stem}: {line[:400]}" for line in said[-8:]]
+    return lines
 
 
 def inject(kind, rng, fleet, endpoint):
