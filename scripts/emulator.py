@@ -136,7 +136,9 @@ Fault control endpoint on the same port (not an AWS API; JSON in and out):
   POST ... {"service": "ecs", "delay_seconds": 2, "seconds": 30}: every call to it is served
       at once but answered that much later: an AWS API slow to answer under load, a change
       already made when its answer arrives (a client that gives up has not undone it).
-      Any of them may add "operation": "Action" to hit only that action. A POST for a service
+      Any of them may add "operation": "Action" to hit only that action, and "times": n to
+      end after answering n calls (a race lost once: e.g. elbv2 CreateRule answering 400
+      PriorityInUse because another writer took the priority). A POST for a service
       replaces its fault; {"service": S, "seconds": 0} ends it.
   GET  /fleetsync-emulator/faults: {"faults": [...active...], "throttled": {"ecs Op": n},
       "faulted": {"sqs Op": n}};   DELETE: ends every fault (counts are kept).
@@ -584,6 +586,10 @@ def _verdict(service, action):
         del _faults[service]
         fault = None
     if fault and fault.get("operation") in (None, action):
+        if fault.get("times") is not None:
+            fault["times"] -= 1
+            if fault["times"] <= 0:
+                del _faults[service]
         return fault
     if service == "ecs" and not _take_token(action):
         return THROTTLED
@@ -646,7 +652,7 @@ def _new_fault(spec):
         fault = {"status": status, "code": spec.get("code", code),
                  "message": spec.get("message", "We encountered an internal error. Please try again.")}
     return service, dict(fault, service=service, operation=spec.get("operation"),
-                         until=time.monotonic() + seconds)
+                         times=spec.get("times"), until=time.monotonic() + seconds)
 
 
 def _faults_app(environ, start_response):

@@ -18,6 +18,7 @@
 //! - [`sync`]: the worker: apply a job, wait for the rollout, roll back on failure.
 //! - [`preflight`]: what an app references exists and is usable, checked before it deploys.
 //! - [`ecs`]: the thin ECS client layer.
+//! - [`ingress`]: a preview app's target group and listener rule on an ALB (`previews.ingress`).
 //! - [`api`]: `POST /api/v1/sync`, a sync asked for by a person, behind hashed bearer tokens.
 //! - [`feedback`]: commit statuses on the Git host, queued by receivers and workers, posted by
 //!   workers.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod dispatch;
 pub mod ecs;
 pub mod feedback;
+pub mod ingress;
 pub mod metrics;
 pub mod preflight;
 pub mod queue;

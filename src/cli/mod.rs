@@ -466,8 +466,25 @@ fn validate(repo: &Path, only: Option<&str>, trusted: &Trusted<'_>) -> anyhow::R
             });
             continue;
         };
+        let snapshot = local.snapshot(commit)?;
+        // What only a preview checks (its hosts, the load balancer's quotas), on the branch
+        // previews copy.
+        if root.previews.as_ref().is_some_and(|p| p.from == env.name) {
+            let preview = resolve::resolve_preview(
+                &snapshot,
+                &trusted.sources,
+                root_path,
+                &root,
+                1,
+                &commit.to_string(),
+            );
+            if let Err(resolve::Error::Invalid(problems)) = preview {
+                let bound = |p: &Problem| p.message.contains("previews.ingress");
+                all.extend(problems.into_iter().filter(bound));
+            }
+        }
         match resolve::resolve_bound(
-            &local.snapshot(commit)?,
+            &snapshot,
             &trusted.sources,
             root_path,
             &root,

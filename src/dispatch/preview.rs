@@ -849,6 +849,7 @@ impl Dispatcher {
                         health: status::live_health(s),
                         running: s.running_count,
                         desired: s.desired_count,
+                        url: s.tags.get(tag::URL).cloned(),
                     })
                     .collect();
                 apps.sort_by(|a, b| a.app.cmp(&b.app));
@@ -895,6 +896,9 @@ pub struct PreviewAppStatus {
     pub health: status::Health,
     pub running: i32,
     pub desired: i32,
+    /// Where it is reached, with `previews.ingress`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// Why a PR that previews are for does not deploy, if it does not.
@@ -952,6 +956,10 @@ fn teardown_jobs(
             app: p.app.clone(),
             service: p.service.clone(),
             family: p.family.clone(),
+            ingress: trusted
+                .previews
+                .as_ref()
+                .is_some_and(|p| p.ingress.is_some()),
         })
         .collect()
 }

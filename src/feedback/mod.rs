@@ -189,6 +189,7 @@ impl Teller {
                     state: s.state,
                     description: s.description.clone(),
                     environment: of.environment.clone(),
+                    url: of.url.clone(),
                 };
                 Some(CommentJob::new(&s.repo, of.number, &s.commit, change))
             })

@@ -32,6 +32,9 @@ pub(super) struct Board {
     apps: BTreeMap<String, (StatusState, String)>,
     held: Option<String>,
     torn_down: bool,
+    /// Where apps are reached, with `previews.ingress`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    urls: BTreeMap<String, String>,
 }
 
 /// A Deployment's state: what the board as a whole says.
@@ -75,8 +78,14 @@ impl Board {
                 app,
                 state,
                 description,
+                url,
                 ..
             } => {
+                if let Some(url) = url
+                    && self.apps.contains_key(app)
+                {
+                    self.urls.insert(app.clone(), super::bounded(url));
+                }
                 if let Some(shown) = self.apps.get_mut(app).filter(|_| !newer)
                     && !shown.0.is_final()
                     && *state >= shown.0
@@ -137,8 +146,13 @@ impl Board {
                     StatusState::Failure => "❌ failed",
                     StatusState::Superseded => "⏭️ superseded",
                 };
+                let reached = self
+                    .urls
+                    .get(app)
+                    .map(|url| format!(" at {}", text(url)))
+                    .unwrap_or_default();
                 out.push_str(&format!(
-                    "| {} | {word}: {} |\n",
+                    "| {} | {word}: {}{reached} |\n",
                     code(app),
                     text(description)
                 ));
@@ -365,6 +379,15 @@ impl Host<'_> {
             if let Some(link) = &job.target_url {
                 body["log_url"] = json!(link);
             }
+            // A Deployment has one address: the first app's, when there is one.
+            if let Some(reached) = after
+                .urls
+                .values()
+                .next()
+                .filter(|_| now != Overall::Inactive)
+            {
+                body["environment_url"] = json!(reached);
+            }
             let url = format!("{url}/{id}/statuses");
             self.send_json(Method::POST, &url, &body).await?;
         }
@@ -390,6 +413,7 @@ mod tests {
             state,
             description: format!("{state:?}"),
             environment: "staging".into(),
+            url: None,
         }
     }
 

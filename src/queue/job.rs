@@ -125,6 +125,9 @@ pub struct TeardownJob {
     pub app: String,
     pub service: String,
     pub family: String,
+    /// `previews.ingress` is set: the app may have a target group and rule to remove.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ingress: bool,
 }
 
 impl TeardownJob {
@@ -234,6 +237,9 @@ pub struct PreviewOf {
     pub app: String,
     /// `previews.from`: what notifications are filtered by.
     pub environment: String,
+    /// Where the app is reached, with `previews.ingress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// The roll-up status of a push that fanned out: its context, `fleetsync/<environment>`,
@@ -348,6 +354,9 @@ pub enum PreviewChange {
         /// `previews.from`.
         #[serde(default)]
         environment: String,
+        /// Where the app is reached, with `previews.ingress`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
     },
     /// Nothing deploys, and why: a draft, a fork, a label, the budget, a head that does not
     /// resolve.

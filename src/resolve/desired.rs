@@ -45,6 +45,9 @@ pub mod tag {
     /// On a preview's services and task definitions: the pull request's number. A preview
     /// updates or deletes only what carries its own.
     pub const PREVIEW: &str = "fleetsync:preview";
+    /// On a preview's service with `previews.ingress`: where it is reached. Teardown removes
+    /// the target group and rule of a service that has it.
+    pub const URL: &str = "fleetsync:url";
 
     /// The audit trail, on services (the last deployment) and on the task definition
     /// revisions fleetsync registers (the deployment that registered each): what started it
@@ -232,6 +235,23 @@ pub struct DesiredApp {
     /// The pull request whose preview this app is part of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<u64>,
+    /// A preview app's route through `previews.ingress`: the worker makes it and points the
+    /// service at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<PreviewIngress>,
+}
+
+/// The target group and listener rule a preview app gets, made from the load balancer entry
+/// of the `from` environment's service (whose own target group the preview never joins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewIngress {
+    pub listener_arn: String,
+    pub host: String,
+    /// The environment's target group: the preview's copies its VPC, protocol and health check.
+    pub like_target_group: String,
+    pub container_name: String,
+    pub container_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +287,7 @@ impl DesiredApp {
             .to_owned();
         let preview = provenance.preview.as_ref();
         let cluster = preview.map_or(cluster, |p| p.cluster.as_str());
+        let mut ingress = None;
         if let Some(p) = preview {
             // Confined by construction: whatever the pull request's files say, its services
             // and families carry its name and run in the preview cluster.
@@ -274,6 +295,20 @@ impl DesiredApp {
             family.push_str(&suffix);
             service_name.push_str(&suffix);
             task_definition.insert("family".into(), json!(family));
+            ingress = p.ingress.as_ref().and_then(|i| {
+                let entry = service
+                    .get("loadBalancers")?
+                    .as_array()?
+                    .iter()
+                    .find(|e| e.get("targetGroupArn").is_some())?;
+                Some(PreviewIngress {
+                    listener_arn: i.listener_arn.clone(),
+                    host: i.host_for(name, &p.name(), &provenance.environment),
+                    like_target_group: entry["targetGroupArn"].as_str()?.to_owned(),
+                    container_name: entry.get("containerName")?.as_str()?.to_owned(),
+                    container_port: entry.get("containerPort")?.as_u64()?.try_into().ok()?,
+                })
+            });
             for field in PREVIEW_DROPPED_FIELDS {
                 service.remove(*field);
             }
@@ -294,9 +329,12 @@ impl DesiredApp {
         create_service.insert("taskDefinition".into(), json!(family));
 
         let task_definition_hash = hash(&json!({"registerTaskDefinition": task_definition}));
-        let spec_hash = hash(
-            &json!({"registerTaskDefinition": task_definition, "createService": create_service}),
-        );
+        let mut spec =
+            json!({"registerTaskDefinition": task_definition, "createService": create_service});
+        if let Some(ingress) = &ingress {
+            spec["ingress"] = json!(ingress);
+        }
+        let spec_hash = hash(&spec);
         let td_tags = provenance_tags(
             name,
             provenance,
@@ -351,6 +389,7 @@ impl DesiredApp {
             rollout,
             neighbours: Vec::new(),
             preview: preview.map(|p| p.number),
+            ingress,
         }
     }
 
@@ -366,6 +405,34 @@ impl DesiredApp {
             .get("family")
             .and_then(Value::as_str)
             .unwrap_or(&self.name)
+    }
+
+    /// The app of a preview with ingress, pointed at the target group made for it and tagged
+    /// with where it is reached.
+    pub fn routed(&self, target_group_arn: &str, url: &str) -> DesiredApp {
+        let mut app = self.clone();
+        if let Some(ingress) = &self.ingress {
+            let entry = json!([{
+                "targetGroupArn": target_group_arn,
+                "containerName": ingress.container_name,
+                "containerPort": ingress.container_port,
+            }]);
+            app.create_service
+                .insert("loadBalancers".into(), entry.clone());
+            app.update_service.insert("loadBalancers".into(), entry);
+            append_tags(
+                &mut app.create_service,
+                &[(tag::URL.to_owned(), url.to_owned())],
+            );
+        }
+        app
+    }
+
+    /// Where a routed preview app is reached.
+    pub fn url(&self) -> Option<&str> {
+        user_tags(&self.create_service)
+            .find(|(k, _)| *k == tag::URL)
+            .map(|(_, v)| v)
     }
 
     /// Every tag of the service (the app's own and fleetsync's), for TagResource after an

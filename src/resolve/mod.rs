@@ -18,7 +18,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::rc::Rc;
 
-pub use desired::{DesiredApp, DesiredState, Provenance, RolloutSpec, SourceUse, tag};
+pub use desired::{
+    DesiredApp, DesiredState, PreviewIngress, Provenance, RolloutSpec, SourceUse, tag,
+};
 pub use manifest::Environment;
 pub use manifest::{DEFAULT_MAX_NESTING, MAX_NESTING_LIMIT};
 use manifest::{Root, TaskDefinitionSource};
@@ -199,6 +201,31 @@ pub fn resolve_bound(
         Some(trusted),
         None,
     )
+}
+
+/// Every active preview's apps with ingress cost a target group and a listener rule each: past
+/// the load balancer's quotas the last previews would fail half made.
+fn check_ingress_quotas(
+    p: &preview::Preview,
+    apps: &[DesiredApp],
+    root_path: &str,
+    problems: &mut Vec<Problem>,
+) {
+    let routed = apps.iter().filter(|a| a.ingress.is_some()).count() as u32;
+    let needed = routed.saturating_mul(p.max_active);
+    let limit = preview::MAX_TARGET_GROUPS.min(preview::MAX_RULES);
+    if needed > limit {
+        problems.push(Problem {
+            file: root_path.to_owned(),
+            line: 1,
+            column: 1,
+            message: format!(
+                "`previews.ingress`: {routed} apps with a load balancer × `previews.maxActive` {} = {needed} target groups and listener rules, past the {limit} one Application Load Balancer takes; lower `maxActive` to {} or fewer",
+                p.max_active,
+                limit / routed.max(1)
+            ),
+        });
+    }
 }
 
 /// Resolves pull request `number` at `commit` (its head) as a preview: exactly as the
@@ -419,10 +446,26 @@ fn resolve_with(
                 ),
             );
         }
+        if let Some(ingress) = &app.ingress
+            && ingress.host.len() > preview::MAX_HOST
+        {
+            Report::new(&leaf.listed_in, &mut problems).at(
+                leaf.app_ref.name_pos,
+                format!(
+                    "app `{}` would be reached at `{}`, over the {} characters a host name may have; shorten `previews.ingress.host` or the app's name",
+                    app.name,
+                    ingress.host,
+                    preview::MAX_HOST
+                ),
+            );
+        }
         apps.push(DesiredApp {
             neighbours: neighbours.clone(),
             ..app
         });
+    }
+    if let Some(p) = preview {
+        check_ingress_quotas(p, &apps, root_path, &mut problems);
     }
     if !problems.is_empty() {
         return Err(Error::Invalid(problems));

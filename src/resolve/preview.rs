@@ -32,8 +32,35 @@ pub struct Previews {
     pub label: Option<String>,
     /// Narrows the `from` environment's policy.
     pub policy: Option<Policy>,
+    pub ingress: Option<Ingress>,
     pub pos: Pos,
 }
+
+/// `previews.ingress`: a host name per preview app, routed by a rule of one ALB listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingress {
+    pub listener_arn: String,
+    /// With `${app}`, `${preview}` and `${environment}` still in it.
+    pub host: String,
+}
+
+impl Ingress {
+    pub fn host_for(&self, app: &str, preview: &str, environment: &str) -> String {
+        self.host
+            .replace("${app}", app)
+            .replace("${preview}", preview)
+            .replace("${environment}", environment)
+    }
+}
+
+/// What an ALB allows (Elastic Load Balancing's quotas): target groups per load balancer, which
+/// AWS does not raise, and rules per listener by default. Every preview app with ingress costs
+/// one of each.
+pub const MAX_TARGET_GROUPS: u32 = 100;
+pub const MAX_RULES: u32 = 100;
+
+/// How long a host-header value may be (ALB's condition limit).
+pub const MAX_HOST: usize = 128;
 
 /// What makes a resolve a preview's: its number and the bounds `previews:` sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +68,9 @@ pub struct Preview {
     pub number: u64,
     pub cluster: String,
     pub desired_count: u32,
+    pub ingress: Option<Ingress>,
+    /// `previews.maxActive`: with ingress, how many of each app's rules may exist at once.
+    pub max_active: u32,
 }
 
 impl Preview {
@@ -60,6 +90,8 @@ impl Previews {
             number,
             cluster: self.cluster.clone(),
             desired_count: self.desired_count,
+            ingress: self.ingress.clone(),
+            max_active: self.max_active,
         }
     }
 }
@@ -164,12 +196,7 @@ pub fn read(
         },
     };
     let policy = fields.get("policy").and_then(|n| policy::read(n, report));
-    if let Some(node) = fields.get("ingress") {
-        report.at(
-            node.pos,
-            "`previews.ingress` is not supported by this version of fleetsync yet: previews run without load balancers; remove `ingress`",
-        );
-    }
+    let ingress = fields.get("ingress").and_then(|n| read_ingress(n, report));
     Some(Previews {
         from: from?.0,
         cluster: cluster?.0,
@@ -179,8 +206,85 @@ pub fn read(
         allow_forks,
         label: label.map(|l| l.0),
         policy,
+        ingress,
         pos: node.pos,
     })
+}
+
+fn read_ingress(node: &Node, report: &mut Report<'_>) -> Option<Ingress> {
+    let fields = Fields::new(node, "`previews.ingress`", &["listenerArn", "host"], report)?;
+    let listener = fields.required_str_at("listenerArn", report);
+    let host = fields.required_str_at("host", report);
+    if let Some((arn, pos)) = &listener
+        && !(arn.starts_with("arn:") && arn.contains(":listener/app/"))
+    {
+        report.at(
+            *pos,
+            format!(
+                "`previews.ingress.listenerArn` is `{}`, not the ARN of an Application Load Balancer listener (arn:aws:elasticloadbalancing:REGION:ACCOUNT:listener/app/NAME/ID/ID)",
+                bounded(arn)
+            ),
+        );
+    }
+    if let Some((host, pos)) = &host
+        && let Err(why) = check_host(host)
+    {
+        report.at(*pos, format!("`previews.ingress.host` {why}"));
+    }
+    Some(Ingress {
+        listener_arn: listener?.0,
+        host: host?.0,
+    })
+}
+
+/// A host template every preview app gets a host of its own from, in the characters a
+/// host-header condition takes.
+fn check_host(host: &str) -> Result<(), String> {
+    let mut rest = host;
+    let mut used = Vec::new();
+    let mut literal = String::new();
+    while let Some(start) = rest.find("${") {
+        literal.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            return Err(format!("has an unclosed `${{` in `{}`", bounded(host)));
+        };
+        let name = &rest[start + 2..start + end];
+        if !matches!(name, "app" | "preview" | "environment") {
+            return Err(format!(
+                "uses `${{{}}}`; it may use `${{app}}`, `${{preview}}` and `${{environment}}`",
+                bounded(name)
+            ));
+        }
+        used.push(name);
+        rest = &rest[start + end + 1..];
+    }
+    literal.push_str(rest);
+    if !(used.contains(&"app") && used.contains(&"preview")) {
+        return Err(format!(
+            "is `{}`; it must use both `${{app}}` and `${{preview}}`, so that every app of every preview has a host of its own",
+            bounded(host)
+        ));
+    }
+    if let Some(c) = literal
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-')))
+    {
+        return Err(format!(
+            "has `{c}`; a host name takes letters, digits, `.` and `-`"
+        ));
+    }
+    if literal.len() > MAX_HOST {
+        return Err(format!("is over {MAX_HOST} characters"));
+    }
+    Ok(())
+}
+
+/// Git's text in a message, cut to a readable length.
+fn bounded(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 /// `90s`, `30m`, `72h`, `3d`.
@@ -252,6 +356,46 @@ mod tests {
             "needs a `label`",
             "`previews.ttl` must be a duration",
             "unknown field `extra`",
+        ] {
+            assert!(all.contains(expected), "{expected} not in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn ingress_reads_and_its_host_must_name_every_app_of_every_preview() {
+        let listener = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/previews/50dc6c495c0c9188/f2f7dc8efc522ab2";
+        let (previews, problems) = read_text(&format!(
+            "from: staging\ncluster: previews\ningress:\n  listenerArn: {listener}\n  host: \"${{app}}-${{preview}}.preview.example.com\"\n"
+        ));
+        assert!(problems.is_empty(), "{problems:?}");
+        let ingress = previews.unwrap().ingress.unwrap();
+        assert_eq!(
+            ingress.host_for("api", "pr-7", "staging"),
+            "api-pr-7.preview.example.com"
+        );
+        for (host, expected) in [
+            (
+                "${app}.example.com",
+                "must use both `${app}` and `${preview}`",
+            ),
+            ("${app}-${pr}.example.com", "uses `${pr}`"),
+            ("${app}_${preview}.example.com", "has `_`"),
+            ("${app}-${preview", "unclosed"),
+        ] {
+            let (_, problems) = read_text(&format!(
+                "from: staging\ncluster: previews\ningress: {{ listenerArn: {listener}, host: \"{host}\" }}\n"
+            ));
+            let all = problems.join("\n");
+            assert!(all.contains(expected), "{host}: {expected} not in:\n{all}");
+        }
+        let (_, problems) = read_text(
+            "from: staging\ncluster: previews\ningress: { listenerArn: arn:aws:elasticloadbalancing:us-east-1:1:loadbalancer/app/x/y, port: 80 }\n",
+        );
+        let all = problems.join("\n");
+        for expected in [
+            "not the ARN of an Application Load Balancer listener",
+            "unknown field `port`",
+            "`host`",
         ] {
             assert!(all.contains(expected), "{expected} not in:\n{all}");
         }

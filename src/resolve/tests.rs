@@ -447,3 +447,69 @@ fn a_preview_is_the_environment_renamed_confined_capped_and_tagged() {
     let err = resolve_preview(&pr, &NoSources, DEFAULT_ROOT, &no_previews, 42, "c").unwrap_err();
     assert!(err.to_string().contains("sets no `previews`"), "{err}");
 }
+
+#[test]
+fn a_preview_with_ingress_routes_apps_with_a_load_balancer_within_the_quotas() {
+    let listener = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/previews/1/2";
+    let behind = |name: &str| {
+        app(name, "x:1").replace(
+            "desiredCount: 2\n",
+            "desiredCount: 2\n  loadBalancers: [{ targetGroupArn: arn:tg/staging, containerName: main, containerPort: 8080 }]\n",
+        )
+    };
+    let previews = |max: u32| {
+        format!(
+            "{ROOT}previews:\n  from: staging\n  cluster: previews\n  maxActive: {max}\n  ingress: {{ listenerArn: {listener}, host: \"${{app}}-${{preview}}.preview.example.com\" }}\n"
+        )
+    };
+    let pr = repo().with("apps/api/app.yaml", &behind("api"));
+    let trusted = read_root(&repo().with("fleetsync.yaml", &previews(10)), DEFAULT_ROOT)
+        .unwrap()
+        .unwrap();
+    let state = resolve_preview(&pr, &NoSources, DEFAULT_ROOT, &trusted, 42, "c").unwrap();
+    let (db, api) = (&state.apps[0], &state.apps[1]);
+    assert_eq!(db.ingress, None, "db has no load balancer");
+    let ingress = api.ingress.as_ref().unwrap();
+    assert_eq!(ingress.host, "api-pr-42.preview.example.com");
+    assert_eq!(ingress.listener_arn, listener);
+    assert_eq!(ingress.like_target_group, "arn:tg/staging");
+    assert_eq!(
+        (ingress.container_name.as_str(), ingress.container_port),
+        ("main", 8080)
+    );
+    // Never the environment's target group: the worker adds the preview's own.
+    assert!(!api.create_service.contains_key("loadBalancers"));
+    let routed = api.routed("arn:tg/pr-42", "http://api-pr-42.preview.example.com");
+    assert_eq!(
+        routed.create_service["loadBalancers"][0]["targetGroupArn"],
+        "arn:tg/pr-42"
+    );
+    assert_eq!(
+        routed.update_service["loadBalancers"][0]["containerPort"],
+        8080
+    );
+    assert_eq!(routed.url(), Some("http://api-pr-42.preview.example.com"));
+    assert_eq!(routed.spec_hash, api.spec_hash);
+
+    // 40 previews × 3 apps behind a load balancer: more rules than one listener takes.
+    let many = pr
+        .with("apps/db/app.yaml", &behind("db"))
+        .with(
+            "fleetsync.yaml",
+            &format!("{ROOT}  - name: web\n    path: apps/web\n").replace("\n\n", "\n"),
+        )
+        .with("apps/web/app.yaml", &behind("web"));
+    let trusted = read_root(&repo().with("fleetsync.yaml", &previews(40)), DEFAULT_ROOT)
+        .unwrap()
+        .unwrap();
+    let err = resolve_preview(&many, &NoSources, DEFAULT_ROOT, &trusted, 42, "c").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("3 apps with a load balancer × `previews.maxActive` 40 = 120"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("lower `maxActive` to 33 or fewer"),
+        "{err}"
+    );
+}

@@ -30,6 +30,7 @@ use crate::config::{Config, Event, WorkerConfig};
 use crate::ecs::budget::{Budget, Rate};
 use crate::ecs::{self, Ecs};
 use crate::feedback::{About, Hosts, Posted, Sinks, Teller};
+use crate::ingress::Ingress;
 use crate::preflight::{self, Finding, Preflight};
 use crate::queue::{
     CommentJob, Job, NotifyJob, PreviewChange, Queue, Received, StatusJob, StatusState, SyncJob,
@@ -40,6 +41,8 @@ use crate::repo::{self, Mirror, MirrorSources};
 pub enum Error {
     #[error(transparent)]
     Ecs(#[from] ecs::Error),
+    #[error(transparent)]
+    Ingress(#[from] crate::ingress::Error),
     #[error("rollout of {service} to {task_definition} failed: {reason}{}", rolled_back_note(.rolled_back_to))]
     RolloutFailed {
         service: String,
@@ -172,6 +175,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Ecs(e) => e.is_retryable(),
+            Error::Ingress(e) => e.is_retryable(),
             Error::PreflightLookup(e) => e.is_retryable(),
             Error::Waiting { .. }
             | Error::Draining { .. }
@@ -193,6 +197,7 @@ impl Error {
     pub fn code(&self) -> &str {
         match self {
             Error::Ecs(e) => e.code(),
+            Error::Ingress(e) => e.code(),
             Error::PreflightLookup(e) => e.code(),
             Error::RolloutFailed { .. } => "RolloutFailed",
             Error::RolloutTimeout { .. } => "RolloutTimeout",
@@ -302,6 +307,7 @@ pub struct Worker {
     teller: Teller,
     hosts: Hosts,
     sinks: Sinks,
+    ingress: Ingress,
 }
 
 /// Bare mirrors of the server config's repos.
@@ -401,6 +407,7 @@ impl Worker {
             teller: Teller::new(config, Queue::new(aws, &config.queue_url)),
             hosts: Hosts::from_config(config)?,
             sinks: Sinks::from_config(config, aws)?,
+            ingress: Ingress::new(aws),
         })
     }
 
@@ -581,7 +588,7 @@ impl Worker {
             Ok(Job::Teardown(job)) => {
                 let span = tracing::info_span!("teardown", %message_id, preview = job.preview, app = %job.app);
                 let work = async {
-                    let torn_down = teardown::tear_down(&self.ecs, &job).await;
+                    let torn_down = teardown::tear_down(&self.ecs, &self.ingress, &job).await;
                     drop(permit);
                     Some(torn_down)
                 };
@@ -654,6 +661,21 @@ impl Worker {
         let since = tokio::time::Instant::now();
         let mut permit = Some(permit);
         let mut told = String::new();
+        // Once per receive, not on every tick a job waits for its dependencies.
+        let routed;
+        let job = match self.route(job).await {
+            Ok(None) => job,
+            Ok(Some(with_route)) => {
+                routed = with_route;
+                &routed
+            }
+            Err(e) => {
+                let result = Err(e);
+                self.tell_end(job, &result, self.is_last_receive(receive_count))
+                    .await;
+                return Some(result);
+            }
+        };
         loop {
             let attempt = Attempt {
                 number: receive_count,
@@ -676,18 +698,7 @@ impl Worker {
             )
             .await;
             let Err(Error::Waiting { on }) = &result else {
-                if let Some(told) = told::ended(job, &result, attempt.last_receive) {
-                    let status = told::app_status(&self.teller, job, told.state, &told.description);
-                    self.teller.tell(vec![status]).await;
-                    // A push that fanned out tells its successes once, in the roll-up's digest.
-                    let in_digest = told.event == Event::Deployed
-                        && job.fan_out > 1
-                        && self.teller.rolls_up(&job.repo);
-                    if !told::announced_by_apply(&result) && !in_digest {
-                        let news = told::notifications(&self.teller, job, &told);
-                        self.teller.notify(news).await;
-                    }
-                }
+                self.tell_end(job, &result, attempt.last_receive).await;
                 return Some(result);
             };
             // Bounded: past it, waits go back to the queue as they used to.
@@ -712,6 +723,41 @@ impl Worker {
                 () = stop.cancelled() => return None,
             };
             drop(waiting);
+        }
+    }
+
+    /// The job of a preview app with ingress, pointed at the target group and rule made for it.
+    async fn route(&self, job: &SyncJob) -> Result<Option<SyncJob>, Error> {
+        let app = &job.app;
+        let (Some(spec), Some(preview)) = (&app.ingress, app.preview) else {
+            return Ok(None);
+        };
+        let route = crate::ingress::Route {
+            root: &app.root,
+            preview,
+            app: &app.name,
+            spec,
+        };
+        let routed = self.ingress.ensure(&route).await?;
+        Ok(Some(SyncJob {
+            app: app.routed(&routed.target_group_arn, &routed.url),
+            ..job.clone()
+        }))
+    }
+
+    /// Tells how a job ended: its commit status, and the notifications apply did not send.
+    async fn tell_end(&self, job: &SyncJob, result: &Result<Outcome, Error>, last_receive: bool) {
+        let Some(told) = told::ended(job, result, last_receive) else {
+            return;
+        };
+        let status = told::app_status(&self.teller, job, told.state, &told.description);
+        self.teller.tell(vec![status]).await;
+        // A push that fanned out tells its successes once, in the roll-up's digest.
+        let in_digest =
+            told.event == Event::Deployed && job.fan_out > 1 && self.teller.rolls_up(&job.repo);
+        if !told::announced_by_apply(result) && !in_digest {
+            let news = told::notifications(&self.teller, job, &told);
+            self.teller.notify(news).await;
         }
     }
 

@@ -1,4 +1,5 @@
-//! Tearing down one app of a preview: its service, then its task definitions. Only what carries
+//! Tearing down one app of a preview: its ingress (rule, target group), its service, then its
+//! task definitions. Only what carries
 //! the preview's own tag (`fleetsync:preview`) and its root's is touched; what is already gone
 //! counts as done, so a repeated teardown, or one retried after a crash half-way, leaves
 //! nothing behind and fails nothing.
@@ -7,31 +8,43 @@ use tracing::info;
 
 use super::Error;
 use crate::ecs::Ecs;
+use crate::ingress::Ingress;
 use crate::queue::TeardownJob;
 use crate::resolve::tag;
 
 /// What a teardown job did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct TornDown {
+    /// Its listener rule and target group.
+    pub ingress_removed: bool,
     pub service_deleted: bool,
     /// Task definitions deregistered, as `family:revision`.
     pub deregistered: Vec<String>,
 }
 
-pub async fn tear_down(ecs: &Ecs, job: &TeardownJob) -> Result<TornDown, Error> {
+pub async fn tear_down(ecs: &Ecs, ingress: &Ingress, job: &TeardownJob) -> Result<TornDown, Error> {
     let preview = job.preview.to_string();
     let ours = |tags: &std::collections::HashMap<String, String>| {
         tags.get(tag::PREVIEW) == Some(&preview) && tags.get(tag::ROOT) == Some(&job.root)
     };
     let mut done = TornDown::default();
-    match ecs.describe_service(&job.cluster, &job.service).await? {
-        Some(live) if !ours(&live.tags) => {
-            return Err(Error::NotThePreviews {
-                service: job.service.clone(),
-                cluster: job.cluster.clone(),
-                preview: Some(job.preview),
-            });
-        }
+    let live = ecs.describe_service(&job.cluster, &job.service).await?;
+    if let Some(live) = &live
+        && !ours(&live.tags)
+    {
+        return Err(Error::NotThePreviews {
+            service: job.service.clone(),
+            cluster: job.cluster.clone(),
+            preview: Some(job.preview),
+        });
+    }
+    // Before the service, whose tag says there is an ingress: a crash after this finds the
+    // service (and the tag) again, and a rule gone counts as removed. `job.ingress` covers a
+    // route made for a service whose creation then failed.
+    if job.ingress || live.as_ref().is_some_and(|l| l.tags.contains_key(tag::URL)) {
+        done.ingress_removed = ingress.remove(&job.root, job.preview, &job.app).await?;
+    }
+    match live {
         // Deleted already, by an earlier attempt: DRAINING until its tasks stop.
         Some(live) if live.draining => {}
         Some(_) => {

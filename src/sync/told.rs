@@ -29,8 +29,12 @@ pub(super) fn app_status(
             number,
             app: app.name.clone(),
             environment: app.environment.clone(),
+            url: app.url().map(str::to_owned),
         });
-        status.target_url = teller.previews_link();
+        status.target_url = app
+            .url()
+            .map(str::to_owned)
+            .or_else(|| teller.previews_link());
     }
     if state.is_final() && job.fan_out > 1 {
         let environment = teller.status(

@@ -359,3 +359,57 @@ fn render_and_validate_show_a_preview_as_previews_on_the_default_branch_define_i
         run.stdout
     );
 }
+
+#[test]
+fn validate_refuses_previews_with_ingress_past_what_one_load_balancer_takes() {
+    let repo = ConfigRepo::example_with(str::to_owned);
+    let listener = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/previews/1/2";
+    repo.commit("main", "fleetsync.yaml", |t| {
+        Some(format!(
+            "{}previews:\n  from: staging\n  cluster: previews\n  maxActive: 40\n  ingress: {{ listenerArn: {listener}, host: \"${{app}}-${{preview}}.preview.example.com\" }}\n",
+            t.unwrap()
+        ))
+    });
+    for app in ["accounts", "api", "web"] {
+        repo.commit("staging", &format!("apps/{app}/app.yaml"), |t| {
+            Some(t.unwrap().replacen(
+                "service:\n",
+                &format!("service:\n  loadBalancers: [{{ targetGroupArn: arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/staging-{app}/1, containerName: {app}, containerPort: 8080 }}]\n"),
+                1,
+            ))
+        });
+    }
+    let run = validate(&repo);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(
+            "3 apps with a load balancer × `previews.maxActive` 40 = 120 target groups and listener rules, past the 100"
+        ),
+        "{}",
+        run.stdout
+    );
+    // Within the quotas, render shows where a preview of api would be reached.
+    repo.commit("main", "fleetsync.yaml", |t| {
+        Some(t.unwrap().replace("maxActive: 40", "maxActive: 30"))
+    });
+    assert_eq!(validate(&repo).code, 0);
+    let path = repo.path();
+    let args = [
+        "render",
+        "--repo",
+        path.to_str().unwrap(),
+        "--preview",
+        "7",
+        "--ref",
+        "staging",
+    ];
+    let run = fleetsync(&args);
+    let state: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+    assert_eq!(
+        app_named(&state, "api")["ingress"]["host"],
+        "api-pr-7.preview.example.com",
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+}

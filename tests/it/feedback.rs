@@ -660,6 +660,7 @@ async fn each_host_gets_the_status_in_its_own_words() {
             state: StatusState::Success,
             description: "deployed production-payments-pr-12:1".into(),
             environment: "production".into(),
+            url: None,
         };
         hosts
             .comment(&CommentJob::new("platform", 12, "0123abc", change))

@@ -771,6 +771,8 @@ async fn the_pull_request_hears_of_its_preview_in_one_comment_and_a_deployment()
         hook_secret.display()
     );
     let s = setup_with("", (&git_host, &notifications)).await;
+    // api is reached at a host of its own: the comment and the Deployment say where.
+    let _alb = with_ingress(&s).await;
     let _worker = start_worker(&s.config, &s.emulator.aws);
     let comment = || -> String {
         let comments = host.comments.lock().unwrap();
@@ -797,7 +799,7 @@ async fn the_pull_request_hears_of_its_preview_in_one_comment_and_a_deployment()
     let body = comment();
     assert!(body.contains("### Preview `pr-7`"), "{body}");
     assert!(
-        body.contains("| `api` | ✅ deployed: deployed staging-api-pr-7:1 |"),
+        body.contains("| `api` | ✅ deployed: deployed staging-api-pr-7:1 at http://api-pr-7.preview.example.com |"),
         "{body}"
     );
 
@@ -878,6 +880,18 @@ async fn the_pull_request_hears_of_its_preview_in_one_comment_and_a_deployment()
         Some("success"),
         "{first:?}"
     );
+    let success = host
+        .deployment_statuses
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| s["deployment_id"] == deployments[0]["id"] && s["state"] == "success")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        success["environment_url"], "http://api-pr-7.preview.example.com",
+        "{success}"
+    );
 
     // Closed: torn down, said in the same comment, and every Deployment inactive.
     assert_eq!(s.github("closed", 7, next).await.0, 202);
@@ -913,4 +927,262 @@ async fn the_pull_request_hears_of_its_preview_in_one_comment_and_a_deployment()
         "{writes:?}"
     );
     crate::feedback::assert_github_contract(&host);
+}
+
+/// An ALB with one HTTP listener and the target group staging's api uses, on the emulator's
+/// network: what `previews.ingress` points at.
+struct Balancer {
+    elb: aws_sdk_elasticloadbalancingv2::Client,
+    listener: String,
+    staging_target_group: String,
+    vpc: String,
+}
+
+impl Balancer {
+    async fn create(emulator: &Emulator) -> Balancer {
+        use aws_sdk_elasticloadbalancingv2::types::{
+            Action, ActionTypeEnum, FixedResponseActionConfig, ProtocolEnum, TargetTypeEnum,
+        };
+        let elb = aws_sdk_elasticloadbalancingv2::Client::new(&emulator.aws);
+        let subnets = aws_sdk_ec2::Client::new(&emulator.aws)
+            .describe_subnets()
+            .set_subnet_ids(Some(emulator.subnets.clone()))
+            .send()
+            .await
+            .unwrap();
+        let vpc = subnets.subnets()[0].vpc_id().unwrap().to_owned();
+        let balancer = elb
+            .create_load_balancer()
+            .name("previews")
+            .set_subnets(Some(emulator.subnets.clone()))
+            .send()
+            .await
+            .unwrap();
+        let balancer = balancer.load_balancers()[0]
+            .load_balancer_arn()
+            .unwrap()
+            .to_owned();
+        let not_found = Action::builder()
+            .r#type(ActionTypeEnum::FixedResponse)
+            .fixed_response_config(
+                FixedResponseActionConfig::builder()
+                    .status_code("404")
+                    .build(),
+            )
+            .build();
+        let listener = elb
+            .create_listener()
+            .load_balancer_arn(&balancer)
+            .protocol(ProtocolEnum::Http)
+            .port(80)
+            .default_actions(not_found)
+            .send()
+            .await
+            .unwrap();
+        let listener = listener.listeners()[0].listener_arn().unwrap().to_owned();
+        let staging = elb
+            .create_target_group()
+            .name("staging-api")
+            .protocol(ProtocolEnum::Http)
+            .port(8080)
+            .vpc_id(&vpc)
+            .target_type(TargetTypeEnum::Ip)
+            .health_check_path("/healthz")
+            .send()
+            .await
+            .unwrap();
+        let staging_target_group = staging.target_groups()[0]
+            .target_group_arn()
+            .unwrap()
+            .to_owned();
+        Balancer {
+            elb,
+            listener,
+            staging_target_group,
+            vpc,
+        }
+    }
+
+    /// The listener's rules besides its default: (host, target group ARN, priority).
+    async fn rules(&self) -> Vec<(String, String, String)> {
+        let out = self
+            .elb
+            .describe_rules()
+            .listener_arn(&self.listener)
+            .send()
+            .await
+            .unwrap();
+        out.rules()
+            .iter()
+            .filter(|r| r.is_default() != Some(true) && r.priority() != Some("default"))
+            .map(|r| {
+                let host = r
+                    .conditions()
+                    .iter()
+                    .flat_map(|c| {
+                        let config = c.host_header_config().map(|h| h.values());
+                        config.unwrap_or_default().iter().chain(c.values())
+                    })
+                    .next()
+                    .cloned()
+                    .unwrap_or_default();
+                let target = r.actions()[0].target_group_arn().unwrap_or_default();
+                (host, target.to_owned(), r.priority().unwrap().to_owned())
+            })
+            .collect()
+    }
+
+    async fn target_group(
+        &self,
+        name: &str,
+    ) -> Option<aws_sdk_elasticloadbalancingv2::types::TargetGroup> {
+        let out = self.elb.describe_target_groups().names(name).send().await;
+        out.ok()?.target_groups().first().cloned()
+    }
+}
+
+/// `previews.ingress` on main, through a new ALB listener, and a load balancer for staging's
+/// api (web has none).
+async fn with_ingress(s: &Setup) -> Balancer {
+    // Stands in for Elastic Load Balancing: moto's elbv2 keeps load balancers, listeners,
+    // rules (with PriorityInUse) and target groups, but routes no traffic and checks no health.
+    let alb = Balancer::create(&s.emulator).await;
+    s.repo.commit("main", "fleetsync.yaml", |t| {
+        Some(format!(
+            "{}  ingress:\n    listenerArn: {}\n    host: \"${{app}}-${{preview}}.preview.example.com\"\n",
+            t.unwrap(),
+            alb.listener
+        ))
+    });
+    // staging's api sits behind its own target group; web has no load balancer.
+    let target = alb.staging_target_group.clone();
+    s.repo.commit("staging", "apps/api/app.yaml", |t| {
+        Some(t.unwrap().replace(
+            "  desiredCount: 2\n",
+            &format!("  desiredCount: 2\n  loadBalancers: [{{ targetGroupArn: {target}, containerName: api, containerPort: 8080 }}]\n"),
+        ))
+    });
+    alb
+}
+
+/// The target group the service names in its `loadBalancers`.
+async fn service_target_group(emulator: &Emulator, service: &str) -> Option<String> {
+    let out = emulator
+        .ecs()
+        .describe_services()
+        .cluster("previews")
+        .services(service)
+        .send()
+        .await
+        .unwrap();
+    let s = out.services().first()?;
+    Some(s.load_balancers().first()?.target_group_arn()?.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_with_ingress_is_reached_at_its_own_host_and_leaves_no_rule_once_closed() {
+    let s = setup("").await;
+    let alb = with_ingress(&s).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    // The first rule fleetsync creates finds its priority taken meanwhile, as when another
+    // writer on the listener wins a race: CreateRule answers PriorityInUse once.
+    s.emulator
+        .fault(r#"{"service": "elbv2", "status": 400, "code": "PriorityInUse", "message": "Priority '1' is currently in use", "operation": "CreateRule", "times": 1, "seconds": 600}"#)
+        .await;
+
+    let mut heads = Vec::new();
+    for number in [7, 8] {
+        let head = s.open_branch(number, "1.5.0");
+        let (status, body) = s.github("opened", number, head).await;
+        assert_eq!(
+            (status, &body["status"]),
+            (202, &json!("enqueued")),
+            "{body}"
+        );
+        heads.push(head);
+    }
+    for (number, head) in [7, 8].into_iter().zip(&heads) {
+        s.preview_live_at(number, *head).await;
+        let name = fleetsync::ingress::target_group_name("platform", number, "api");
+        let group = alb
+            .target_group(&name)
+            .await
+            .unwrap_or_else(|| panic!("no target group {name}"));
+        let arn = group.target_group_arn().unwrap().to_owned();
+        // Its own target group, never staging's, copied from staging's.
+        assert_eq!(
+            service_target_group(&s.emulator, &format!("api-pr-{number}")).await,
+            Some(arn.clone())
+        );
+        assert_ne!(arn, alb.staging_target_group);
+        assert_eq!(group.port(), Some(8080));
+        assert_eq!(group.vpc_id(), Some(alb.vpc.as_str()));
+        assert_eq!(group.health_check_path(), Some("/healthz"));
+        let host = format!("api-pr-{number}.preview.example.com");
+        assert!(
+            alb.rules()
+                .await
+                .iter()
+                .any(|(h, t, _)| *h == host && *t == arn),
+            "no rule for {host}: {:?}",
+            alb.rules().await
+        );
+        assert_eq!(
+            service_target_group(&s.emulator, &format!("web-pr-{number}")).await,
+            None
+        );
+    }
+    let rules = alb.rules().await;
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert_ne!(rules[0].2, rules[1].2, "one priority per rule: {rules:?}");
+    let faults = reqwest::get(format!("{}/fleetsync-emulator/faults", s.emulator.endpoint))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let faults: Value = serde_json::from_str(&faults).unwrap();
+    assert_eq!(faults["faulted"]["elbv2 CreateRule"], 1, "{faults}");
+
+    // Where to click: the previews API, per app that has ingress.
+    let listed = s.previews_api().await;
+    let preview = listed["previews"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["number"] == 7)
+        .unwrap()
+        .clone();
+    let url = |app: &str| {
+        preview["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["app"] == app)
+            .map(|a| a["url"].clone())
+    };
+    assert_eq!(
+        url("api"),
+        Some(json!("http://api-pr-7.preview.example.com")),
+        "{listed}"
+    );
+    assert_eq!(url("web"), Some(Value::Null), "{listed}");
+
+    let (status, body) = s.github("closed", 7, heads[0]).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (202, &json!("tearing-down")),
+        "{body}"
+    );
+    s.preview_gone(7).await;
+    let gone = fleetsync::ingress::target_group_name("platform", 7, "api");
+    eventually(LIMIT, "pr-7's target group to be deleted", || async {
+        alb.target_group(&gone).await.is_none().then_some(())
+    })
+    .await;
+    let rules = alb.rules().await;
+    assert_eq!(rules.len(), 1, "only pr-8's rule is left: {rules:?}");
+    assert_eq!(rules[0].0, "api-pr-8.preview.example.com");
+    // The environment's own target group is never touched.
+    assert!(alb.target_group("staging-api").await.is_some());
 }

@@ -44,6 +44,7 @@ fn aws_and_http_stay_in_their_modules() {
         let text = std::fs::read_to_string(&file).unwrap();
         for (needle, home) in [
             ("aws_sdk_ecs", "ecs/"),
+            ("aws_sdk_elasticloadbalancingv2", "ingress.rs"),
             ("aws_sdk_sqs", "queue/"),
             ("aws_sdk_sns", "feedback/sinks.rs"),
             ("aws_sdk_iam", "preflight/aws.rs"),
