@@ -183,6 +183,15 @@ fn each_role_is_granted_exactly_the_calls_its_process_makes() {
         );
         needed.extend(found);
     }
+    // Preview ingress: one ELB client in src/ingress.rs; tags given to CreateTargetGroup and
+    // CreateRule need AddTags as well.
+    let ingress = calls("ingress.rs", "client", "elasticloadbalancing");
+    assert!(
+        ingress.contains("elasticloadbalancing:CreateRule"),
+        "{ingress:?}"
+    );
+    needed.extend(ingress);
+    needed.insert("elasticloadbalancing:AddTags".into());
     let worker_aws: BTreeSet<_> = worker.iter().cloned().collect();
     assert_eq!(
         worker_aws, needed,
