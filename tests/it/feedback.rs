@@ -57,7 +57,7 @@ impl StandIn {
     }
 
     /// The latest status of each context (each key, on Bitbucket) on `sha`, newest first.
-    fn latest(&self, sha: &str) -> Vec<Value> {
+    pub(crate) fn latest(&self, sha: &str) -> Vec<Value> {
         let posted = self.posted.lock().unwrap();
         let mut latest: Vec<Value> = Vec::new();
         for (commit, status) in posted.iter().rev() {

@@ -798,6 +798,25 @@ async fn the_pull_request_hears_of_its_preview_in_one_comment_and_a_deployment()
     .await;
     let body = comment();
     assert!(body.contains("### Preview `pr-7`"), "{body}");
+    // The app's status on the head links to where it runs; web, with no load balancer, to
+    // the previews API.
+    let statuses = host.latest(&head.to_string());
+    let link = |context: &str| {
+        statuses
+            .iter()
+            .find(|s| s["context"] == context)
+            .map(|s| s["target_url"].clone())
+    };
+    assert_eq!(
+        link("fleetsync/pr-7/api"),
+        Some(json!("http://api-pr-7.preview.example.com")),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        link("fleetsync/pr-7/web"),
+        Some(json!("https://fleetsync.example.com/api/v1/previews")),
+        "{statuses:?}"
+    );
     assert!(
         body.contains("| `api` | ✅ deployed: deployed staging-api-pr-7:1 at http://api-pr-7.preview.example.com |"),
         "{body}"
