@@ -45,6 +45,14 @@ ECS rollouts (K = env FLEETSYNC_EMULATOR_ROLLOUT_POLLS, default 2):
     deployment (new id, PREV's task definition) that settles after K more calls,
     the failed one becomes status ACTIVE (rolloutState FAILED) and is removed when
     the rollback completes. A rollback deployment is never rolled back itself.
+  * The failed deployment's tasks stop as ECS stops them (failedTasks of them, startedBy the
+    deployment id; moto runs no tasks for services): ListTasks (desiredStatus STOPPED,
+    startedBy) and DescribeTasks answer them, with the stopCode, stoppedReason and container
+    reason/exitCode of AWS's stopped-task error pages by the image's mark: `broken-oom`
+    (OutOfMemoryError, exit 137), `broken-exit` (exit 3), `broken-secret`
+    (ResourceInitializationError AccessDeniedException on secretsmanager:GetSecretValue),
+    `broken-health` (Task failed ELB health checks); any other `broken…`:
+    CannotPullContainerError "… not found".
   * CreateService keeps deploymentConfiguration (moto drops it; UpdateService keeps it).
 Timestamps are serialised by moto as usual (epoch seconds in the JSON protocol).
 
@@ -235,12 +243,81 @@ def _start_deployment(svc, td_arn, rollback=False):
     _state(svc).update(polls=0, rollback=rollback)
 
 
-def _is_broken(backend, td_arn):
+def _broken_image(backend, td_arn):
+    """The first container whose image is marked broken, as (name, image), or None."""
     try:
         td = backend.describe_task_definition(td_arn)
     except Exception:
-        return False
-    return any("broken" in (c.get("image") or "") for c in td.container_definitions)
+        return None
+    return next(((c.get("name") or "", c.get("image") or "") for c in td.container_definitions
+                 if "broken" in (c.get("image") or "")), None)
+
+
+def _is_broken(backend, td_arn):
+    return _broken_image(backend, td_arn) is not None
+
+
+# Why the tasks of a broken deployment stopped, by the image's mark: stopCode, stoppedReason and
+# the container's reason and exit code, in the words "Amazon ECS stopped task error messages"
+# (AmazonECS/latest/developerguide/stopped-task-error-codes.html and the pages it links) shows.
+_STOPS = {
+    "broken-oom": ("EssentialContainerExited", "Essential container in task exited",
+                   "OutOfMemoryError: Container killed due to memory usage", 137),
+    "broken-exit": ("EssentialContainerExited", "Essential container in task exited", "", 3),
+    "broken-secret": (
+        "TaskFailedToStart",
+        "ResourceInitializationError: unable to pull secrets or registry auth: execution resource "
+        "retrieval failed: unable to retrieve secret from asm: service call has been retried 1 "
+        "time(s): failed to fetch secret arn:aws:secretsmanager:us-east-1:123456789012:secret:db "
+        "from secrets manager: AccessDeniedException: User: arn:aws:sts::123456789012:assumed-role/"
+        "ecs-exec/task is not authorized to perform: secretsmanager:GetSecretValue on resource: "
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:db because no identity-based policy "
+        "allows the secretsmanager:GetSecretValue action", "", None),
+    "broken-health": ("ServiceSchedulerInitiated",
+                      "Task failed ELB health checks in (target-group arn:aws:elasticloadbalancing:"
+                      "us-east-1:123456789012:targetgroup/app/0123456789abcdef)", "", None),
+}
+# Any other mark: the image does not exist.
+_NOT_FOUND = ("TaskFailedToStart", "CannotPullContainerError: pull image manifest has been retried "
+              "7 time(s): failed to resolve ref {image}: {image}: not found", "", None)
+# Stopped tasks, by task ARN: what ListTasks (desiredStatus STOPPED, startedBy) and DescribeTasks
+# answer for the deployments this model failed (moto runs no tasks for services).
+_stopped = {}
+
+
+def _stop_tasks(backend, svc, dep):
+    name, image = _broken_image(backend, dep["taskDefinition"])
+    mark = image.rsplit(":", 1)[-1]
+    stop_code, reason, container_reason, exit_code = _STOPS.get(mark, _NOT_FOUND)
+    for _ in range(dep["failedTasks"]):
+        arn = f"arn:aws:ecs:{backend.region_name}:{backend.account_id}:task/{svc.cluster_name}/{uuid.uuid4().hex}"
+        container = {"name": name, "image": image, "lastStatus": "STOPPED"}
+        if container_reason:
+            container["reason"] = container_reason
+        if exit_code is not None:
+            container["exitCode"] = exit_code
+        _stopped[arn] = {
+            "taskArn": arn, "clusterArn": svc.cluster_arn, "taskDefinitionArn": dep["taskDefinition"],
+            "startedBy": dep["id"], "group": f"service:{svc.name}", "lastStatus": "STOPPED",
+            "desiredStatus": "STOPPED", "stopCode": stop_code,
+            "stoppedReason": reason.format(image=image), "containers": [container],
+        }
+
+
+def _stopped_tasks_answer(self, action):
+    """ListTasks/DescribeTasks about the stopped tasks above; None for moto to answer."""
+    params = self._get_params()
+    with _lock:
+        return _stopped_answer(action, params)
+
+
+def _stopped_answer(action, params):
+    if action == "ListTasks" and params.get("desiredStatus") == "STOPPED" and params.get("startedBy"):
+        arns = [a for a, t in _stopped.items() if t["startedBy"] == params["startedBy"]]
+        return {"taskArns": arns[:int(params.get("maxResults") or 100)]}
+    if action == "DescribeTasks" and params.get("tasks") and all(a in _stopped for a in params["tasks"]):
+        return {"tasks": [_stopped[a] for a in params["tasks"]], "failures": []}
+    return None
 
 
 def _advance(backend, svc):
@@ -259,6 +336,7 @@ def _advance(backend, svc):
         dep["rolloutStateReason"] = "ECS deployment circuit breaker: tasks failed to start."
         dep["runningCount"] = 0
         dep["failedTasks"] = max(dep["desiredCount"] or 0, 1)
+        _stop_tasks(backend, svc, dep)
         _event(svc, f"(service {svc.name}) (deployment {dep['id']}) deployment failed: "
                     "tasks failed to start.")
         config = getattr(svc, "deployment_configuration", None) or {}
@@ -631,6 +709,10 @@ def call_action(self):
         if CALL_LOG:
             with open(CALL_LOG, "a") as log:
                 log.write(line + "\n")
+    if fault is None and service == "ecs" and action in ("ListTasks", "DescribeTasks"):
+        stopped = _stopped_tasks_answer(self, action)
+        if stopped is not None:
+            return 200, {"Content-Type": "application/x-amz-json-1.1"}, json.dumps(stopped)
     if fault is None:
         answer = _orig_call_action(self)
         if delay:

@@ -109,6 +109,21 @@ where
     }
 }
 
+/// A task that stopped, as DescribeTasks tells why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoppedTask {
+    pub stop_code: String,
+    pub stopped_reason: String,
+    pub containers: Vec<StoppedContainer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoppedContainer {
+    pub name: String,
+    pub reason: String,
+    pub exit_code: Option<i32>,
+}
+
 /// A cluster's identity and tags.
 #[derive(Debug, Clone)]
 pub struct ClusterTags {
@@ -533,6 +548,54 @@ impl Ecs {
             Err(e) if already(&e) => Ok(()),
             other => other.map(|_| ()),
         }
+    }
+
+    /// Tasks a deployment started that have stopped, with what ECS says of why: at most 100,
+    /// the newest ECS keeps (about an hour's worth).
+    pub async fn stopped_tasks(&self, cluster: &str, deployment: &str) -> Result<Vec<StoppedTask>> {
+        self.budget.spend(Spend::Call).await;
+        let listed = self
+            .client
+            .list_tasks()
+            .cluster(cluster)
+            .started_by(deployment)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped)
+            .max_results(100)
+            .send()
+            .await
+            .map_err(|e| api_error("ListTasks", deployment, e))?;
+        if listed.task_arns().is_empty() {
+            return Ok(Vec::new());
+        }
+        self.budget.spend(Spend::Call).await;
+        let described = self
+            .client
+            .describe_tasks()
+            .cluster(cluster)
+            .set_tasks(Some(listed.task_arns().to_vec()))
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeTasks", deployment, e))?;
+        Ok(described
+            .tasks()
+            .iter()
+            .map(|t| StoppedTask {
+                stop_code: t
+                    .stop_code()
+                    .map(|c| c.as_str().to_owned())
+                    .unwrap_or_default(),
+                stopped_reason: t.stopped_reason().unwrap_or_default().to_owned(),
+                containers: t
+                    .containers()
+                    .iter()
+                    .map(|c| StoppedContainer {
+                        name: c.name().unwrap_or_default().to_owned(),
+                        reason: c.reason().unwrap_or_default().to_owned(),
+                        exit_code: c.exit_code(),
+                    })
+                    .collect(),
+            })
+            .collect())
     }
 
     /// The ACTIVE revisions of a family, as `family:revision`.

@@ -30,6 +30,9 @@ pub mod tag {
     /// `PreflightRefused`, `DependenciesNotLive` or the AWS error code), a space, and the
     /// commit. One tag for both: ECS allows 50 per resource.
     pub const FAILURE: &str = "fleetsync:failure";
+    /// With a failed rollout's mark: its cause and fix, when the stopped tasks told
+    /// (`sync::diagnose`).
+    pub const CAUSE: &str = "fleetsync:cause";
     /// When the failure marked was last told, and how many times: `<unix seconds> <count>`.
     pub const FAILURE_TOLD: &str = "fleetsync:failure-told";
     /// On services: the id of the deployment fleetsync's last update started, so an attempt

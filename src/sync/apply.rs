@@ -301,6 +301,12 @@ fn failure_tags(job: &SyncJob, failure: &Error) -> Vec<(String, String)> {
             tag::FAILURE.to_owned(),
             format!("{} {} {delivery}", failure.code(), job.app.commit),
         ),
+        (
+            tag::CAUSE.to_owned(),
+            failure.diagnosis().map_or_else(String::new, |d| {
+                tag::value(&format!("{}: {}. Fix: {}", d.code, d.cause, d.fix))
+            }),
+        ),
     ]
 }
 
@@ -421,6 +427,7 @@ async fn apply_once(
                 "{}; the rollback was finished by a later attempt",
                 mark.code
             ),
+            diagnosis: None,
             rolled_back_to: None,
         };
         return Err(roll_back(ecs, job, Some(rollback), failure).await);
@@ -587,7 +594,12 @@ async fn apply_once(
             // A spec applied again after it failed (through the API, say) is no longer failed;
             // if this rollout fails too, the rollback marks it again.
             if live.tags.get(tag::FAILED_SPEC_HASH) == Some(&app.spec_hash) {
-                for key in [tag::FAILED_SPEC_HASH, tag::FAILURE, tag::FAILURE_TOLD] {
+                for key in [
+                    tag::FAILED_SPEC_HASH,
+                    tag::FAILURE,
+                    tag::FAILURE_TOLD,
+                    tag::CAUSE,
+                ] {
                     tags.push((key.into(), String::new()));
                 }
             }
@@ -880,6 +892,7 @@ async fn watch_or_roll_back(
             Err(Error::Interrupted)
         }
         Err(failure @ (Error::RolloutFailed { .. } | Error::RolloutTimeout { .. })) => {
+            let failure = explained(ecs, job, ours, failure).await;
             let arn = service_arn(ecs, job, rollback.as_ref()).await;
             let error = roll_back(ecs, job, rollback, failure).await;
             if let Some(arn) = arn {
@@ -895,6 +908,44 @@ async fn watch_or_roll_back(
         // Not a verdict on the rollout (say, DescribeServices throttled): a retry watches again.
         Err(other) => Err(other),
     }
+}
+
+/// `failure` with its cause, read from the stopped tasks of the failed deployment before the
+/// rollback replaces it (and before ECS forgets them).
+async fn explained(ecs: &Ecs, job: &SyncJob, ours: Ours<'_>, mut failure: Error) -> Error {
+    let app = &job.app;
+    let deployment = match ours.deployment {
+        Some(id) => Some(id.to_owned()),
+        None => match ecs.describe_service(&app.cluster, app.service_name()).await {
+            Ok(live) => live.and_then(|l| {
+                let target = task_definition_id(ours.task_definition);
+                l.deployments
+                    .into_iter()
+                    .find(|d| task_definition_id(&d.task_definition) == target)
+                    .map(|d| d.id)
+            }),
+            Err(_) => None,
+        },
+    };
+    let Some(deployment) = deployment else {
+        return failure;
+    };
+    let found = match ecs.stopped_tasks(&app.cluster, &deployment).await {
+        Ok(tasks) => super::diagnose::diagnose(&tasks),
+        Err(e) => {
+            warn!(message = "Cannot read the failed deployment's stopped tasks; its cause is not told.", deployment = %deployment, error = %e);
+            None
+        }
+    };
+    if let Some(found) = found {
+        info!(message = "Rollout failure diagnosed.", cause = found.code, fix = %found.fix, evidence = %found.evidence);
+        if let Error::RolloutFailed { diagnosis, .. } | Error::RolloutTimeout { diagnosis, .. } =
+            &mut failure
+        {
+            *diagnosis = Some(Box::new(found));
+        }
+    }
+    failure
 }
 
 /// The values of [`tag::RESULT`].
@@ -935,6 +986,7 @@ pub(super) async fn watch_rollout(
         service: service.to_owned(),
         task_definition: target.clone(),
         reason,
+        diagnosis: None,
         rolled_back_to: None,
     };
     // ECS reads are eventually consistent: right after a create the service may read as
@@ -955,6 +1007,7 @@ pub(super) async fn watch_rollout(
             task_definition: target.clone(),
             timeout,
             events: live.map_or_else(Vec::new, |l| l.events.iter().take(3).cloned().collect()),
+            diagnosis: None,
             rolled_back_to: None,
         };
         let early = Instant::now() < settling && !seen_ours;

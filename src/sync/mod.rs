@@ -5,6 +5,7 @@
 //! crashed or failing worker never loses a job.
 
 mod apply;
+pub mod diagnose;
 mod metrics;
 pub mod plan;
 mod prune;
@@ -43,17 +44,20 @@ pub enum Error {
     Ecs(#[from] ecs::Error),
     #[error(transparent)]
     Ingress(#[from] crate::ingress::Error),
-    #[error("rollout of {service} to {task_definition} failed: {reason}{}", rolled_back_note(.rolled_back_to))]
+    #[error("rollout of {service} to {task_definition} failed: {reason}{}{}", diagnosis_note(.diagnosis), rolled_back_note(.rolled_back_to))]
     RolloutFailed {
         service: String,
         task_definition: String,
         reason: String,
+        /// Why, from the stopped tasks of the deployment, when the catalogue knows.
+        diagnosis: Option<Box<diagnose::Diagnosis>>,
         rolled_back_to: Option<RolledBack>,
     },
     #[error(
-        "rollout of {service} to {task_definition} did not complete within {}{}{}",
+        "rollout of {service} to {task_definition} did not complete within {}{}{}{}",
         humantime::format_duration(*.timeout),
         events_note(.events),
+        diagnosis_note(.diagnosis),
         rolled_back_note(.rolled_back_to)
     )]
     RolloutTimeout {
@@ -61,6 +65,7 @@ pub enum Error {
         task_definition: String,
         timeout: Duration,
         events: Vec<String>,
+        diagnosis: Option<Box<diagnose::Diagnosis>>,
         rolled_back_to: Option<RolledBack>,
     },
     /// A `dependsOn` app is not live at this commit's spec yet; nothing was written. `on` says
@@ -163,6 +168,12 @@ fn findings_note(findings: &[Finding]) -> String {
         .join("; ")
 }
 
+fn diagnosis_note(diagnosis: &Option<Box<diagnose::Diagnosis>>) -> String {
+    diagnosis
+        .as_ref()
+        .map_or_else(String::new, |d| format!("; cause {d}"))
+}
+
 fn events_note(events: &[String]) -> String {
     if events.is_empty() {
         String::new()
@@ -212,6 +223,16 @@ impl Error {
             Error::NotThePreviews { .. } => "NotThePreviews",
             Error::NotRollable { .. } => "CannotRollBack",
             Error::RollbackFailed { original, .. } => original.code(),
+        }
+    }
+
+    /// What the stopped tasks say of why the rollout failed, when the catalogue knows.
+    pub fn diagnosis(&self) -> Option<&diagnose::Diagnosis> {
+        match self {
+            Error::RolloutFailed { diagnosis, .. } | Error::RolloutTimeout { diagnosis, .. } => {
+                diagnosis.as_deref()
+            }
+            _ => None,
         }
     }
 

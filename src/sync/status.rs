@@ -56,6 +56,10 @@ pub struct AppStatus {
     /// ECS's reason for a failed deployment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Why a rollout failed and what to do, from its stopped tasks: `Code: cause. Fix: …` (in
+    /// the characters an ECS tag takes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     /// The commit whose spec failed, as marked on the service.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_revision: Option<String>,
@@ -92,6 +96,7 @@ pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
         task_definition: None,
         deployment: None,
         failure: None,
+        cause: None,
         failed_revision: None,
         events: Vec::new(),
         last_sync: None,
@@ -127,6 +132,7 @@ pub fn app_status(app: &DesiredApp, live: Option<&LiveService>) -> AppStatus {
     if let Some(m) = marked {
         status.failure = Some(m.code.to_owned());
         status.failed_revision = m.commit.map(str::to_owned);
+        status.cause = live.tags.get(tag::CAUSE).filter(|c| !c.is_empty()).cloned();
     } else if let Some(d) = failed_deployment {
         status.failure = Some(
             d.rollout_state_reason

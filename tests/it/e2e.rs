@@ -845,6 +845,13 @@ async fn the_status_api_shows_a_rolled_back_app_degraded_with_the_ecs_events_tha
         (&broken.clone().into(), &deployed.into())
     );
     assert_eq!(api["taskDefinition"], "staging-api:1", "rolled back: {api}");
+    // Why, from the failed deployment's stopped tasks (the emulator stops them as ECS does for
+    // an image that does not exist): the cause and the fix, not only ECS's events.
+    let cause = api["cause"].as_str().unwrap_or_default();
+    assert!(
+        cause.starts_with("ImageNotFound: the image or its tag does not exist in the registry. Fix: push the image"),
+        "{api}"
+    );
     assert!(
         api["events"].as_array().unwrap().iter().any(|e| e
             .as_str()
@@ -2707,4 +2714,44 @@ async fn the_environments_api_counts_apps_by_sync_and_health_and_shows_each_app(
     );
     let (status, _) = api_get(&receiver, "/api/v1/environments?repo=nope").await;
     assert_eq!(status, 404);
+}
+
+/// Each cause the emulator can stage, through a real rollout: what a user reads in the status
+/// API. Stands in for ECS's stopped tasks (ListTasks/DescribeTasks), with the stopCode and
+/// reasons of AWS's stopped-task error pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollout_says_its_cause_and_fix_from_the_stopped_tasks() {
+    let s = setup().await;
+    let receiver = Receiver::start(&s.config, &s.emulator.aws).await;
+    let _worker = start_worker(&s.config, &s.emulator.aws);
+    s.staging_deployed(&receiver).await;
+    for (mark, expected) in [
+        (
+            "broken-oom",
+            "OutOfMemory: a container was killed for using more memory than it may - container api exit code 137. Fix: raise the memory of the container or of the task",
+        ),
+        (
+            "broken-secret",
+            "SecretNotReadable: the execution role may not read a secret parameter or its KMS key. Fix: grant the execution role secretsmanager:GetSecretValue on arn:aws:secretsmanager:us-east-1:123456789012:secret:db",
+        ),
+        (
+            "broken-exit",
+            "ContainerExited: an essential container exited - container api exit code 3. Fix: read the logs of the container",
+        ),
+    ] {
+        let commit = s.repo.commit_api_image("staging", mark);
+        assert_eq!(receiver.push("staging", commit, mark).await.0, 202);
+        let api = eventually(LIMIT, &format!("the cause of {mark}"), || async {
+            let staging = status(&receiver, "staging").await;
+            let api = app_in(&staging, "api").clone();
+            (api["failedRevision"] == commit.to_string() && api.get("cause").is_some())
+                .then_some(api)
+        })
+        .await;
+        assert_eq!(api["cause"], expected, "{api}");
+        assert_eq!(
+            api["failure"], "RolloutFailed",
+            "quarantined as a rollout failure: {api}"
+        );
+    }
 }
