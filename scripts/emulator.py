@@ -47,7 +47,7 @@ ECS rollouts (K = env FLEETSYNC_EMULATOR_ROLLOUT_POLLS, default 2):
     the rollback completes. A rollback deployment is never rolled back itself.
   * The failed deployment's tasks stop as ECS stops them (failedTasks of them, startedBy the
     deployment id; moto runs no tasks for services): ListTasks (desiredStatus STOPPED,
-    startedBy) and DescribeTasks answer them, with the stopCode, stoppedReason and container
+    serviceName) and DescribeTasks answer them, with the stopCode, stoppedReason and container
     reason/exitCode of AWS's stopped-task error pages by the image's mark: `broken-oom`
     (OutOfMemoryError, exit 137), `broken-exit` (exit 3), `broken-secret`
     (ResourceInitializationError AccessDeniedException on secretsmanager:GetSecretValue),
@@ -312,9 +312,10 @@ def _stopped_tasks_answer(self, action):
 
 
 def _stopped_answer(action, params):
-    if action == "ListTasks" and params.get("desiredStatus") == "STOPPED" and params.get("startedBy"):
-        arns = [a for a, t in _stopped.items() if t["startedBy"] == params["startedBy"]]
-        return {"taskArns": arns[:int(params.get("maxResults") or 100)]}
+    if action == "ListTasks" and params.get("desiredStatus") == "STOPPED" and params.get("serviceName"):
+        group = f"service:{params['serviceName'].split('/')[-1]}"
+        arns = [a for a, t in _stopped.items() if t["group"] == group]
+        return {"taskArns": arns[-int(params.get("maxResults") or 100):]}
     if action == "DescribeTasks" and params.get("tasks") and all(a in _stopped for a in params["tasks"]):
         return {"tasks": [_stopped[a] for a in params["tasks"]], "failures": []}
     return None

@@ -176,7 +176,7 @@ impl Ingress {
                     .await
                     .map_err(|e| api_error("ModifyRule", rule_arn, e))?;
             }
-            None => self.create_rule(spec, &arn, &name, &rules, &tags).await?,
+            None => self.create_rule(spec, &arn, &rules, &tags).await?,
         }
         Ok(Routed {
             target_group_arn: arn,
@@ -365,21 +365,20 @@ impl Ingress {
         &self,
         spec: &PreviewIngress,
         target_group: &str,
-        name: &str,
         rules: &[Rule],
         tags: &[Tag],
     ) -> Result<()> {
-        let taken: std::collections::HashSet<u32> = rules
+        let mut taken: std::collections::HashSet<u32> = rules
             .iter()
             .filter_map(|r| r.priority()?.parse().ok())
             .collect();
-        // Spread by name, so previews made at once rarely reach for the same priority.
-        let start = u32::from_be_bytes(Sha256::digest(name)[..4].try_into().unwrap_or_default());
-        let mut free = (0..PRIORITIES)
-            .map(|i| (start.wrapping_add(i) % PRIORITIES) + 1)
-            .filter(|p| !taken.contains(p));
+        // The lowest free: a rule for one host matches nothing else, so ahead of the
+        // listener's broader rules (a wildcard host, a path) is where it must be to be reached.
         for _ in 0..PRIORITY_TRIES {
-            let Some(priority) = free.next() else { break };
+            let Some(priority) = (1..=PRIORITIES).find(|p| !taken.contains(p)) else {
+                break;
+            };
+            taken.insert(priority);
             let created = self
                 .client
                 .create_rule()
@@ -400,7 +399,14 @@ impl Ingress {
                     info!(message = "Preview rule created.", host = %spec.host, priority);
                     return Ok(());
                 }
-                Err(e) if is_code(&e, "PriorityInUse") => continue,
+                // Another writer took it; or an earlier try of this very call made the rule.
+                Err(e) if is_code(&e, "PriorityInUse") => {
+                    let now = self.rules(&spec.listener_arn).await?;
+                    if now.iter().any(|r| forwards_to(r, target_group)) {
+                        return Ok(());
+                    }
+                    taken.extend(now.iter().filter_map(|r| r.priority()?.parse::<u32>().ok()));
+                }
                 Err(e) => return Err(api_error("CreateRule", &spec.listener_arn, e)),
             }
         }
@@ -411,10 +417,12 @@ impl Ingress {
 }
 
 /// At most 32 characters of letters, digits and single hyphens, as ELB requires; unique per
-/// root, preview and app.
+/// root, preview and app (the hash shrinks to 8 characters for the longest numbers).
 pub fn target_group_name(root: &str, preview: u64, app: &str) -> String {
-    let digest = Sha256::digest(format!("{root}\0{app}"));
-    format!("fs-{preview}-{}", &hex::encode(digest)[..12])
+    let digest = hex::encode(Sha256::digest(format!("{root}\0{app}")));
+    let number = preview.to_string();
+    let room = (32 - 4 - number.len()).min(12);
+    format!("fs-{number}-{}", &digest[..room])
 }
 
 fn own_tags(root: &str, preview: u64, app: &str) -> Vec<Tag> {
@@ -435,14 +443,19 @@ fn host_condition(host: &str) -> RuleCondition {
         .build()
 }
 
+/// A rule that forwards to `target_group` alone: one fleetsync made. A weighted rule that
+/// shares it is someone else's to change.
 fn forwards_to(rule: &Rule, target_group: &str) -> bool {
     rule.actions().iter().any(|a| {
-        a.target_group_arn() == Some(target_group)
-            || a.forward_config().is_some_and(|f| {
-                f.target_groups()
-                    .iter()
-                    .any(|t| t.target_group_arn() == Some(target_group))
-            })
+        let groups = a
+            .forward_config()
+            .map(|f| f.target_groups())
+            .unwrap_or_default();
+        let only_ours = !groups.is_empty()
+            && groups
+                .iter()
+                .all(|t| t.target_group_arn() == Some(target_group));
+        (a.target_group_arn() == Some(target_group) && groups.len() <= 1) || only_ours
     })
 }
 
@@ -458,6 +471,8 @@ fn hosts(rule: &Rule) -> Vec<&str> {
             configured.iter().chain(c.values())
         })
         .map(String::as_str)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect()
 }
 
@@ -479,7 +494,7 @@ mod tests {
 
     #[test]
     fn target_group_names_fit_elb_and_differ_per_root_preview_and_app() {
-        let name = target_group_name("platform", u64::from(u32::MAX), "a-very-long-app-name");
+        let name = target_group_name("platform", u64::MAX, "a-very-long-app-name");
         assert!(name.len() <= 32, "{name}");
         assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
         assert!(!name.contains("--") && !name.ends_with('-'));

@@ -276,6 +276,9 @@ pub async fn status(
         if let Some(failure) = body["failure"].as_str() {
             writeln!(out, "{:<16} {failure}", "failure")?;
         }
+        if body["cause"].is_string() {
+            writeln!(out, "{:<16} {}", "cause", text(&body["cause"]))?;
+        }
         for event in body["events"].as_array().into_iter().flatten() {
             writeln!(out, "{:<16} {}", "event", text(event))?;
         }
@@ -465,8 +468,12 @@ async fn wait(
             if terminal {
                 eprintln!();
             }
+            let cause = Some(&failed["cause"])
+                .filter(|c| c.is_string())
+                .map(|c| format!(" ({})", text(c)))
+                .unwrap_or_default();
             eprintln!(
-                "{} failed: {}",
+                "{} failed: {}{cause}",
                 text(&failed["app"]),
                 failed["failure"]
                     .as_str()

@@ -550,20 +550,26 @@ impl Ecs {
         }
     }
 
-    /// Tasks a deployment started that have stopped, with what ECS says of why: at most 100,
-    /// the newest ECS keeps (about an hour's worth).
-    pub async fn stopped_tasks(&self, cluster: &str, deployment: &str) -> Result<Vec<StoppedTask>> {
+    /// Tasks of `deployment` of a service that have stopped, with what ECS says of why: among
+    /// the service's 100 newest stopped tasks (ECS keeps about an hour's worth). Filtered here
+    /// by `startedBy`: ListTasks takes `startedBy` only as its one filter.
+    pub async fn stopped_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+        deployment: &str,
+    ) -> Result<Vec<StoppedTask>> {
         self.budget.spend(Spend::Call).await;
         let listed = self
             .client
             .list_tasks()
             .cluster(cluster)
-            .started_by(deployment)
+            .service_name(service)
             .desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped)
             .max_results(100)
             .send()
             .await
-            .map_err(|e| api_error("ListTasks", deployment, e))?;
+            .map_err(|e| api_error("ListTasks", service, e))?;
         if listed.task_arns().is_empty() {
             return Ok(Vec::new());
         }
@@ -579,6 +585,7 @@ impl Ecs {
         Ok(described
             .tasks()
             .iter()
+            .filter(|t| t.started_by() == Some(deployment))
             .map(|t| StoppedTask {
                 stop_code: t
                     .stop_code()

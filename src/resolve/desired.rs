@@ -255,6 +255,10 @@ pub struct PreviewIngress {
     pub like_target_group: String,
     pub container_name: String,
     pub container_port: u16,
+    /// The environment's `healthCheckGracePeriodSeconds`, which ECS takes only with a load
+    /// balancer: restored with the preview's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,6 +314,9 @@ impl DesiredApp {
                     like_target_group: entry["targetGroupArn"].as_str()?.to_owned(),
                     container_name: entry.get("containerName")?.as_str()?.to_owned(),
                     container_port: entry.get("containerPort")?.as_u64()?.try_into().ok()?,
+                    grace_period_seconds: service
+                        .get("healthCheckGracePeriodSeconds")
+                        .and_then(Value::as_u64),
                 })
             });
             for field in PREVIEW_DROPPED_FIELDS {
@@ -423,6 +430,11 @@ impl DesiredApp {
             app.create_service
                 .insert("loadBalancers".into(), entry.clone());
             app.update_service.insert("loadBalancers".into(), entry);
+            if let Some(grace) = ingress.grace_period_seconds {
+                for input in [&mut app.create_service, &mut app.update_service] {
+                    input.insert("healthCheckGracePeriodSeconds".into(), json!(grace));
+                }
+            }
             append_tags(
                 &mut app.create_service,
                 &[(tag::URL.to_owned(), url.to_owned())],

@@ -447,12 +447,16 @@ fn resolve_with(
             );
         }
         if let Some(ingress) = &app.ingress
-            && ingress.host.len() > preview::MAX_HOST
+            && (ingress.host.len() > preview::MAX_HOST
+                || !ingress
+                    .host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')))
         {
             Report::new(&leaf.listed_in, &mut problems).at(
                 leaf.app_ref.name_pos,
                 format!(
-                    "app `{}` would be reached at `{}`, over the {} characters a host name may have; shorten `previews.ingress.host` or the app's name",
+                    "app `{}` would be reached at `{}`, which is not a host name of at most {} letters, digits, `.` and `-`; change `previews.ingress.host` or the app's name",
                     app.name,
                     ingress.host,
                     preview::MAX_HOST

@@ -255,6 +255,12 @@ fn check_host(host: &str) -> Result<(), String> {
                 bounded(name)
             ));
         }
+        if start == 0 && !used.is_empty() {
+            return Err(format!(
+                "puts two variables side by side in `{}`; separate them (with `-` or `.`) so that no two apps or previews can render the same host",
+                bounded(host)
+            ));
+        }
         used.push(name);
         rest = &rest[start + end + 1..];
     }
@@ -379,6 +385,7 @@ mod tests {
                 "must use both `${app}` and `${preview}`",
             ),
             ("${app}-${pr}.example.com", "uses `${pr}`"),
+            ("${preview}${app}.example.com", "side by side"),
             ("${app}_${preview}.example.com", "has `_`"),
             ("${app}-${preview", "unclosed"),
         ] {

@@ -454,7 +454,7 @@ fn a_preview_with_ingress_routes_apps_with_a_load_balancer_within_the_quotas() {
     let behind = |name: &str| {
         app(name, "x:1").replace(
             "desiredCount: 2\n",
-            "desiredCount: 2\n  loadBalancers: [{ targetGroupArn: arn:tg/staging, containerName: main, containerPort: 8080 }]\n",
+            "desiredCount: 2\n  loadBalancers: [{ targetGroupArn: arn:tg/staging, containerName: main, containerPort: 8080 }]\n  healthCheckGracePeriodSeconds: 45\n",
         )
     };
     let previews = |max: u32| {
@@ -489,6 +489,12 @@ fn a_preview_with_ingress_routes_apps_with_a_load_balancer_within_the_quotas() {
         8080
     );
     assert_eq!(routed.url(), Some("http://api-pr-42.preview.example.com"));
+    // ECS takes a grace period only with a load balancer: it comes back with the preview's.
+    assert!(
+        !api.create_service
+            .contains_key("healthCheckGracePeriodSeconds")
+    );
+    assert_eq!(routed.update_service["healthCheckGracePeriodSeconds"], 45);
     assert_eq!(routed.spec_hash, api.spec_hash);
 
     // 40 previews × 3 apps behind a load balancer: more rules than one listener takes.

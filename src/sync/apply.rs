@@ -930,7 +930,10 @@ async fn explained(ecs: &Ecs, job: &SyncJob, ours: Ours<'_>, mut failure: Error)
     let Some(deployment) = deployment else {
         return failure;
     };
-    let found = match ecs.stopped_tasks(&app.cluster, &deployment).await {
+    let found = match ecs
+        .stopped_tasks(&app.cluster, app.service_name(), &deployment)
+        .await
+    {
         Ok(tasks) => super::diagnose::diagnose(&tasks),
         Err(e) => {
             warn!(message = "Cannot read the failed deployment's stopped tasks; its cause is not told.", deployment = %deployment, error = %e);

@@ -18,11 +18,9 @@ pub struct Diagnosis {
 
 impl std::fmt::Display for Diagnosis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {}; fix: {} (ECS: \"{}\")",
-            self.code, self.cause, self.fix, self.evidence
-        )
+        // ECS's words name accounts, roles and secrets: they go to the worker's log only,
+        // not to commit statuses and notifications.
+        write!(f, "{}: {}; fix: {}", self.code, self.cause, self.fix)
     }
 }
 
@@ -32,6 +30,13 @@ const BENIGN: &[&str] = &["SpotInterruption", "UserInitiated"];
 
 /// (every token that must appear, code, cause, fix), most specific first.
 const CATALOGUE: &[(&[&str], &str, &str, &str)] = &[
+    (
+        // Before the secret entries: a missing log group is a ResourceNotFoundException too.
+        &["ResourceInitializationError", "logger"],
+        "LogGroupMissing",
+        "the log group of the awslogs configuration does not exist or the execution role may not write to it",
+        "create the log group (or set awslogs-create-group with logs:CreateLogGroup), and grant the execution role logs:CreateLogStream and logs:PutLogEvents",
+    ),
     (
         &["CannotPullContainerError", "not found"],
         "ImageNotFound",
@@ -45,10 +50,34 @@ const CATALOGUE: &[(&[&str], &str, &str, &str)] = &[
         "give the subnets a NAT gateway, VPC endpoints for ECR (ecr.api, ecr.dkr and the S3 gateway), or assignPublicIp: ENABLED in a public subnet",
     ),
     (
-        &["CannotPullContainerError"],
+        &["CannotPullContainerError", "Client.Timeout"],
+        "NoRouteToRegistry",
+        "the tasks' subnets have no route to the image registry",
+        "give the subnets a NAT gateway, VPC endpoints for ECR (ecr.api, ecr.dkr and the S3 gateway), or assignPublicIp: ENABLED in a public subnet",
+    ),
+    (
+        &["CannotPullContainerError", "toomanyrequests"],
+        "RegistryRateLimit",
+        "the registry refused the pull for too many requests",
+        "pull through ECR (a pull-through cache or a copy of the image), or authenticate to the registry",
+    ),
+    (
+        &["CannotPullContainerError", "403"],
         "RegistryAuth",
         "the execution role may not pull the image",
         "grant the execution role ecr:GetAuthorizationToken, ecr:BatchGetImage and ecr:GetDownloadUrlForLayer (or the registry's credentials in repositoryCredentials)",
+    ),
+    (
+        &["CannotPullContainerError", "unauthorized"],
+        "RegistryAuth",
+        "the execution role may not pull the image",
+        "grant the execution role ecr:GetAuthorizationToken, ecr:BatchGetImage and ecr:GetDownloadUrlForLayer (or the registry's credentials in repositoryCredentials)",
+    ),
+    (
+        &["CannotPullContainerError"],
+        "ImagePullFailed",
+        "the image could not be pulled",
+        "read the reason ECS gives below",
     ),
     (
         &["ResourceInitializationError", "i/o timeout"],
@@ -67,12 +96,6 @@ const CATALOGUE: &[(&[&str], &str, &str, &str)] = &[
         "SecretMissing",
         "a secret or parameter the task definition names does not exist",
         "create it, or correct its ARN in `secrets`",
-    ),
-    (
-        &["ResourceInitializationError", "log group"],
-        "LogGroupMissing",
-        "the log group of the awslogs configuration does not exist or is not writable",
-        "create the log group, or set awslogs-create-group with logs:CreateLogGroup on the execution role",
     ),
     (
         &["OutOfMemoryError"],
@@ -139,7 +162,8 @@ fn explain(task: &StoppedTask) -> Option<Diagnosis> {
         .iter()
         .find(|(tokens, ..)| tokens.iter().all(|t| words.contains(t)));
     // Exit code 137 is SIGKILL: the kernel's OOM killer, when ECS says nothing more specific.
-    let killed = exited.is_some_and(|c| c.exit_code == Some(137));
+    let killed = task.stop_code == "EssentialContainerExited"
+        && exited.is_some_and(|c| c.exit_code == Some(137));
     let (_, code, cause, fix) = match matched {
         Some(entry) if !(killed && entry.1 == "ContainerExited") => Some(entry),
         _ if killed => CATALOGUE.iter().find(|c| c.1 == "OutOfMemory"),
@@ -257,6 +281,30 @@ mod tests {
                     ("", Some(3)),
                 ),
                 "ContainerExited",
+            ),
+            (
+                task(
+                    "TaskFailedToStart",
+                    "ResourceInitializationError: failed to validate logger args: create stream has been retried 1 times: failed to create Cloudwatch log stream: ResourceNotFoundException: The specified log group does not exist. : exit status 1",
+                    ("", None),
+                ),
+                "LogGroupMissing",
+            ),
+            (
+                task(
+                    "TaskFailedToStart",
+                    "CannotPullContainerError: pull image manifest has been retried 5 time(s): Get https://public.ecr.aws/v2/: net/http: request canceled while waiting for connection (Client.Timeout exceeded while awaiting headers)",
+                    ("", None),
+                ),
+                "NoRouteToRegistry",
+            ),
+            (
+                task(
+                    "TaskFailedToStart",
+                    "CannotPullContainerError: toomanyrequests: You have reached your pull rate limit",
+                    ("", None),
+                ),
+                "RegistryRateLimit",
             ),
             (
                 task(

@@ -625,7 +625,9 @@ async fn the_cli_shows_syncs_waits_for_and_rolls_back_through_the_api() {
         .await;
     assert_eq!(failed.code, 1, "{}{}", failed.stdout, failed.stderr);
     assert!(
-        failed.stderr.contains("api failed: RolloutFailed"),
+        failed.stderr.contains(
+            "api failed: RolloutFailed (ImageNotFound: the image or its tag does not exist in the registry. Fix: "
+        ),
         "{}",
         failed.stderr
     );
