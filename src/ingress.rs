@@ -38,6 +38,12 @@ pub enum Error {
     },
     #[error("listener {listener} has no free rule priority")]
     NoPriority { listener: String },
+    #[error("Elastic Load Balancing {operation} {target}: the answer has no {missing}")]
+    Incomplete {
+        operation: &'static str,
+        target: String,
+        missing: &'static str,
+    },
 }
 
 impl Error {
@@ -58,6 +64,7 @@ impl Error {
             Error::NoTemplate { .. } => "TargetGroupNotFound",
             Error::NotOurs { .. } => "NotOurs",
             Error::NoPriority { .. } => "PriorityInUse",
+            Error::Incomplete { .. } => "IncompleteResponse",
         }
     }
 }
@@ -330,7 +337,11 @@ impl Ingress {
                 out.target_groups()
                     .first()
                     .cloned()
-                    .ok_or_else(|| Error::NoTemplate { arn: name.into() })
+                    .ok_or_else(|| Error::Incomplete {
+                        operation: "CreateTargetGroup",
+                        target: name.into(),
+                        missing: "target group",
+                    })
             }
             // Made meanwhile by an attempt this one outlived.
             Err(e) if is_code(&e, "DuplicateTargetGroupName") => self
